@@ -1,0 +1,252 @@
+"""Attention-augmented convolution.
+
+Bello et al., "Attention Augmented Convolutional Networks", ICCV 2019 (arXiv 1904.09925), Section 3.2:
+
+    AAConv(X) = Concat[Conv(X), MHA(X)]
+
+The convolution gives F_out - d_v channels, multi-head self-attention over all H*W positions gives
+d_v channels (after its output projection W^O, a 1x1 convolution d_v -> d_v). kappa = d_k / F_out,
+upsilon = d_v / F_out. kappa = upsilon = 1 is the fully attentional layer (no convolution branch);
+kappa = upsilon = 0 is a plain convolution.
+
+Positional encodings (``pos_enc``), chosen in one place, `PositionEncoding`:
+
+* ``none``: content-only attention.
+* ``relative``: the paper's 2D relative logits, learned r^W (2W - 1, d_kh) and r^H (2H - 1, d_kh) per
+  layer, shared across heads (`RelativePositionTables`).
+* ``sine2d``: a fixed 2D sinusoidal encoding of (y, x) (``SINE_CHANNELS`` channels, half for y, half
+  for x, wavelengths as in Vaswani et al.) **concatenated to the input of the attention branch's qkv
+  1x1 convolution** (after the 2x2 pooling when stride is 2). The convolution branch does not see it.
+* ``coordconv``: normalised y and x coordinates in [-1, 1] (2 channels) **concatenated at the same
+  place** as sine2d.
+
+Both absolute encodings therefore enter q, k and v through the learned qkv projection, exactly where
+relative logits would otherwise supply position, which is the comparison the paper's Tables 6 and 7 make.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
+
+from .attention import relative_attention
+
+POS_ENCODINGS = ("none", "relative", "sine2d", "coordconv")
+SINE_CHANNELS = 16
+
+
+def sine2d_encoding(height: int, width: int, channels: int = SINE_CHANNELS, device=None, dtype=None):
+    """(channels, H, W): sin/cos of y in the first half, of x in the second (Vaswani et al. wavelengths)."""
+    if channels % 4:
+        raise ValueError(f"channels must be divisible by 4 for sine2d; got {channels}")
+    quarter = channels // 4
+    inv_freq = 1.0 / (10000 ** (torch.arange(quarter, device=device, dtype=torch.float32) / quarter))
+
+    def axis(n):
+        ang = torch.arange(n, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
+        return torch.cat([ang.sin(), ang.cos()], dim=1)  # (n, channels/2)
+
+    ey = axis(height).t()[:, :, None].expand(-1, height, width)
+    ex = axis(width).t()[:, None, :].expand(-1, height, width)
+    return torch.cat([ey, ex], 0).to(dtype or torch.float32)
+
+
+def coord_encoding(height: int, width: int, device=None, dtype=None):
+    """(2, H, W): y and x normalised to [-1, 1] (0 for a size-1 axis)."""
+    def axis(n):
+        return torch.linspace(-1.0, 1.0, n, device=device) if n > 1 else torch.zeros(1, device=device)
+
+    y = axis(height)[:, None].expand(height, width)
+    x = axis(width)[None, :].expand(height, width)
+    return torch.stack([y, x], 0).to(dtype or torch.float32)
+
+
+def table_for_size(table: torch.Tensor, n: int) -> torch.Tensor:
+    """Rows of a (2*n0 - 1, d) offset table for a map of size n: (2n - 1, d).
+
+    For n <= n0 the central rows are taken (exact offsets). For n > n0 offsets beyond the learned
+    range +-(n0 - 1) are **clamped** to the edge rows (relative-position clipping, as in Shaw et al.).
+    """
+    n0 = (table.shape[0] + 1) // 2
+    if n == n0:
+        return table
+    offsets = torch.arange(-(n - 1), n, device=table.device).clamp(-(n0 - 1), n0 - 1)
+    return table[offsets + (n0 - 1)]
+
+
+class RelativePositionTables(LazyModuleMixin, nn.Module):
+    """Learned r^W (2W - 1, d_kh) and r^H (2H - 1, d_kh), shared across heads.
+
+    Sized for ``feature_size`` = (H, W) of the attention map when given, else from the first input.
+    Another size at run time works: see `table_for_size` (crop or clamp).
+    """
+
+    cls_to_become = None
+
+    def __init__(self, dkh: int, feature_size: Optional[Tuple[int, int]] = None):
+        with warnings.catch_warnings():  # the mixin warns that lazy modules are new, on every build
+            warnings.simplefilter("ignore", UserWarning)
+            super().__init__()
+        self.dkh = dkh
+        if feature_size is None:
+            self.rel_height = UninitializedParameter()
+            self.rel_width = UninitializedParameter()
+        else:
+            h, w = feature_size
+            self.rel_height = nn.Parameter(torch.empty(2 * h - 1, dkh))
+            self.rel_width = nn.Parameter(torch.empty(2 * w - 1, dkh))
+            self.reset_parameters()
+
+    def reset_parameters(self):
+        if not self.has_uninitialized_params():
+            nn.init.normal_(self.rel_height, std=self.dkh ** -0.5)
+            nn.init.normal_(self.rel_width, std=self.dkh ** -0.5)
+
+    def initialize_parameters(self, height: int, width: int):  # called by LazyModuleMixin's hook
+        if self.has_uninitialized_params():
+            with torch.no_grad():
+                self.rel_height.materialize((2 * height - 1, self.dkh))
+                self.rel_width.materialize((2 * width - 1, self.dkh))
+                self.reset_parameters()
+
+    def forward(self, height: int, width: int):
+        return table_for_size(self.rel_width, width), table_for_size(self.rel_height, height)
+
+
+def _pair(x) -> Tuple[int, int]:
+    return (x, x) if isinstance(x, int) else tuple(x)
+
+
+class AugmentedConv2d(nn.Module):
+    """Concat[Conv(X), MHA(X)] along channels.
+
+    Args:
+        in_channels, out_channels (F_out), kernel_size: as for `nn.Conv2d` (padding kernel_size // 2).
+        kappa, upsilon: d_k / F_out and d_v / F_out, in [0, 1]. Or give ``dk`` and ``dv`` directly.
+        num_heads: N_h; must divide d_k and d_v (per-head depth >= 1) when attention is present.
+        pos_enc: one of ``none``, ``relative``, ``sine2d``, ``coordconv`` (see the module docstring).
+        stride: 1 or 2. With 2 the attention runs on the input average-pooled 2x2 (ceil mode), so both
+            branches give ceil(H/2) x ceil(W/2).
+        feature_size: (H, W) of the attention map, to size the relative tables; default: first input.
+        bias: bias for the convolution branch and the output projection W^O (False under BatchNorm).
+        attention_impl: passed to `relative_attention` (``auto`` picks fused on CUDA).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Union[int, Sequence[int]] = 3,
+        *,
+        kappa: Optional[float] = None,
+        upsilon: Optional[float] = None,
+        num_heads: int = 1,
+        pos_enc: str = "relative",
+        stride: int = 1,
+        dk: Optional[int] = None,
+        dv: Optional[int] = None,
+        feature_size: Optional[Tuple[int, int]] = None,
+        bias: bool = False,
+        attention_impl: str = "auto",
+    ):
+        super().__init__()
+        dk, dv = _resolve_depths(out_channels, kappa, upsilon, dk, dv)
+        _validate(out_channels, dk, dv, num_heads, pos_enc, stride)
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.dk, self.dv, self.num_heads, self.pos_enc = dk, dv, num_heads, pos_enc
+        self.attention_impl = attention_impl
+        kh, kw = _pair(kernel_size)
+        conv_out = out_channels - dv
+        self.conv = (
+            nn.Conv2d(in_channels, conv_out, (kh, kw), stride=stride, padding=(kh // 2, kw // 2), bias=bias)
+            if conv_out > 0 else None
+        )
+        if dv == 0:
+            self.qkv = self.attn_out = self.rel = None
+            return
+        self.pos_channels = {"none": 0, "relative": 0, "sine2d": SINE_CHANNELS, "coordconv": 2}[pos_enc]
+        self.qkv = nn.Conv2d(in_channels + self.pos_channels, 2 * dk + dv, 1, bias=False)
+        self.attn_out = nn.Conv2d(dv, dv, 1, bias=bias)
+        self.rel = RelativePositionTables(dk // num_heads, feature_size) if pos_enc == "relative" else None
+        self._pos_cache = {}
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, dk={self.dk}, dv={self.dv}, "
+                f"num_heads={self.num_heads}, pos_enc={self.pos_enc!r}, stride={self.stride}")
+
+    def _absolute_channels(self, x):
+        _, _, h, w = x.shape
+        key = (h, w, x.device, x.dtype)
+        if key not in self._pos_cache:
+            make = sine2d_encoding if self.pos_enc == "sine2d" else coord_encoding
+            self._pos_cache[key] = make(h, w, device=x.device, dtype=x.dtype)
+        return self._pos_cache[key].expand(x.shape[0], -1, -1, -1)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention branch alone: (B, C_in, H, W) -> (B, d_v, H', W')."""
+        if self.stride == 2:
+            x = F.avg_pool2d(x, 2, ceil_mode=True)
+        if self.pos_channels:
+            x = torch.cat([x, self._absolute_channels(x)], dim=1)
+        B, _, h, w = x.shape
+        nh, dkh, dvh = self.num_heads, self.dk // self.num_heads, self.dv // self.num_heads
+        qkv = self.qkv(x).reshape(B, 2 * self.dk + self.dv, h * w)
+        q, k, v = torch.split(qkv, [self.dk, self.dk, self.dv], dim=1)
+        # (B, N_h * d, L) -> (B, N_h, L, d)
+        q, k, v = (t.reshape(B, nh, -1, h * w).transpose(-1, -2) for t in (q, k, v))
+        rel_w = rel_h = None
+        if self.rel is not None:
+            rel_w, rel_h = self.rel(h, w)
+        out = relative_attention(q, k, v, rel_w, rel_h, h, w, implementation=self.attention_impl)
+        # (B, N_h, L, d_vh) -> (B, N_h * d_vh, H, W): heads concatenated along channels.
+        out = out.transpose(-1, -2).reshape(B, self.dv, h, w)
+        return self.attn_out(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input (B, {self.in_channels}, H, W); got {tuple(x.shape)}")
+        if self.qkv is None:
+            return self.conv(x)
+        attn = self.attention(x)
+        return attn if self.conv is None else torch.cat([self.conv(x), attn], dim=1)
+
+
+def _resolve_depths(out_channels, kappa, upsilon, dk, dv) -> Tuple[int, int]:
+    if (kappa is None) == (dk is None):
+        raise ValueError("give exactly one of kappa= or dk=")
+    if (upsilon is None) == (dv is None):
+        raise ValueError("give exactly one of upsilon= or dv=")
+    for name, frac in (("kappa", kappa), ("upsilon", upsilon)):
+        if frac is not None and not (0.0 <= frac <= 1.0):
+            raise ValueError(f"{name} must be in [0, 1]; got {frac}")
+    dk = int(round(kappa * out_channels)) if dk is None else dk
+    dv = int(round(upsilon * out_channels)) if dv is None else dv
+    return dk, dv
+
+
+def _validate(out_channels, dk, dv, num_heads, pos_enc, stride):
+    if pos_enc not in POS_ENCODINGS:
+        raise ValueError(f"pos_enc must be one of {POS_ENCODINGS}; got {pos_enc!r}")
+    if stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2; got {stride}")
+    if not (0 <= dv <= out_channels):
+        raise ValueError(f"dv must be in [0, out_channels={out_channels}]; got {dv}")
+    if dk < 0:
+        raise ValueError(f"dk must be >= 0; got {dk}")
+    if (dk == 0) != (dv == 0):
+        raise ValueError(f"dk and dv must both be 0 (plain convolution) or both > 0; got dk={dk}, dv={dv}")
+    if dv == 0:
+        return
+    if not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"num_heads must be a positive integer; got {num_heads!r}")
+    if dk % num_heads:
+        raise ValueError(f"dk={dk} is not divisible by num_heads={num_heads}")
+    if dv % num_heads:
+        raise ValueError(f"dv={dv} is not divisible by num_heads={num_heads}")
+    if dk // num_heads < 1 or dv // num_heads < 1:
+        raise ValueError(f"per-head depth is 0: dk={dk}, dv={dv}, num_heads={num_heads}")

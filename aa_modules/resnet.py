@@ -1,0 +1,128 @@
+"""AA-ResNets: torchvision's ResNet with the 3x3 convolution of chosen stages' blocks attention-augmented.
+
+Bello et al., "Attention Augmented Convolutional Networks", ICCV 2019 (arXiv 1904.09925), Section 4.2.
+
+The network is torchvision's own `ResNet` (not a rewrite). In every block of the chosen stages the 3x3
+convolution that carries the block's stride is swapped for an `AugmentedConv2d` of the same in/out
+channels and stride: ``conv2`` of a `Bottleneck`, ``conv1`` of a `BasicBlock` (see `AUGMENTED_CONV`).
+Stages are numbered 1-4 (torchvision's layer1..layer4). With kappa = upsilon = 0 nothing is swapped, so
+the parameter count is exactly torchvision's.
+
+``small_input=True``: a 3x3 stride-1 stem convolution and no max-pool, for 28-64 px images.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional, Sequence, Tuple, Union
+
+import torch.nn as nn
+from torchvision.models import resnet as tv
+
+from .augmented_conv import AugmentedConv2d
+
+AUGMENTED_CONV = {tv.BasicBlock: "conv1", tv.Bottleneck: "conv2"}
+_DEPTHS = {
+    18: (tv.BasicBlock, [2, 2, 2, 2]),
+    34: (tv.BasicBlock, [3, 4, 6, 3]),
+    50: (tv.Bottleneck, [3, 4, 6, 3]),
+    101: (tv.Bottleneck, [3, 4, 23, 3]),
+}
+DEFAULT_STAGES = (2, 3, 4)
+
+
+def _size2(x) -> Tuple[int, int]:
+    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
+
+
+def stage_feature_sizes(input_size, small_input: bool) -> list:
+    """(H, W) of each stage's output (= of its blocks' attention maps) for a given input size."""
+    h, w = _size2(input_size)
+    if not small_input:  # 7x7 stride-2 stem, then 3x3 stride-2 max-pool (padding 1): ceil twice
+        h, w = math.ceil(math.ceil(h / 2) / 2), math.ceil(math.ceil(w / 2) / 2)
+    sizes = [(h, w)]
+    for _ in range(3):
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+        sizes.append((h, w))
+    return sizes
+
+
+def augment_resnet(
+    model: tv.ResNet,
+    *,
+    kappa: float,
+    upsilon: float,
+    num_heads: int,
+    pos_enc: str = "relative",
+    stages: Iterable[int] = DEFAULT_STAGES,
+    input_size: Union[int, Sequence[int]] = 224,
+    small_input: bool = False,
+    min_key_depth_per_head: int = 0,
+    attention_impl: str = "auto",
+) -> tv.ResNet:
+    """Swap the 3x3 convolution of every block in ``stages`` for an `AugmentedConv2d` (in place)."""
+    stages = tuple(stages)
+    for s in stages:
+        if s not in (1, 2, 3, 4):
+            raise ValueError(f"stages must be drawn from 1, 2, 3, 4; got {stages}")
+    if kappa == 0 and upsilon == 0:
+        return model
+    sizes = stage_feature_sizes(input_size, small_input)
+    for s in stages:
+        for b, block in enumerate(getattr(model, f"layer{s}")):
+            name = AUGMENTED_CONV[type(block)]
+            conv: nn.Conv2d = getattr(block, name)
+            f_out = conv.out_channels
+            dk = max(int(round(kappa * f_out)), min_key_depth_per_head * num_heads if kappa > 0 else 0)
+            try:
+                aug = AugmentedConv2d(
+                    conv.in_channels, f_out, conv.kernel_size, dk=dk, dv=int(round(upsilon * f_out)),
+                    num_heads=num_heads, pos_enc=pos_enc, stride=conv.stride[0], feature_size=sizes[s - 1],
+                    attention_impl=attention_impl,
+                )
+            except ValueError as e:
+                raise ValueError(f"layer{s}.{b}.{name} (F_out={f_out}): {e}") from None
+            setattr(block, name, aug)
+    return model
+
+
+def _aa_resnet(depth, num_classes, kappa, upsilon, num_heads, pos_enc, stages, small_input, in_channels,
+               input_size, attention_impl):
+    for name, frac in (("kappa", kappa), ("upsilon", upsilon)):
+        if not (0.0 <= frac <= 1.0):
+            raise ValueError(f"{name} must be in [0, 1]; got {frac}")
+    block, layers = _DEPTHS[depth]
+    model = tv.ResNet(block, layers, num_classes=num_classes)
+    if small_input or in_channels != 3:
+        k, s, p = (3, 1, 1) if small_input else (7, 2, 3)
+        model.conv1 = nn.Conv2d(in_channels, 64, k, s, p, bias=False)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    if small_input:
+        model.maxpool = nn.Identity()
+    if input_size is None:
+        input_size = 32 if small_input else 224
+    return augment_resnet(model, kappa=kappa, upsilon=upsilon, num_heads=num_heads, pos_enc=pos_enc,
+                          stages=stages, input_size=input_size, small_input=small_input,
+                          attention_impl=attention_impl)
+
+
+def _builder(depth):
+    def build(num_classes: int = 1000, *, kappa: float = 0.0, upsilon: Optional[float] = None,
+              num_heads: int = 8, pos_enc: str = "relative", stages: Iterable[int] = DEFAULT_STAGES,
+              small_input: bool = False, in_channels: int = 3, input_size=None,
+              attention_impl: str = "auto") -> tv.ResNet:
+        return _aa_resnet(depth, num_classes, kappa, kappa if upsilon is None else upsilon, num_heads,
+                          pos_enc, stages, small_input, in_channels, input_size, attention_impl)
+
+    build.__name__ = build.__qualname__ = f"aa_resnet{depth}"
+    build.__doc__ = (
+        f"AA-ResNet-{depth} on torchvision's ResNet. kappa = d_k/F_out, upsilon = d_v/F_out (default: "
+        f"upsilon = kappa), N_h = num_heads, pos_enc in none/relative/sine2d/coordconv, stages from 1-4. "
+        f"input_size sizes the relative tables (default 224, or 32 with small_input); other sizes still run."
+    )
+    return build
+
+
+aa_resnet18 = _builder(18)
+aa_resnet34 = _builder(34)
+aa_resnet50 = _builder(50)
+aa_resnet101 = _builder(101)

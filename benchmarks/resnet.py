@@ -1,0 +1,77 @@
+"""Training throughput: AA-ResNet-50 (relative, kappa = upsilon = 0.25, N_h = 8) vs torchvision ResNet-50.
+
+    python benchmarks/resnet.py [--batch 128] [--size 224] [--steps 10]
+
+One SGD step (forward, cross-entropy, backward, update) per timed repeat, bf16 autocast and channels_last on
+CUDA; images/s = batch / median step time. Also tries AA in all four stages at batch 64 (fits or OOM).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import aa_modules as A  # noqa: E402
+from benchmarks.common import environment, markdown_table, measure  # noqa: E402
+
+
+def train_step_fn(model, batch, size, dev):
+    cuda = dev == "cuda"
+    model = model.to(dev, memory_format=torch.channels_last if cuda else torch.contiguous_format).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = torch.randn(batch, 3, size, size, device=dev).to(memory_format=torch.channels_last if cuda else
+                                                          torch.contiguous_format)
+    y = torch.randint(0, 1000, (batch,), device=dev)
+
+    def step():
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=cuda):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--steps", type=int, default=10)
+    a = p.parse_args(argv)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    configs = [
+        ("torchvision resnet50", lambda: torchvision.models.resnet50(), a.batch),
+        ("aa_resnet50 relative k=v=0.25 N_h=8, stages 2-4", lambda: A.aa_resnet50(
+            kappa=0.25, num_heads=8, pos_enc="relative", input_size=a.size), a.batch),
+        ("aa_resnet50 relative k=v=0.25 N_h=8, stages 1-4", lambda: A.aa_resnet50(
+            kappa=0.25, num_heads=8, pos_enc="relative", stages=(1, 2, 3, 4), input_size=a.size), 64),
+    ]
+    rows, base = [], None
+    for name, build, batch in configs:
+        model = build()
+        prof = A.profile(model, (3, a.size, a.size))
+        try:
+            t, peak = measure(train_step_fn(model, batch, a.size, dev), warmup=3, repeats=a.steps)
+        except torch.OutOfMemoryError:
+            rows.append([name, batch, f"{prof.params_m:.1f}", f"{prof.gflops:.2f}", "OOM", "", ""])
+            torch.cuda.empty_cache()
+            continue
+        ips = batch / t
+        base = base or ips
+        mem = f"{peak / 2**30:.1f}" if peak is not None else "n/a"
+        rows.append([name, batch, f"{prof.params_m:.1f}", f"{prof.gflops:.2f}", f"{ips:.0f}", f"{ips / base:.2f}x", mem])
+        del model
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+    print(f"# training throughput, {a.size}x{a.size}, bf16 autocast + channels_last on CUDA\n")
+    print(environment() + "\n")
+    print(markdown_table(["model", "batch", "params M", "GFLOPs", "images/s", "vs resnet50", "peak GiB"], rows))
+
+
+if __name__ == "__main__":
+    main()
