@@ -77,11 +77,20 @@ def _pad_last(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, extra)) if extra else x
 
 
+def _sdpa_aligned(q, k, v, scale):
+    """SDPA with every head dim zero-padded to a multiple of 8 (exact: zeros add nothing to q.k, and the
+    padded output columns are dropped). Unaligned head dims (e.g. d_vh = 4) make the fused CUDA kernels
+    refuse the call and PyTorch falls back to its math path, which materialises the (H*W)^2 weights."""
+    dvh = v.shape[-1]
+    out = F.scaled_dot_product_attention(_pad_last(q, 8), _pad_last(k, 8), _pad_last(v, 8), scale=scale)
+    return out[..., :dvh] if out.shape[-1] != dvh else out
+
+
 def _attention_fused(q, k, v, rel_width, rel_height, height, width):
     B, N, L, dkh = q.shape
     scale = dkh ** -0.5
     if rel_width is None:
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return _sdpa_aligned(q, k, v, scale)
     # Per-query relative logits at every key column / row: (B, N, H, W, W) and (B, N, H, W, H).
     # windows_w[x_i, x_j] = r^W[x_j - x_i + W - 1]; the product is batched over x_i (resp. y_i).
     windows_w = rel_width[relative_offsets(width, q.device)].to(q.dtype)  # (W, W, d)
@@ -90,12 +99,12 @@ def _attention_fused(q, k, v, rel_width, rel_height, height, width):
     gw = torch.einsum("bnyxd,xjd->bnyxj", q5, windows_w).reshape(B, N, L, width)
     gh = torch.einsum("bnyxd,yid->bnyxi", q5, windows_h).reshape(B, N, L, height)
     # Key side: one-hot of each key's column and row, shared by every batch element and head.
-    eye_w = torch.eye(width, dtype=q.dtype, device=q.device)
-    eye_h = torch.eye(height, dtype=q.dtype, device=q.device)
+    eye_w = torch.eye(width, dtype=k.dtype, device=k.device)
+    eye_h = torch.eye(height, dtype=k.dtype, device=k.device)
     onehot = torch.cat([eye_w.repeat(height, 1), eye_h.repeat_interleave(width, dim=0)], dim=1)  # (L, W+H)
-    q_aug = _pad_last(torch.cat([q, gw, gh], dim=-1), 8)
-    k_aug = _pad_last(torch.cat([k, onehot.expand(B, N, L, width + height)], dim=-1), 8)
-    return F.scaled_dot_product_attention(q_aug, k_aug, v, scale=scale)
+    q_aug = torch.cat([q, gw.to(q.dtype), gh.to(q.dtype)], dim=-1)
+    k_aug = torch.cat([k, onehot.expand(B, N, L, width + height)], dim=-1)
+    return _sdpa_aligned(q_aug, k_aug, v, scale)
 
 
 def relative_attention(q, k, v, rel_width, rel_height, height, width, *, implementation="auto"):

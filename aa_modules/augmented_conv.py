@@ -101,6 +101,8 @@ class RelativePositionTables(LazyModuleMixin, nn.Module):
             self.rel_height = nn.Parameter(torch.empty(2 * h - 1, dkh))
             self.rel_width = nn.Parameter(torch.empty(2 * w - 1, dkh))
             self.reset_parameters()
+            self._initialize_hook.remove()  # sized already: no lazy hook on the forward path (torch.compile)
+            self._load_hook.remove()
 
     def reset_parameters(self):
         if not self.has_uninitialized_params():
@@ -195,16 +197,18 @@ class AugmentedConv2d(nn.Module):
             x = torch.cat([x, self._absolute_channels(x)], dim=1)
         B, _, h, w = x.shape
         nh, dkh, dvh = self.num_heads, self.dk // self.num_heads, self.dv // self.num_heads
-        qkv = self.qkv(x).reshape(B, 2 * self.dk + self.dv, h * w)
-        q, k, v = torch.split(qkv, [self.dk, self.dk, self.dv], dim=1)
-        # (B, N_h * d, L) -> (B, N_h, L, d)
-        q, k, v = (t.reshape(B, nh, -1, h * w).transpose(-1, -2) for t in (q, k, v))
+        # (B, C, H, W) -> (B, L, C): free for channels_last activations, one copy for NCHW. Each head's
+        # (B, N_h, L, d) view then has a contiguous last dim, which the fused attention kernels need.
+        qkv = self.qkv(x).permute(0, 2, 3, 1).reshape(B, h * w, 2 * self.dk + self.dv)
+        q, k, v = torch.split(qkv, [self.dk, self.dk, self.dv], dim=-1)
+        q, k = (t.unflatten(-1, (nh, dkh)).transpose(1, 2) for t in (q, k))
+        v = v.unflatten(-1, (nh, dvh)).transpose(1, 2)
         rel_w = rel_h = None
         if self.rel is not None:
             rel_w, rel_h = self.rel(h, w)
         out = relative_attention(q, k, v, rel_w, rel_h, h, w, implementation=self.attention_impl)
-        # (B, N_h, L, d_vh) -> (B, N_h * d_vh, H, W): heads concatenated along channels.
-        out = out.transpose(-1, -2).reshape(B, self.dv, h, w)
+        # (B, N_h, L, d_vh) -> (B, d_v, H, W), heads concatenated along channels (channels_last strides).
+        out = out.transpose(1, 2).reshape(B, h, w, self.dv).permute(0, 3, 1, 2)
         return self.attn_out(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,10 +19,12 @@ import aa_modules as A  # noqa: E402
 from benchmarks.common import environment, markdown_table, measure  # noqa: E402
 
 
-def train_step_fn(model, batch, size, dev):
+def train_step_fn(model, batch, size, dev, compile=False):
     cuda = dev == "cuda"
     model = model.to(dev, memory_format=torch.channels_last if cuda else torch.contiguous_format).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    if compile:
+        model = torch.compile(model)
     x = torch.randn(batch, 3, size, size, device=dev).to(memory_format=torch.channels_last if cuda else
                                                           torch.contiguous_format)
     y = torch.randint(0, 1000, (batch,), device=dev)
@@ -42,6 +44,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--compile", action="store_true", help="torch.compile every model")
     a = p.parse_args(argv)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     configs = [
@@ -56,7 +59,7 @@ def main(argv=None):
         model = build()
         prof = A.profile(model, (3, a.size, a.size))
         try:
-            t, peak = measure(train_step_fn(model, batch, a.size, dev), warmup=3, repeats=a.steps)
+            t, peak = measure(train_step_fn(model, batch, a.size, dev, a.compile), warmup=3, repeats=a.steps)
         except torch.OutOfMemoryError:
             rows.append([name, batch, f"{prof.params_m:.1f}", f"{prof.gflops:.2f}", "OOM", "", ""])
             torch.cuda.empty_cache()
@@ -68,7 +71,8 @@ def main(argv=None):
         del model
         if dev == "cuda":
             torch.cuda.empty_cache()
-    print(f"# training throughput, {a.size}x{a.size}, bf16 autocast + channels_last on CUDA\n")
+    print(f"# training throughput, {a.size}x{a.size}, bf16 autocast + channels_last on CUDA"
+          f"{', torch.compile' if a.compile else ''}\n")
     print(environment() + "\n")
     print(markdown_table(["model", "batch", "params M", "GFLOPs", "images/s", "vs resnet50", "peak GiB"], rows))
 
