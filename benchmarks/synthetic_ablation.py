@@ -1,0 +1,73 @@
+"""A short ablation on the synthetic tasks through `pipelines.train.fit` (the trial code path), and the
+Fashion-MNIST data-path throughput comparison.
+
+    python benchmarks/synthetic_ablation.py [--tasks same_corners relative_position] [--epochs 12] [--seeds 0 1]
+    python benchmarks/synthetic_ablation.py --fashion-throughput
+
+Cells: kappa = 0 (plain ResNet-18), kappa = upsilon = 0.5 with no positions, with relative logits.
+Prints val top-1 per seed, the mean and the spread (max - min) per cell.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import environment, markdown_table  # noqa: E402
+from pipelines.train import fit  # noqa: E402
+
+CELLS = [("kappa=0", dict(kappa=0.0)), ("kappa=0.5 none", dict(kappa=0.5, pos_enc="none")),
+         ("kappa=0.5 relative", dict(kappa=0.5, pos_enc="relative"))]
+
+
+def ablation(a):
+    rows = []
+    for task in a.tasks:
+        for name, cell in CELLS:
+            accs = []
+            for seed in a.seeds:
+                t = time.perf_counter()
+                m = fit(dict(arch="aa_resnet18", num_heads=4, dataset="synthetic", epochs=a.epochs,
+                             batch_size=a.batch_size, seed=seed, data=dict(task=task, image_size=a.size,
+                             train_samples=a.train_samples, val_samples=4096), **cell))
+                accs.append(m["val_top1"])
+                print(f"{task} {name} seed={seed}: top1={m['val_top1']:.4f} ({time.perf_counter() - t:.0f} s, "
+                      f"{m['images_per_s']:.0f} img/s)", flush=True)
+            rows.append([task, name, " ".join(f"{x * 100:.1f}" for x in accs), f"{statistics.mean(accs) * 100:.1f}",
+                         f"{(max(accs) - min(accs)) * 100:.1f}"])
+    print(f"\n## synthetic ablation: aa_resnet18 small_input, {a.size}px, {a.train_samples} train / 4096 val, "
+          f"{a.epochs} epochs, batch {a.batch_size}, N_h=4, stages 2-4\n")
+    print(environment() + "\n")
+    print(markdown_table(["task", "cell", "val top-1 % per seed", "mean", "spread"], rows))
+
+
+def fashion_throughput(a):
+    rows = []
+    for label, device in (("dataset on the GPU, augmentation there", None), ("CPU data path (tensors on CPU)", "cpu")):
+        data = dict(device=device) if device else {}
+        m = fit(dict(arch="aa_resnet18", kappa=0.25, num_heads=4, pos_enc="relative", dataset="fashion_mnist",
+                     epochs=2, batch_size=256, data=data))
+        rows.append([label, f"{m['images_per_s']:.0f}", f"{m['val_top1'] * 100:.1f}"])
+    print("\n## Fashion-MNIST, aa_resnet18 small_input relative kappa=upsilon=0.25, batch 256, images/s of epoch 2\n")
+    print(environment() + "\n")
+    print(markdown_table(["data path", "train images/s", "val top-1 %"], rows))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=["same_corners", "relative_position"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--train-samples", type=int, default=16384)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--fashion-throughput", action="store_true")
+    a = p.parse_args(argv)
+    fashion_throughput(a) if a.fashion_throughput else ablation(a)
+
+
+if __name__ == "__main__":
+    main()

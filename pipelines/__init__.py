@@ -1,0 +1,1 @@
+"""Training, data, studies and tracking for aa_modules networks."""

@@ -1,0 +1,152 @@
+"""The classification LightningModule: an AA network from aa_modules, SGD + warm-up + cosine, honest logging."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+import aa_modules
+
+RECIPES = {
+    # Bello et al. CIFAR recipe: lr 0.2 * B / 256, linear warm-up over 5% of the epochs, cosine decay.
+    "cifar": dict(base_lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4, warmup_frac=0.05, label_smoothing=0.0),
+    # A standard ImageNet ResNet recipe: lr 0.1 * B / 256, 5 warm-up epochs (of 90), cosine, smoothing 0.1.
+    "imagenet": dict(base_lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4, warmup_frac=5 / 90,
+                     label_smoothing=0.1),
+}
+
+
+@dataclass
+class OptimConfig:
+    base_lr: float = 0.1  # learning rate for a batch of 256; scaled linearly with the batch size
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    warmup_frac: float = 0.05
+    label_smoothing: float = 0.0
+
+    @classmethod
+    def from_recipe(cls, recipe: str | None = None, **overrides):
+        base = dict(RECIPES[recipe]) if recipe else {}
+        if recipe and recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {sorted(RECIPES)}; got {recipe!r}")
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown optimiser settings: {sorted(unknown)}")
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def build_model(arch: str, num_classes: int, in_channels: int, image_size, **arch_kwargs):
+    if arch not in aa_modules.ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {sorted(aa_modules.ARCHITECTURES)}; got {arch!r}")
+    builder = aa_modules.ARCHITECTURES[arch]
+    if arch.startswith("aa_resnet"):
+        return builder(num_classes, in_channels=in_channels, input_size=image_size, **arch_kwargs)
+    return builder(num_classes, in_channels=in_channels, input_size=image_size[0], **arch_kwargs)
+
+
+class ClassificationModule(pl.LightningModule):
+    def __init__(self, arch: str, num_classes: int, in_channels: int, image_size, batch_size: int, epochs: int,
+                 optim: dict | None = None, arch_kwargs: dict | None = None, channels_last: bool = False,
+                 compile: bool = False):
+        super().__init__()
+        self.save_hyperparameters()
+        self.optim = OptimConfig(**(optim or {}))
+        self.model = build_model(arch, num_classes, in_channels, tuple(image_size), **(arch_kwargs or {}))
+        self.profile = aa_modules.profile(self.model, (in_channels, *image_size))
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.net = torch.compile(self.model) if compile else self.model
+        k5 = min(5, num_classes)
+        self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_top5 = MulticlassAccuracy(num_classes, top_k=k5, average="micro")
+        self._epoch_images = 0
+        self._epoch_start = None
+        self._train_loss_sum = None
+        self._train_batches = 0
+
+    def forward(self, x):
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    # -------------------------------------------------------------------------------------- training
+    def on_fit_start(self):
+        for logger in self.loggers:
+            logger.log_hyperparams({"params": self.profile.params, "gflops": round(self.profile.gflops, 4)})
+
+    def on_train_epoch_start(self):
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._epoch_images, self._train_batches = 0, 0
+        self._train_loss_sum = torch.zeros((), device=self.device)
+        self._epoch_start = time.perf_counter()
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y, label_smoothing=self.optim.label_smoothing)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step} (batch {batch_idx})")
+        self._train_loss_sum += loss.detach()
+        self._train_batches += 1
+        self._epoch_images += x.shape[0]
+        return loss
+
+    def on_train_epoch_end(self):
+        seconds = time.perf_counter() - self._epoch_start
+        metrics = {
+            "train_loss": (self._train_loss_sum / max(1, self._train_batches)).item(),
+            "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+            "images_per_s": self._epoch_images / max(seconds, 1e-9),
+        }
+        if self.device.type == "cuda":
+            metrics["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        self.log_dict(metrics, on_epoch=True, on_step=False)
+
+    # ------------------------------------------------------------------------------------ validation
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, on_step=False, batch_size=x.shape[0])
+        self.val_top1.update(logits, y)
+        self.val_top5.update(logits, y)
+
+    def on_validation_epoch_end(self):
+        self.log("val_top1", self.val_top1.compute())
+        self.log("val_top5", self.val_top5.compute())
+        self.val_top1.reset()
+        self.val_top5.reset()
+
+    # ------------------------------------------------------------------------------------- optimiser
+    def configure_optimizers(self):
+        o = self.optim
+        lr = o.base_lr * self.hparams.batch_size / 256
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            (no_decay if p.ndim <= 1 else decay).append(p)
+        opt = torch.optim.SGD([{"params": decay, "weight_decay": o.weight_decay},
+                               {"params": no_decay, "weight_decay": 0.0}],
+                              lr=lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(round(o.warmup_frac * total))
+
+        def factor(step):
+            if step < warmup:
+                return (step + 1) / warmup
+            t = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

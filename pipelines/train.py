@@ -1,0 +1,103 @@
+"""One trial: one Lightning fit of one AA network on one data module. `aa-study train` and every study trial
+run this same function."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Optional
+
+import pytorch_lightning as pl
+import torch
+
+from .data import DataError, make_datamodule
+from .model import ClassificationModule, OptimConfig
+
+DEFAULTS: Dict[str, Any] = {
+    "arch": "aa_resnet18",
+    "kappa": 0.25,
+    "upsilon": None,  # None: tied to kappa
+    "num_heads": 4,
+    "pos_enc": "relative",
+    "stages": [2, 3, 4],
+    "small_input": True,
+    "dataset": "synthetic",
+    "data": {},  # options of the data module (root, task, image_size, ...)
+    "epochs": 5,
+    "batch_size": 128,
+    "recipe": "cifar",
+    "optim": {},  # overrides of the recipe (base_lr, momentum, nesterov, weight_decay, warmup_frac, ...)
+    "seed": 0,
+    "device": "auto",  # auto | cpu | cuda
+    "compile": False,
+    "limit_train_batches": None,
+}
+ARCH_KEYS = ("kappa", "upsilon", "num_heads", "pos_enc", "stages", "small_input")
+
+
+def resolve(config: Dict[str, Any]) -> Dict[str, Any]:
+    unknown = set(config) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown training settings: {sorted(unknown)}")
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg.update(copy.deepcopy(config))
+    if cfg["upsilon"] is None:
+        cfg["upsilon"] = cfg["kappa"]
+    if cfg["device"] not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda; got {cfg['device']!r}")
+    if cfg["device"] == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: cuda requested but no GPU is visible")
+    return cfg
+
+
+def build(config: Dict[str, Any]):
+    """(datamodule, module, resolved config); checks the data and the network before any training."""
+    cfg = resolve(config)
+    dm = make_datamodule(cfg["dataset"], batch_size=cfg["batch_size"], seed=cfg["seed"], **cfg["data"])
+    dm.check()
+    image_size = _image_size(dm, cfg)
+    arch_kwargs = {k: cfg[k] for k in ARCH_KEYS}
+    if cfg["arch"] == "aa_wide_resnet28_10":
+        arch_kwargs.pop("stages"), arch_kwargs.pop("small_input")
+    optim = OptimConfig.from_recipe(cfg["recipe"], **cfg["optim"])
+    on_gpu = _accelerator(cfg) == "gpu"
+    module = ClassificationModule(cfg["arch"], dm.num_classes, dm.in_channels, image_size, cfg["batch_size"],
+                                  cfg["epochs"], optim=optim.__dict__, arch_kwargs=arch_kwargs,
+                                  channels_last=on_gpu, compile=cfg["compile"])
+    return dm, module, cfg
+
+
+def _image_size(dm, cfg):
+    size = dm.image_size
+    if size is None:
+        dm_val = dm.load("val") if hasattr(dm, "load") else None
+        size = tuple(dm_val[0].shape[-2:]) if dm_val is not None else (224, 224)
+    small = cfg["small_input"]
+    if cfg["arch"].startswith("aa_resnet") and small and max(size) > 96:
+        raise DataError(f"small_input is for 28-64 px images; this dataset gives {size[0]}x{size[1]}")
+    if cfg["arch"].startswith("aa_resnet") and not small and min(size) < 64:
+        raise DataError(f"images are {size[0]}x{size[1]}: use small_input: true for the 3x3-stem variant")
+    return size
+
+
+def _accelerator(cfg):
+    if cfg["device"] == "cpu" or (cfg["device"] == "auto" and not torch.cuda.is_available()):
+        return "cpu"
+    return "gpu"
+
+
+def fit(config: Dict[str, Any], callbacks: Optional[List[pl.Callback]] = None, logger=False,
+        ckpt_path: Optional[str] = None, enable_progress_bar: bool = False) -> Dict[str, float]:
+    """Train and validate; returns the final epoch's metrics plus params and GFLOPs."""
+    pl.seed_everything(int(config.get("seed", 0)), workers=True, verbose=False)
+    dm, module, cfg = build(config)
+    accel = _accelerator(cfg)
+    trainer = pl.Trainer(
+        accelerator=accel, devices=1, max_epochs=cfg["epochs"],
+        precision="bf16-mixed" if accel == "gpu" else "32-true",
+        callbacks=callbacks or [], logger=logger, enable_checkpointing=False,
+        enable_progress_bar=enable_progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
+        limit_train_batches=cfg["limit_train_batches"], deterministic=False,
+    )
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    out = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    out.update(params=module.profile.params, gflops=module.profile.gflops)
+    return out
