@@ -47,7 +47,7 @@ def ablation(a):
 def fashion_throughput(a):
     rows = []
     for label, device in (("dataset on the GPU, augmentation there", None), ("CPU data path (tensors on CPU)", "cpu")):
-        data = dict(device=device) if device else {}
+        data = dict(root=a.fashion_root, **(dict(device=device) if device else {}))
         m = fit(dict(arch="aa_resnet18", kappa=0.25, num_heads=4, pos_enc="relative", dataset="fashion_mnist",
                      epochs=2, batch_size=256, data=data))
         rows.append([label, f"{m['images_per_s']:.0f}", f"{m['val_top1'] * 100:.1f}"])
@@ -65,6 +65,7 @@ def main(argv=None):
     p.add_argument("--train-samples", type=int, default=16384)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--fashion-throughput", action="store_true")
+    p.add_argument("--fashion-root", default="/usr/share/datasets/fashion-mnist")
     a = p.parse_args(argv)
     fashion_throughput(a) if a.fashion_throughput else ablation(a)
 
