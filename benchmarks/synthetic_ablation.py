@@ -31,7 +31,7 @@ def ablation(a):
             for seed in a.seeds:
                 t = time.perf_counter()
                 m = fit(dict(arch="aa_resnet18", num_heads=4, dataset="synthetic", epochs=a.epochs,
-                             batch_size=a.batch_size, seed=seed, data=dict(task=task, image_size=a.size,
+                             batch_size=a.batch_size, seed=seed, optim=dict(base_lr=a.lr), grad_clip=a.grad_clip, data=dict(task=task, image_size=a.size,
                              train_samples=a.train_samples, val_samples=4096), **cell))
                 accs.append(m["val_top1"])
                 print(f"{task} {name} seed={seed}: top1={m['val_top1']:.4f} ({time.perf_counter() - t:.0f} s, "
@@ -39,7 +39,7 @@ def ablation(a):
             rows.append([task, name, " ".join(f"{x * 100:.1f}" for x in accs), f"{statistics.mean(accs) * 100:.1f}",
                          f"{(max(accs) - min(accs)) * 100:.1f}"])
     print(f"\n## synthetic ablation: aa_resnet18 small_input, {a.size}px, {a.train_samples} train / 4096 val, "
-          f"{a.epochs} epochs, batch {a.batch_size}, N_h=4, stages 2-4\n")
+          f"{a.epochs} epochs, batch {a.batch_size}, base lr {a.lr}, grad clip {a.grad_clip}, N_h=4, stages 2-4\n")
     print(environment() + "\n")
     print(markdown_table(["task", "cell", "val top-1 % per seed", "mean", "spread"], rows))
 
@@ -64,6 +64,8 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--train-samples", type=int, default=16384)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=0.1, help="base learning rate for a batch of 256")
+    p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--fashion-throughput", action="store_true")
     p.add_argument("--fashion-root", default="/usr/share/datasets/fashion-mnist")
     a = p.parse_args(argv)

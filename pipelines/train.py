@@ -29,6 +29,7 @@ DEFAULTS: Dict[str, Any] = {
     "device": "auto",  # auto | cpu | cuda
     "compile": False,
     "limit_train_batches": None,
+    "grad_clip": None,  # clip the gradient norm to this value (None: no clipping)
 }
 ARCH_KEYS = ("kappa", "upsilon", "num_heads", "pos_enc", "stages", "small_input")
 
@@ -96,6 +97,7 @@ def fit(config: Dict[str, Any], callbacks: Optional[List[pl.Callback]] = None, l
         callbacks=callbacks or [], logger=logger, enable_checkpointing=False,
         enable_progress_bar=enable_progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
         limit_train_batches=cfg["limit_train_batches"], deterministic=False,
+        gradient_clip_val=cfg["grad_clip"],
     )
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     out = {k: float(v) for k, v in trainer.callback_metrics.items()}
