@@ -1,0 +1,145 @@
+"""Data modules on small fixtures written in the real formats; synthetic tasks; metrics; errors; a short fit."""
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines.data import DataError, make_datamodule, read_idx
+from pipelines.model import ClassificationModule, NonFiniteLossError
+from pipelines.synthetic import SYNTHETIC_TASKS, make_synthetic
+from pipelines.train import fit
+
+
+def _write_idx(path, array, gz):
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    (gzip.open if gz else open)(str(path) + (".gz" if gz else ""), "wb").write(data)
+
+
+@pytest.fixture(params=[True, False], ids=["gz", "raw"])
+def fashion_root(tmp_path, request):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("t10k", 20)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 50, (n, 28, 28))
+        images[:, 0, 0] = labels * 20  # a marker tying image to label
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte", images, request.param)
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte", labels, request.param)
+    return tmp_path
+
+
+def test_fashion_mnist_reads_idx_gz_and_raw(fashion_root):
+    dm = make_datamodule("fashion_mnist", root=str(fashion_root), batch_size=8, augment=False)
+    dm.check()
+    dm.setup()
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (8, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+    raw, labels = dm._train
+    assert torch.equal(raw[:, 0, 0, 0].long(), labels * 20)
+    assert len(dm.val_dataloader()) == 3  # 20 images in batches of 8
+
+
+def test_fashion_mnist_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        make_datamodule("fashion_mnist", root=str(tmp_path / "nope")).check()
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte\\[.gz\\] not found"):
+        make_datamodule("fashion_mnist", root=str(tmp_path)).check()
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04garbage")
+    with pytest.raises(DataError, match="not an unsigned-byte IDX file"):
+        read_idx(tmp_path / "bad")
+
+
+def test_cifar100_pickle_layout(tmp_path):
+    base = tmp_path / "cifar-100-python"
+    base.mkdir()
+    for split, n in (("train", 12), ("test", 6)):
+        data = np.random.default_rng(1).integers(0, 255, (n, 3072), dtype=np.uint8)
+        pickle.dump({"data": data, "fine_labels": list(range(n))}, open(base / split, "wb"))
+    dm = make_datamodule("cifar100", root=str(tmp_path), batch_size=4)
+    dm.check()
+    dm.setup()
+    x, y = next(iter(dm.val_dataloader()))
+    assert x.shape == (4, 3, 32, 32) and y.tolist() == [0, 1, 2, 3] and dm.num_classes == 100
+    with pytest.raises(DataError, match="cifar-100-python/train and .*cifar-100-python/test"):
+        make_datamodule("cifar100", root=str(tmp_path / "empty")).check()
+
+
+def test_imagefolder_png_tree_with_split(tmp_path):
+    for c, color in (("cat", 0), ("dog", 255)):
+        (tmp_path / c).mkdir()
+        for i in range(5):
+            Image.fromarray(np.full((40, 30, 3), color, np.uint8)).save(tmp_path / c / f"{i}.png")
+    dm = make_datamodule("imagefolder", root=str(tmp_path), batch_size=4, image_size=32, val_fraction=0.2,
+                         num_workers=0)
+    dm.check()
+    dm.setup()
+    assert dm.num_classes == 2
+    x, y = next(iter(dm.val_dataloader()))
+    assert x.shape[1:] == (3, 32, 32) and len(dm._val) == 2 and len(dm._train) == 8
+    # dog images (all 255) normalise above cat images (all 0)
+    assert all((x[i].mean() > 0) == (y[i] == 1) for i in range(len(y)))
+    with pytest.raises(DataError, match="imagenet expects .*/train and .*/val"):
+        make_datamodule("imagenet", root=str(tmp_path)).check()
+
+
+@pytest.mark.parametrize("task", sorted(SYNTHETIC_TASKS))
+def test_synthetic_deterministic_and_balanced(task):
+    x1, y1 = make_synthetic(task, 64, 32, seed=3)
+    x2, y2 = make_synthetic(task, 64, 32, seed=3)
+    x3, _ = make_synthetic(task, 64, 32, seed=4)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and not torch.equal(x1, x3)
+    counts = torch.bincount(y1, minlength=SYNTHETIC_TASKS[task].num_classes)
+    assert counts.max() - counts.min() <= 1
+    assert x1.shape == (64, 1, 32, 32) and x1.dtype == torch.uint8
+
+
+def test_relative_position_labels_match_glyph_positions():
+    from pipelines.synthetic import glyph_bank
+    x, y = make_synthetic("relative_position", 16, 32, seed=0)
+    g = 4
+    bank = torch.from_numpy(glyph_bank(g))
+    for img, label in zip(x[:, 0], y):
+        found = {}
+        for k in (0, 1):
+            for cy in range(0, 32, g):
+                for cx in range(0, 32, g):
+                    if torch.equal(img[cy:cy + g, cx:cx + g] == 255, bank[k]):
+                        found[k] = (cy, cx)
+        (ya, xa), (yb, xb) = found[0], found[1]
+        assert int(label) == 2 * (ya > yb) + (xa > xb)
+
+
+def test_top_k_metrics_on_crafted_logits():
+    from torchmetrics.classification import MulticlassAccuracy
+    logits = torch.tensor([[5., 4, 3, 2, 1, 0], [0, 5, 4, 3, 2, 1], [1, 2, 3, 4, 5, 6]])
+    y = torch.tensor([0, 2, 0])
+    assert MulticlassAccuracy(6, top_k=1, average="micro")(logits, y).item() == pytest.approx(1 / 3)
+    assert MulticlassAccuracy(6, top_k=5, average="micro")(logits, y).item() == pytest.approx(2 / 3)
+
+
+def test_nan_loss_names_epoch_and_step():
+    m = ClassificationModule("aa_resnet18", 4, 1, (16, 16), 2, 1, arch_kwargs=dict(kappa=0.5, num_heads=2,
+                                                                                   small_input=True))
+    batch = (torch.full((2, 1, 16, 16), float("nan")), torch.tensor([0, 1]))
+    with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 0, step 0"):
+        m.training_step(batch, 0)
+
+
+def test_a_few_dozen_steps_lower_the_loss():
+    cfg = dict(arch="aa_resnet18", kappa=0.25, num_heads=2, dataset="synthetic", batch_size=32, epochs=1,
+               device="cpu", optim=dict(base_lr=0.4, warmup_frac=0.0),
+               data=dict(task="same_corners", image_size=16, train_samples=1024, val_samples=64))
+    first = fit(dict(cfg, limit_train_batches=2))
+    later = fit(dict(cfg, epochs=2))  # 64 steps
+    assert later["train_loss"] < first["train_loss"]
+    assert later["params"] > 0 and later["gflops"] > 0
+
+
+def test_image_size_checked_against_model(fashion_root):
+    from pipelines.train import build
+    with pytest.raises(DataError, match="use small_input: true"):
+        build(dict(dataset="fashion_mnist", small_input=False, data=dict(root=str(fashion_root))))
