@@ -26,7 +26,7 @@ CELLS = [("kappa=0", dict(kappa=0.0)), ("kappa=0.5 none", dict(kappa=0.5, pos_en
 def ablation(a):
     rows = []
     for task in a.tasks:
-        for name, cell in CELLS:
+        for name, cell in [c for c in CELLS if not a.cells or c[0] in a.cells]:
             accs = []
             for seed in a.seeds:
                 t = time.perf_counter()
@@ -67,8 +67,14 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=0.1, help="base learning rate for a batch of 256")
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--fashion-throughput", action="store_true")
+    p.add_argument("--cells", nargs="+", help="names of the cells to run (default: all)")
+    p.add_argument("--sdpa-backend", nargs="+", help="restrict SDPA to these backends, e.g. efficient_attention")
     p.add_argument("--fashion-root", default="/usr/share/datasets/fashion-mnist")
     a = p.parse_args(argv)
+    if a.sdpa_backend:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        with sdpa_kernel([getattr(SDPBackend, b.upper()) for b in a.sdpa_backend]):
+            return fashion_throughput(a) if a.fashion_throughput else ablation(a)
     fashion_throughput(a) if a.fashion_throughput else ablation(a)
 
 
