@@ -27,6 +27,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 IMPLEMENTATIONS = ("auto", "reference", "fused")
 
@@ -77,12 +78,24 @@ def _pad_last(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, extra)) if extra else x
 
 
+# SDPA backends the fused path allows on CUDA, in PyTorch's order of preference. cuDNN's attention is left
+# out: on an H100 (torch 2.11) AA-ResNet-18 trainings with kappa = 0.5 hit a NaN loss within two epochs
+# twice with it, and none with flash / memory-efficient on the same configuration
+# (benchmarks/results/h100-2026-11-25.md). MATH stays last as a fallback for shapes the others refuse.
+CUDA_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
 def _sdpa_aligned(q, k, v, scale):
     """SDPA with every head dim zero-padded to a multiple of 8 (exact: zeros add nothing to q.k, and the
     padded output columns are dropped). Unaligned head dims (e.g. d_vh = 4) make the fused CUDA kernels
     refuse the call and PyTorch falls back to its math path, which materialises the (H*W)^2 weights."""
     dvh = v.shape[-1]
-    out = F.scaled_dot_product_attention(_pad_last(q, 8), _pad_last(k, 8), _pad_last(v, 8), scale=scale)
+    q, k, v = _pad_last(q, 8), _pad_last(k, 8), _pad_last(v, 8)
+    if q.is_cuda:
+        with sdpa_kernel(CUDA_SDPA_BACKENDS):
+            out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
     return out[..., :dvh] if out.shape[-1] != dvh else out
 
 
