@@ -78,23 +78,22 @@ def _pad_last(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, extra)) if extra else x
 
 
-# SDPA backends for content-only attention on CUDA. cuDNN's attention is left out there: on an H100
-# (torch 2.11) AA-ResNet-18 trainings with kappa = 0.5 and pos_enc="none" (q, k, v strided head views) hit a
-# NaN loss within two epochs twice with it, and never with flash / memory-efficient on the same
-# configuration (benchmarks/results/h100-2026-11-25.md). The relative path (contiguous augmented q, k) keeps
-# PyTorch's default choice: it trained without NaNs with cuDNN, and flash cannot take its unequal head dims,
-# so excluding cuDNN there costs 2.8x (6.8 -> 18.9 ms at 56x56).
-CONTENT_ONLY_CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+# SDPA backends the fused path allows on CUDA. cuDNN's attention is left out: on an H100 (torch 2.11)
+# AA-ResNet-18 trainings on the 64 px synthetic task hit a NaN loss within three epochs with it, for
+# pos_enc="none" (twice) and "relative" (once), and never with flash / memory-efficient on the same
+# configurations (benchmarks/results/h100-2026-11-25.md). The price: flash cannot take the relative
+# path's unequal head dims, so it runs on the memory-efficient kernel, 2.8x slower than cuDNN at 56x56.
+CUDA_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
-def _sdpa_aligned(q, k, v, scale, backends=None):
+def _sdpa_aligned(q, k, v, scale):
     """SDPA with every head dim zero-padded to a multiple of 8 (exact: zeros add nothing to q.k, and the
     padded output columns are dropped). Unaligned head dims (e.g. d_vh = 4) make the fused CUDA kernels
     refuse the call and PyTorch falls back to its math path, which materialises the (H*W)^2 weights."""
     dvh = v.shape[-1]
     q, k, v = _pad_last(q, 8), _pad_last(k, 8), _pad_last(v, 8)
-    if q.is_cuda and backends:
-        with sdpa_kernel(backends):
+    if q.is_cuda:
+        with sdpa_kernel(CUDA_SDPA_BACKENDS):
             out = F.scaled_dot_product_attention(q, k, v, scale=scale)
     else:
         out = F.scaled_dot_product_attention(q, k, v, scale=scale)
@@ -105,7 +104,7 @@ def _attention_fused(q, k, v, rel_width, rel_height, height, width):
     B, N, L, dkh = q.shape
     scale = dkh ** -0.5
     if rel_width is None:
-        return _sdpa_aligned(q, k, v, scale, CONTENT_ONLY_CUDA_BACKENDS)
+        return _sdpa_aligned(q, k, v, scale)
     # Per-query relative logits at every key column / row: (B, N, H, W, W) and (B, N, H, W, H).
     # windows_w[x_i, x_j] = r^W[x_j - x_i + W - 1]; the product is batched over x_i (resp. y_i).
     windows_w = rel_width[relative_offsets(width, q.device)].to(q.dtype)  # (W, W, d)
