@@ -220,14 +220,19 @@ class AugmentedConv2d(nn.Module):
         return attn if self.conv is None else torch.cat([self.conv(x), attn], dim=1)
 
 
+def check_fractions(kappa, upsilon):
+    """kappa and upsilon (None: not given) must lie in [0, 1]."""
+    for name, frac in (("kappa", kappa), ("upsilon", upsilon)):
+        if frac is not None and not (0.0 <= frac <= 1.0):
+            raise ValueError(f"{name} must be in [0, 1]; got {frac}")
+
+
 def _resolve_depths(out_channels, kappa, upsilon, dk, dv) -> Tuple[int, int]:
     if (kappa is None) == (dk is None):
         raise ValueError("give exactly one of kappa= or dk=")
     if (upsilon is None) == (dv is None):
         raise ValueError("give exactly one of upsilon= or dv=")
-    for name, frac in (("kappa", kappa), ("upsilon", upsilon)):
-        if frac is not None and not (0.0 <= frac <= 1.0):
-            raise ValueError(f"{name} must be in [0, 1]; got {frac}")
+    check_fractions(kappa, upsilon)
     dk = int(round(kappa * out_channels)) if dk is None else dk
     dv = int(round(upsilon * out_channels)) if dv is None else dv
     return dk, dv

@@ -18,7 +18,7 @@ from typing import Iterable, Optional, Sequence, Tuple, Union
 import torch.nn as nn
 from torchvision.models import resnet as tv
 
-from .augmented_conv import AugmentedConv2d
+from .augmented_conv import AugmentedConv2d, check_fractions
 
 AUGMENTED_CONV = {tv.BasicBlock: "conv1", tv.Bottleneck: "conv2"}
 _DEPTHS = {
@@ -87,9 +87,7 @@ def augment_resnet(
 
 def _aa_resnet(depth, num_classes, kappa, upsilon, num_heads, pos_enc, stages, small_input, in_channels,
                input_size, attention_impl):
-    for name, frac in (("kappa", kappa), ("upsilon", upsilon)):
-        if not (0.0 <= frac <= 1.0):
-            raise ValueError(f"{name} must be in [0, 1]; got {frac}")
+    check_fractions(kappa, upsilon)
     block, layers = _DEPTHS[depth]
     model = tv.ResNet(block, layers, num_classes=num_classes)
     if small_input or in_channels != 3:

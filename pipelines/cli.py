@@ -7,6 +7,10 @@ import sys
 
 import yaml
 
+from aa_modules import POS_ENCODINGS
+
+from .model import RECIPES
+
 
 def _train_parser(sub):
     p = sub.add_parser("train", help="run one trial and print its final metrics",
@@ -17,14 +21,14 @@ def _train_parser(sub):
     p.add_argument("--kappa", type=float)
     p.add_argument("--upsilon", type=float)
     p.add_argument("--num-heads", type=int)
-    p.add_argument("--pos-enc", choices=["none", "relative", "sine2d", "coordconv"])
+    p.add_argument("--pos-enc", choices=POS_ENCODINGS)
     p.add_argument("--stages", type=int, nargs="+")
     p.add_argument("--dataset")
     p.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
                    help="a data module option, e.g. --data task=same_corners --data image_size=32")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--recipe", choices=["cifar", "imagenet"])
+    p.add_argument("--recipe", choices=sorted(RECIPES))
     p.add_argument("--lr", type=float, help="base learning rate for a batch of 256")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -64,11 +68,11 @@ def main(argv=None) -> int:
 
         try:
             cfg = _train_config(a)
-            build(cfg)  # every check before training starts
+            built = build(cfg)  # every check before training starts
         except (ValueError, DataError, OSError, yaml.YAMLError) as e:
             print(f"aa-study train: error: {e}", file=sys.stderr)
             return 2
-        metrics = fit(cfg, enable_progress_bar=a.progress)
+        metrics = fit(cfg, enable_progress_bar=a.progress, built=built)
         print(json.dumps(metrics, indent=1, sort_keys=True))
     return 0
 

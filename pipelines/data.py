@@ -148,16 +148,19 @@ class TensorDataModule(pl.LightningDataModule):
         raise NotImplementedError
 
     def check(self):
-        """Raise DataError before training if the data is missing or malformed."""
-        self.load("val")
+        """Raise DataError before training if the data is missing or malformed (keeps the val split)."""
+        if self._val is None:
+            self._val = self.load("val")
 
     @property
     def image_size(self):
         return tuple(self._val[0].shape[-2:]) if self._val else None
 
     def setup(self, stage=None):
+        if self._val is None:
+            self._val = self.load("val")
         if self._train is None:
-            self._train, self._val = self.load("train"), self.load("val")
+            self._train = self.load("train")
             x = self._train[0].float() / 255
             dims = [0, 2, 3]
             self.mean, self.std = x.mean(dims).tolist(), x.std(dims).clamp_min(1e-3).tolist()

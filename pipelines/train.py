@@ -52,6 +52,7 @@ def resolve(config: Dict[str, Any]) -> Dict[str, Any]:
 def build(config: Dict[str, Any]):
     """(datamodule, module, resolved config); checks the data and the network before any training."""
     cfg = resolve(config)
+    pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
     dm = make_datamodule(cfg["dataset"], batch_size=cfg["batch_size"], seed=cfg["seed"], **cfg["data"])
     dm.check()
     image_size = _image_size(dm, cfg)
@@ -67,10 +68,7 @@ def build(config: Dict[str, Any]):
 
 
 def _image_size(dm, cfg):
-    size = dm.image_size
-    if size is None:
-        dm_val = dm.load("val") if hasattr(dm, "load") else None
-        size = tuple(dm_val[0].shape[-2:]) if dm_val is not None else (224, 224)
+    size = dm.image_size  # known once dm.check() has run
     small = cfg["small_input"]
     if cfg["arch"].startswith("aa_resnet") and small and max(size) > 96:
         raise DataError(f"small_input is for 28-64 px images; this dataset gives {size[0]}x{size[1]}")
@@ -86,10 +84,10 @@ def _accelerator(cfg):
 
 
 def fit(config: Dict[str, Any], callbacks: Optional[List[pl.Callback]] = None, logger=False,
-        ckpt_path: Optional[str] = None, enable_progress_bar: bool = False) -> Dict[str, float]:
-    """Train and validate; returns the final epoch's metrics plus params and GFLOPs."""
-    pl.seed_everything(int(config.get("seed", 0)), workers=True, verbose=False)
-    dm, module, cfg = build(config)
+        ckpt_path: Optional[str] = None, enable_progress_bar: bool = False, built=None) -> Dict[str, float]:
+    """Train and validate; returns the final epoch's metrics plus params and GFLOPs. ``built``: what
+    `build(config)` returned, when the caller has already built (and so checked) the trial."""
+    dm, module, cfg = built or build(config)
     accel = _accelerator(cfg)
     trainer = pl.Trainer(
         accelerator=accel, devices=1, max_epochs=cfg["epochs"],
