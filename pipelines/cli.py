@@ -1,4 +1,15 @@
-"""`aa-study`: the command line. `aa-study train` runs one trial (the same code path a study trial uses)."""
+"""`aa-study`: run, resume and inspect ablation studies of attention-augmented networks.
+
+  aa-study run STUDY.yaml [--profile P]      launch a study (skips cell x seed already FINISHED)
+  aa-study resume STUDY.yaml [--profile P]   continue a launched study (unfinished trials from their checkpoints)
+  aa-study status STUDY.yaml                 cells finished / running / failed / pending
+  aa-study ui [STUDY.yaml]                   the MLflow UI on the study's store (127.0.0.1 unless --host)
+  aa-study train ...                         one trial, the same code path a study trial uses
+
+Defaults: a local Ray started for the launch, an MLflow sqlite store at ./aa-study-runs/mlflow.db (or
+$AA_STUDY_HOME), Ray storage in ./aa-study-runs/ray. Mistakes in a study are reported in one line naming
+the field, with exit code 2, before anything is written.
+"""
 from __future__ import annotations
 
 import argparse
@@ -57,11 +68,129 @@ def _train_config(a) -> dict:
     return cfg
 
 
+def _study_args(p, launch=True):
+    p.add_argument("study", help="a study YAML (studies/*.yaml)")
+    p.add_argument("--profile", help="a profile of the study (paper, gpu, cpu, ...); default: the study's "
+                                     "default_profile, else cpu")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI: sqlite:///PATH/mlflow.db or http://HOST:PORT "
+                                          "(default $MLFLOW_TRACKING_URI, else ./aa-study-runs/mlflow.db)")
+    if launch:
+        p.add_argument("--address", help="join this Ray cluster (default $RAY_ADDRESS, else a local Ray)")
+        p.add_argument("--storage", help="Ray Tune storage (a local path, shared on clusters, or a URI); "
+                                         "default ./aa-study-runs/ray")
+        p.add_argument("--quiet", action="store_true", help="no Tune progress table")
+
+
+def _fail(cmd, e) -> int:
+    print(f"aa-study {cmd}: error: {e}", file=sys.stderr)
+    return 2
+
+
+def _launch(a, resume: bool) -> int:
+    from .spec import SpecError
+    from .study import LaunchError, launch, prepare
+    from .tracking import TrackingError
+
+    cmd = "resume" if resume else "run"
+    try:
+        prepared = prepare(a.study, a.profile, a.tracking_uri)
+    except (SpecError, TrackingError) as e:
+        return _fail(cmd, e)
+    try:
+        res = launch(a.study, a.profile, a.tracking_uri, a.storage, a.address, resume=resume,
+                     command=" ".join(["aa-study"] + sys.argv[1:]), verbose=0 if a.quiet else 1, prepared=prepared)
+    except LaunchError as e:
+        return _fail(cmd, e)
+    print(f"done: {res.finished} finished, {res.failed} failed, {res.killed} killed, "
+          f"{res.skipped} already finished before this launch")
+    for name, err in res.errors.items():
+        print(f"  FAILED {name}: {err}")
+    return 1 if res.failed or res.killed else 0
+
+
+def _status(a) -> int:
+    from .spec import SpecError
+    from .study import status
+    from .tracking import TrackingError
+
+    try:
+        st = status(a.study, a.profile, a.tracking_uri)
+    except (SpecError, TrackingError) as e:
+        return _fail("status", e)
+    study = st["study"]
+    print(f"study {study.name} (profile {study.profile or '-'}), experiment {study.experiment!r}"
+          f"{'' if st['experiment_id'] else ' (not launched yet)'}, store {st['uri']}")
+    cols = ("finished", "running", "failed", "killed", "pending")
+    print(f"{'cell':12}  {'arch':12} {'kappa':>5} {'upsilon':>7} {'heads':>5} {'pos_enc':9} " +
+          " ".join(f"{c:>8}" for c in cols))
+    totals = dict.fromkeys(cols, 0)
+    for cell, ax in study.cells.items():
+        row = st["rows"][cell]
+        for c in cols:
+            totals[c] += row[c]
+        print(f"{cell:12}  {ax['arch']:12} {ax['kappa']:5.2f} {ax['upsilon']:7.2f} {ax['num_heads']:5d} "
+              f"{ax['pos_enc']:9} " + " ".join(f"{row[c]:8d}" for c in cols))
+    print("total" + " " * 53 + " ".join(f"{totals[c]:8d}" for c in cols))
+    return 0
+
+
+def _ui(a) -> int:
+    import os
+    import subprocess
+
+    from .spec import SpecError, load_study
+    from .tracking import (TrackingError, Tracker, check_tracking_uri, default_home, default_tracking_uri,
+                           sqlite_path, ui_url)
+
+    try:
+        uri = a.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+        check_tracking_uri(uri)
+        study = load_study(a.study, a.profile, check_data=False) if a.study else None
+    except (SpecError, TrackingError) as e:
+        return _fail("ui", e)
+    path = sqlite_path(uri)
+    if path is None:
+        return _fail("ui", f"tracking-uri: {uri} is already a server: open it in a browser")
+    if not path.exists():
+        return _fail("ui", f"no store at {path} yet: run a study first")
+    if a.host == "0.0.0.0":
+        print("warning: --host 0.0.0.0 serves the store to every network this machine is on", file=sys.stderr)
+    exp_id = Tracker(uri).experiment_id(study.experiment) if study else None
+    base = f"http://{'127.0.0.1' if a.host == '0.0.0.0' else a.host}:{a.port}"
+    print(f"MLflow UI: {ui_url(base, exp_id) if exp_id else base}", flush=True)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", a.host,
+           "--port", str(a.port), "--workers", "1",
+           "--default-artifact-root", (path.parent / "artifacts").as_uri()]
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="aa-study", description=__doc__)
+    parser = argparse.ArgumentParser(prog="aa-study", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    _study_args(sub.add_parser("run", help="launch a study", description="Launch a study: every cell x seed "
+                               "not yet FINISHED in MLflow runs as a Ray Tune trial."))
+    _study_args(sub.add_parser("resume", help="continue a launched study", description="Continue a study: "
+                               "runs left unfinished (killed driver, failed trials) continue from their last "
+                               "checkpoint; finished ones are never run again."))
+    _study_args(sub.add_parser("status", help="cells finished / running / failed / pending"), launch=False)
+    p = sub.add_parser("ui", help="serve the MLflow UI on the study store")
+    p.add_argument("study", nargs="?", help="a study YAML: print the link to its runs")
+    p.add_argument("--profile")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000)
     _train_parser(sub)
     a = parser.parse_args(argv)
+    if a.command in ("run", "resume"):
+        return _launch(a, a.command == "resume")
+    if a.command == "status":
+        return _status(a)
+    if a.command == "ui":
+        return _ui(a)
     if a.command == "train":
         from .data import DataError
         from .train import build, fit

@@ -174,7 +174,10 @@ class TensorDataModule(pl.LightningDataModule):
                              seed=self.seed, drop_last=train and data[0].shape[0] > self.batch_size)
 
     def train_dataloader(self):
-        return self._batches(self._train, True)
+        batches = self._batches(self._train, True)
+        if self.trainer is not None:  # a fit resumed from a checkpoint continues the epochs' shuffles
+            batches.epoch = self.trainer.current_epoch
+        return batches
 
     def val_dataloader(self):
         return self._batches(self._val, False)

@@ -51,11 +51,8 @@ def resolve(config: Dict[str, Any]) -> Dict[str, Any]:
 
 def build(config: Dict[str, Any]):
     """(datamodule, module, resolved config); checks the data and the network before any training."""
-    cfg = resolve(config)
+    dm, image_size, cfg = build_data(config)
     pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
-    dm = make_datamodule(cfg["dataset"], batch_size=cfg["batch_size"], seed=cfg["seed"], **cfg["data"])
-    dm.check()
-    image_size = _image_size(dm, cfg)
     arch_kwargs = {k: cfg[k] for k in ARCH_KEYS}
     if cfg["arch"] == "aa_wide_resnet28_10":
         arch_kwargs.pop("stages"), arch_kwargs.pop("small_input")
@@ -65,6 +62,14 @@ def build(config: Dict[str, Any]):
                                   cfg["epochs"], optim=optim.__dict__, arch_kwargs=arch_kwargs,
                                   channels_last=on_gpu, compile=cfg["compile"])
     return dm, module, cfg
+
+
+def build_data(config: Dict[str, Any]):
+    """(datamodule, image size, resolved config): the data opened and checked against the model."""
+    cfg = resolve(config)
+    dm = make_datamodule(cfg["dataset"], batch_size=cfg["batch_size"], seed=cfg["seed"], **cfg["data"])
+    dm.check()
+    return dm, _image_size(dm, cfg), cfg
 
 
 def _image_size(dm, cfg):
@@ -92,7 +97,8 @@ def fit(config: Dict[str, Any], callbacks: Optional[List[pl.Callback]] = None, l
     trainer = pl.Trainer(
         accelerator=accel, devices=1, max_epochs=cfg["epochs"],
         precision="bf16-mixed" if accel == "gpu" else "32-true",
-        callbacks=callbacks or [], logger=logger, enable_checkpointing=False,
+        callbacks=callbacks or [], logger=logger,
+        enable_checkpointing=any(isinstance(c, pl.callbacks.Checkpoint) for c in callbacks or []),
         enable_progress_bar=enable_progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
         limit_train_batches=cfg["limit_train_batches"], deterministic=False,
         gradient_clip_val=cfg["grad_clip"],

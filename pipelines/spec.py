@@ -1,0 +1,435 @@
+"""Study specs: YAML → a validated `Study` → the list of trials (cell × seed).
+
+A spec (see studies/*.yaml) names a grid over the network's axes, the seeds, the fixed training settings,
+resources per trial and profiles that override any of these. `load_study(path, profile)` reads it with a
+safe loader and validates everything that can be checked without Ray or MLflow; any problem raises
+`SpecError` with one line that names the field. Nothing is written anywhere.
+
+The cell key (`cell_key`) is a stable hash of a trial's normalised configuration without its seed and
+without settings that say *where* or *how fast* rather than *what* (device, data root, compile). It is
+what resume deduplicates on and what reports group by.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from aa_modules import ARCHITECTURES, POS_ENCODINGS
+
+from .model import RECIPES
+from .train import DEFAULTS as TRAIN_DEFAULTS
+
+AXES = ("arch", "kappa", "upsilon", "num_heads", "pos_enc")
+TOP_KEYS = {"name", "description", "task", "experiment", "report", "grid", "seeds", "train", "resources",
+            "max_failures", "scheduler", "profiles", "default_profile", "checkpoint_every"}
+PROFILE_KEYS = TOP_KEYS - {"name", "profiles", "default_profile", "task"}
+TASKS = ("classification",)
+SCHEDULERS = ("fifo", "asha")
+NOT_IN_CELL_KEY = ("seed", "device", "compile")
+NOT_IN_CELL_KEY_DATA = ("root",)
+
+
+class SpecError(ValueError):
+    """A study spec that cannot run; the message is one line naming the field."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    cell: str  # cell key
+    seed: int
+    config: Dict[str, Any]  # a complete pipelines.train config (seed included)
+
+    @property
+    def name(self) -> str:
+        c = self.config
+        return f"{c['arch']}-k{c['kappa']:g}-u{c['upsilon']:g}-h{c['num_heads']}-{c['pos_enc']}-s{self.seed}"
+
+
+@dataclass
+class Study:
+    name: str
+    profile: str
+    experiment: str
+    report: Optional[str]
+    description: str
+    axes: Dict[str, List[Any]]  # the grid as given (upsilon may be the string "kappa")
+    seeds: List[int]
+    train: Dict[str, Any]
+    resources: Dict[str, float]
+    max_failures: int
+    scheduler: Dict[str, Any]
+    checkpoint_every: int
+    path: Optional[str] = None
+    trials: List[Trial] = field(default_factory=list)
+
+    @property
+    def cells(self) -> Dict[str, Dict[str, Any]]:
+        out = {}
+        for t in self.trials:
+            out.setdefault(t.cell, {k: t.config[k] for k in AXES})
+        return out
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _canon(value):
+    """Canonical JSON-able form: floats that are integers stay floats (0 and 0.0 hash alike via float())."""
+    if isinstance(value, dict):
+        return {k: _canon(value[k]) for k in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [_canon(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value) if isinstance(value, float) else int(value)
+    return str(value)
+
+
+def normalise(config: Dict[str, Any]) -> Dict[str, Any]:
+    """A trial config with equivalent settings written one way: κ, υ as floats; a plain convolution
+    (κ = υ = 0) has no encoding and no heads, so κ=0 cells of different encodings are one cell."""
+    cfg = copy.deepcopy(config)
+    cfg["kappa"] = float(cfg["kappa"])
+    cfg["upsilon"] = float(cfg["kappa"] if cfg.get("upsilon") is None else cfg["upsilon"])
+    if cfg["kappa"] == 0 and cfg["upsilon"] == 0:
+        cfg["pos_enc"], cfg["num_heads"] = "none", 1
+    return cfg
+
+
+def cell_key(config: Dict[str, Any]) -> str:
+    cfg = {k: v for k, v in normalise(config).items() if k not in NOT_IN_CELL_KEY}
+    cfg["data"] = {k: v for k, v in cfg.get("data", {}).items() if k not in NOT_IN_CELL_KEY_DATA}
+    blob = json.dumps(_canon(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "grid":
+            out[k] = _merge(out[k], v)
+        elif k == "grid" and isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}  # a profile replaces whole axes
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _fail(field_: str, msg: str):
+    raise SpecError(f"{field_}: {msg}")
+
+
+# ----------------------------------------------------------------------------------------- loading
+def read_yaml(path) -> Dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"study file {path} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise SpecError(f"{path}: not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a UTF-8 text file") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a study must be a YAML mapping (name:, grid:, ...); got {type(raw).__name__}")
+    return raw
+
+
+def load_study(path, profile: Optional[str] = None, check_data: bool = True) -> Study:
+    raw = read_yaml(path)
+    study = parse_study(raw, profile, check_data=check_data)
+    study.path = str(Path(path).resolve())
+    return study
+
+
+def parse_study(raw: Dict[str, Any], profile: Optional[str] = None, check_data: bool = True) -> Study:
+    for k in raw:
+        if not isinstance(k, str) or k not in TOP_KEYS:
+            _fail(str(k), f"unknown key (allowed: {', '.join(sorted(TOP_KEYS))})")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\ \t\n"):
+        _fail("name", "required: a non-empty string without spaces or slashes")
+    profiles = raw.get("profiles", {}) or {}
+    if not isinstance(profiles, dict):
+        _fail("profiles", "must be a mapping of profile name to overrides")
+    chosen = profile or raw.get("default_profile")
+    if chosen is None and profiles:
+        chosen = "cpu" if "cpu" in profiles else sorted(profiles)[0]
+    spec = {k: v for k, v in raw.items() if k not in ("profiles", "default_profile")}
+    if chosen is not None:
+        if chosen not in profiles:
+            _fail("profile", f"{chosen!r} is not defined (this study has: {', '.join(sorted(profiles)) or 'none'})")
+        over = profiles[chosen]
+        if over is None:
+            over = {}
+        if not isinstance(over, dict):
+            _fail(f"profiles.{chosen}", "must be a mapping of overrides")
+        for k in over:
+            if k not in PROFILE_KEYS:
+                _fail(f"profiles.{chosen}.{k}", f"unknown key (a profile may set: {', '.join(sorted(PROFILE_KEYS))})")
+        spec = _merge(spec, over)
+
+    task = spec.get("task", "classification")
+    if task not in TASKS:
+        _fail("task", f"must be one of {', '.join(TASKS)}; got {task!r}")
+    experiment = spec.get("experiment") or (f"{name}-{chosen}" if chosen else name)
+    if not isinstance(experiment, str):
+        _fail("experiment", "must be a string")
+    report = spec.get("report")
+    if report is not None and not isinstance(report, str):
+        _fail("report", "must be a string naming a report (table5, table6, figure5, ...)")
+
+    axes = _parse_grid(spec.get("grid"))
+    seeds = _parse_seeds(spec.get("seeds", 1))
+    train = _parse_train(spec.get("train", {}) or {})
+    resources = _parse_resources(spec.get("resources", {}) or {})
+    max_failures = spec.get("max_failures", 0)
+    if not isinstance(max_failures, int) or isinstance(max_failures, bool) or max_failures < 0:
+        _fail("max_failures", f"must be an integer >= 0; got {max_failures!r}")
+    checkpoint_every = spec.get("checkpoint_every", 1)
+    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 0:
+        _fail("checkpoint_every", f"must be an integer >= 0 (0: no checkpoints); got {checkpoint_every!r}")
+    scheduler = _parse_scheduler(spec.get("scheduler", "fifo"))
+
+    study = Study(name=name, profile=chosen or "", experiment=experiment, report=report,
+                  description=str(spec.get("description", "") or ""), axes=axes, seeds=seeds, train=train,
+                  resources=resources, max_failures=max_failures, scheduler=scheduler,
+                  checkpoint_every=checkpoint_every)
+    study.trials = _expand(study)
+    _check_networks(study)
+    if check_data:
+        _check_data(study)
+    return study
+
+
+def _parse_grid(grid) -> Dict[str, List[Any]]:
+    if not isinstance(grid, dict) or not grid:
+        _fail("grid", "required: a mapping of axes (kappa, upsilon, num_heads, pos_enc, arch) to lists of values")
+    axes = {}
+    for k, v in grid.items():
+        if k not in AXES:
+            _fail(f"grid.{k}", f"unknown axis (axes: {', '.join(AXES)})")
+        if k == "upsilon" and v == "kappa":
+            axes[k] = "kappa"
+            continue
+        values = v if isinstance(v, list) else [v]
+        if not values:
+            _fail(f"grid.{k}", "empty list: an axis needs at least one value")
+        for x in values:
+            _check_axis_value(k, x)
+        canon = [json.dumps(_canon(float(x) if k in ("kappa", "upsilon") else x)) for x in values]
+        if len(set(canon)) != len(canon):
+            _fail(f"grid.{k}", f"duplicate values in {values}")
+        axes[k] = values
+    return axes
+
+
+def _check_axis_value(k, x):
+    if k in ("kappa", "upsilon"):
+        if not _is_num(x) or not 0.0 <= float(x) <= 1.0:
+            _fail(f"grid.{k}", f"values must be numbers in [0, 1]; got {x!r}")
+    elif k == "num_heads":
+        if not isinstance(x, int) or isinstance(x, bool) or x < 1:
+            _fail("grid.num_heads", f"values must be positive integers; got {x!r}")
+    elif k == "pos_enc":
+        if x not in POS_ENCODINGS:
+            _fail("grid.pos_enc", f"unknown encoding {x!r} (encodings: {', '.join(POS_ENCODINGS)})")
+    elif k == "arch":
+        if x not in ARCHITECTURES:
+            _fail("grid.arch", f"unknown architecture {x!r} (architectures: {', '.join(sorted(ARCHITECTURES))})")
+
+
+def _parse_seeds(seeds) -> List[int]:
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 1:
+            _fail("seeds", f"a count must be >= 1; got {seeds}")
+        return list(range(seeds))
+    if not isinstance(seeds, list) or not seeds:
+        _fail("seeds", "must be a count (e.g. 3) or a non-empty list of integers")
+    for s in seeds:
+        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
+            _fail("seeds", f"seeds must be integers >= 0; got {s!r}")
+    if len(set(seeds)) != len(seeds):
+        _fail("seeds", f"duplicate seeds in {seeds}")
+    return list(seeds)
+
+
+_TRAIN_TYPES = {"epochs": int, "batch_size": int, "dataset": str, "data": dict, "recipe": str, "optim": dict,
+                "device": str, "compile": bool, "small_input": bool, "stages": list}
+
+
+def _parse_train(train) -> Dict[str, Any]:
+    if not isinstance(train, dict):
+        _fail("train", "must be a mapping of training settings")
+    for k, v in train.items():
+        if k in AXES:
+            _fail(f"train.{k}", "is a grid axis: put it under grid:")
+        if k == "seed":
+            _fail("train.seed", "seeds are set by the top-level seeds:")
+        if k not in TRAIN_DEFAULTS:
+            _fail(f"train.{k}", f"unknown setting (settings: {', '.join(sorted(set(TRAIN_DEFAULTS) - set(AXES) - {'seed'}))})")
+        want = _TRAIN_TYPES.get(k)
+        if want is int and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            _fail(f"train.{k}", f"must be a positive integer; got {v!r}")
+        if want in (str, dict, bool, list) and not isinstance(v, want):
+            _fail(f"train.{k}", f"must be a {want.__name__}; got {v!r}")
+    if "recipe" in train and train["recipe"] not in RECIPES:
+        _fail("train.recipe", f"must be one of {', '.join(sorted(RECIPES))}; got {train['recipe']!r}")
+    if "device" in train and train["device"] not in ("auto", "cpu", "cuda"):
+        _fail("train.device", f"must be auto, cpu or cuda; got {train['device']!r}")
+    if "stages" in train and not all(isinstance(s, int) and 1 <= s <= 4 for s in train["stages"]):
+        _fail("train.stages", f"must list stage numbers 1-4; got {train['stages']!r}")
+    for k in ("grad_clip",):
+        if train.get(k) is not None and (not _is_num(train[k]) or train[k] <= 0):
+            _fail(f"train.{k}", f"must be a positive number; got {train[k]!r}")
+    if train.get("limit_train_batches") is not None:
+        v = train["limit_train_batches"]
+        if not _is_num(v) or v <= 0:
+            _fail("train.limit_train_batches", f"must be a positive number; got {v!r}")
+    data = train.get("data", {})
+    if isinstance(data.get("root"), str):  # trials may run in another working directory
+        train = {**train, "data": {**data, "root": str(Path(data["root"]).expanduser().resolve())}}
+    from .model import OptimConfig
+    try:
+        OptimConfig.from_recipe(train.get("recipe", TRAIN_DEFAULTS["recipe"]), **train.get("optim", {}))
+    except (ValueError, TypeError) as e:
+        _fail("train.optim", str(e))
+    for k, v in train.get("optim", {}).items():
+        if not _is_num(v) and not isinstance(v, bool):
+            _fail(f"train.optim.{k}", f"must be a number; got {v!r}")
+    return copy.deepcopy(train)
+
+
+def _parse_resources(res) -> Dict[str, float]:
+    if not isinstance(res, dict):
+        _fail("resources", "must be a mapping like {cpu: 1, gpu: 0.25}")
+    for k in res:
+        if k not in ("cpu", "gpu"):
+            _fail(f"resources.{k}", "unknown resource (cpu, gpu)")
+    cpu, gpu = res.get("cpu", 1), res.get("gpu", 0)
+    if not _is_num(cpu) or cpu <= 0:
+        _fail("resources.cpu", f"must be a number > 0; got {cpu!r}")
+    if not _is_num(gpu) or not 0 <= gpu <= 1 and not (float(gpu).is_integer() and gpu > 1):
+        _fail("resources.gpu", f"must be a fraction in [0, 1] or a whole number of GPUs; got {gpu!r}")
+    if _is_num(gpu) and gpu > 1:
+        _fail("resources.gpu", f"a trial trains on one GPU: use a fraction in (0, 1] or 1; got {gpu!r}")
+    return {"cpu": float(cpu), "gpu": float(gpu)}
+
+
+def _parse_scheduler(s) -> Dict[str, Any]:
+    if isinstance(s, str):
+        s = {"type": s}
+    if not isinstance(s, dict) or s.get("type") not in SCHEDULERS:
+        _fail("scheduler", f"must be one of {', '.join(SCHEDULERS)} (or a mapping with type:); got {s!r}")
+    allowed = {"type", "grace_period", "reduction_factor"}
+    for k in s:
+        if k not in allowed:
+            _fail(f"scheduler.{k}", f"unknown option (options: {', '.join(sorted(allowed))})")
+    for k in ("grace_period", "reduction_factor"):
+        if k in s and (not isinstance(s[k], int) or isinstance(s[k], bool) or s[k] < 1):
+            _fail(f"scheduler.{k}", f"must be a positive integer; got {s[k]!r}")
+    return dict(s)
+
+
+def _expand(study: Study) -> List[Trial]:
+    axes = dict(study.axes)
+    tie = axes.get("upsilon") == "kappa" or "upsilon" not in axes
+    names = [k for k in AXES if k in axes and not (k == "upsilon" and tie)]
+    trials, seen = [], {}
+    for values in itertools.product(*(axes[k] for k in names)):
+        point = dict(zip(names, values))
+        if tie:
+            point["upsilon"] = None
+        base = {**study.train, **point}
+        cfg = {k: v for k, v in TRAIN_DEFAULTS.items()}
+        cfg.update(copy.deepcopy(base))
+        cfg = normalise(cfg)
+        key = cell_key(cfg)
+        if key in seen:
+            continue  # e.g. κ = 0 under several encodings: one plain-convolution cell
+        seen[key] = cfg
+        for seed in study.seeds:
+            trials.append(Trial(cell=key, seed=seed, config={**copy.deepcopy(cfg), "seed": seed}))
+    return trials
+
+
+# ------------------------------------------------------------------------------------ deep checks
+_KNOWN_SHAPES = {"fashion_mnist": ((28, 28), 1, 10), "cifar100": ((32, 32), 3, 100)}
+
+
+def _data_shape(train_cfg) -> tuple:
+    ds, data = train_cfg["dataset"], train_cfg.get("data", {})
+    if ds in _KNOWN_SHAPES:
+        return _KNOWN_SHAPES[ds]
+    if ds == "synthetic":
+        from .synthetic import SYNTHETIC_TASKS
+        task = data.get("task", "same_corners")
+        if task not in SYNTHETIC_TASKS:
+            _fail("train.data.task", f"unknown synthetic task {task!r} (tasks: {', '.join(sorted(SYNTHETIC_TASKS))})")
+        size = data.get("image_size", 32)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 8:
+            _fail("train.data.image_size", f"must be an integer >= 8; got {size!r}")
+        return (size, size), 1, SYNTHETIC_TASKS[task].num_classes
+    size = data.get("image_size", 224)
+    return (size, size), 3, 1000
+
+
+def _check_networks(study: Study):
+    """Build every distinct network on the meta device: heads that do not divide d_k or d_v at some
+    augmented layer, or a stage list the architecture lacks, are found here, before Ray starts."""
+    import torch
+
+    from .model import build_model
+
+    done = set()
+    for t in study.trials:
+        c = t.config
+        sig = (c["arch"], c["kappa"], c["upsilon"], c["num_heads"], c["pos_enc"], tuple(c["stages"]),
+               c["small_input"], c["dataset"], json.dumps(_canon(c.get("data", {}))))
+        if sig in done:
+            continue
+        done.add(sig)
+        size, in_ch, n_cls = _data_shape(c)
+        kw = dict(kappa=c["kappa"], upsilon=c["upsilon"], num_heads=c["num_heads"], pos_enc=c["pos_enc"])
+        if c["arch"].startswith("aa_resnet"):
+            kw.update(stages=tuple(c["stages"]), small_input=c["small_input"])
+        try:
+            with torch.device("meta"):
+                build_model(c["arch"], n_cls, in_ch, size, **kw)
+        except (ValueError, TypeError) as e:
+            _fail("grid", f"{c['arch']} with kappa={c['kappa']:g}, upsilon={c['upsilon']:g}, "
+                          f"num_heads={c['num_heads']}: {e}")
+
+
+def _check_data(study: Study):
+    """Open each distinct dataset once (paths, files, formats) and check image size against the model."""
+    from .data import DataError
+    from .train import build_data
+
+    done = set()
+    for t in study.trials:
+        c = t.config
+        sig = (c["dataset"], json.dumps(_canon(c.get("data", {}))), c["arch"], c["small_input"])
+        if sig in done:
+            continue
+        done.add(sig)
+        try:
+            build_data(c)
+        except DataError as e:
+            _fail("train.data", str(e))
+        except ValueError as e:
+            _fail("train", str(e))

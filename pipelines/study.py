@@ -1,0 +1,333 @@
+"""The study driver: a validated spec → the trials not yet FINISHED in MLflow → Ray Tune → MLflow.
+
+Order of a launch (`aa-study run` / `resume`), so that a mistake is named before anything is written:
+  1. the spec is validated (pipelines.spec; data opened, networks built on the meta device);
+  2. the tracking URI is checked (a server answers /health; a sqlite path is creatable);
+  3. Ray starts (local, dashboard off) or joins `--address`; GPU requests are checked against the cluster;
+  4. MLflow: the study's experiment; runs left RUNNING by a launch that died are closed as KILLED (or
+     reopened and continued from their last checkpoint); cell × seed FINISHED in the store are skipped;
+  5. one parent run for the launch; Tune runs the rest, one trial per cell × seed, and the driver's
+     callback writes each trial's run (the only writer of the store).
+
+Resume does not call `Tuner.restore`: MLflow is the record of what finished, and each trial's last
+checkpoint path is a tag on its run, so any launch continues any unfinished trial from where it stopped,
+whichever launch (or machine) started it. Inside one launch, Tune's own retries (max_failures) resume
+from `tune.get_checkpoint()`.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ray import tune
+
+from .spec import SpecError, Study, Trial, load_study
+from .tracking import Tracker, TrackingError, check_tracking_uri, default_home, default_tracking_uri, ui_url
+
+
+class LaunchError(ValueError):
+    """A launch that cannot start (cluster, resources, nothing to resume); one line."""
+
+
+@dataclass
+class LaunchResult:
+    experiment_id: Optional[str]
+    parent_run_id: Optional[str]
+    skipped: int  # cell × seed already FINISHED
+    finished: int = 0
+    failed: int = 0
+    killed: int = 0
+    errors: Dict[str, str] = field(default_factory=dict)
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    lines = [l.strip() for l in str(text).strip().splitlines() if l.strip()]
+    # the last line of a traceback names the exception; prefer it
+    line = lines[-1] if lines else ""
+    return line[:limit]
+
+
+class MlflowRecorder(tune.Callback):
+    """A Ray Tune callback that writes each trial's MLflow run from the driver."""
+
+    def __init__(self, tracker: Tracker, experiment_id: str, parent_id: str, study: Study,
+                 reuse: Dict[tuple, str], result: LaunchResult):
+        self.tracker, self.exp, self.parent, self.study = tracker, experiment_id, parent_id, study
+        self.reuse, self.result = reuse, result
+        self.run_of: Dict[str, str] = {}  # Tune trial id -> MLflow run id
+        self.nodes: Dict[str, List[str]] = {}
+        self.open: set = set()
+
+    def _run(self, trial) -> str:
+        if trial.trial_id in self.run_of:
+            return self.run_of[trial.trial_id]
+        t = trial.config["trial"]
+        key = (t["cell"], t["seed"])
+        if key in self.reuse:
+            rid = self.reuse.pop(key)
+            self.tracker.reopen(rid, self.parent)
+        else:
+            spec_trial = Trial(cell=t["cell"], seed=t["seed"], config=t["config"])
+            rid = self.tracker.start_trial(self.exp, self.parent, self.study, spec_trial)
+        self.tracker.set_tags(rid, {"ray_trial_id": trial.trial_id})
+        self.run_of[trial.trial_id] = rid
+        self.open.add(rid)
+        return rid
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        rid = self._run(trial)
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        metrics = {k: v for k, v in result.items() if k in _METRICS and isinstance(v, (int, float))}
+        self.tracker.log_metrics(rid, metrics, step=epoch)
+        node = result.get("node_id")
+        seen = self.nodes.setdefault(rid, [])
+        if node and node not in seen:
+            seen.append(node)
+            self.tracker.set_tags(rid, {"node_id": node, "nodes": ",".join(seen)})
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        rid = self._run(trial)
+        fs = getattr(checkpoint, "filesystem", None)
+        path = checkpoint.path
+        if fs is not None and getattr(fs, "type_name", "local") != "local":
+            path = f"{fs.type_name}://{path}"
+        self.tracker.set_tags(rid, {"checkpoint": path})
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        rid = self._run(trial)
+        retries = getattr(trial, "num_failures", 0)
+        self.tracker.set_tags(rid, {"retries": retries, "last_error": _one_line(_error_text(trial))})
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        rid = self._run(trial)
+        epochs = trial.last_result.get("epoch") if trial.last_result else None
+        want = trial.config["trial"]["config"]["epochs"]
+        if epochs is not None and epochs < want:
+            self.tracker.set_tags(rid, {"stopped_early": f"epoch {epochs} of {want}"})
+        self.tracker.end(rid, "FINISHED")
+        self.open.discard(rid)
+        self.result.finished += 1
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        rid = self._run(trial)
+        err = _one_line(_error_text(trial))
+        self.tracker.set_tags(rid, {"error": err})
+        self.tracker.end(rid, "FAILED")
+        self.open.discard(rid)
+        self.result.failed += 1
+        self.result.errors[trial.config["trial"]["name"]] = err
+
+    def close_open(self, status: str = "KILLED"):
+        for rid in list(self.open):
+            self.tracker.set_tags(rid, {"killed_reason": "the launch ended before this trial finished"})
+            self.tracker.end(rid, status)
+            self.result.killed += 1
+        self.open.clear()
+
+
+_METRICS = ("train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "peak_gpu_mem_gib",
+            "params", "gflops", "epoch")
+
+
+def _error_text(trial) -> str:
+    for attr in ("error_msg",):
+        msg = getattr(trial, attr, None)
+        if msg:
+            return msg
+    path = getattr(trial, "error_file", None)
+    if path and os.path.exists(path):
+        return Path(path).read_text()
+    getter = getattr(trial, "get_error", None)
+    if callable(getter):
+        try:
+            return repr(getter())
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+    return "unknown error"
+
+
+# ------------------------------------------------------------------------------------------- launch
+def prepare(spec_path: str, profile: Optional[str], tracking_uri: Optional[str]) -> tuple:
+    """Steps 1-2: (study, tracking uri). Raises SpecError / TrackingError; writes nothing."""
+    study = load_study(spec_path, profile)
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    check_tracking_uri(uri)
+    return study, uri
+
+
+def init_ray(address: Optional[str], study: Study):
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    try:
+        if address:
+            ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+        else:
+            ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise LaunchError(f"address: cannot join the Ray cluster at {address!r} ({_one_line(e)})") from None
+    res = ray.cluster_resources()
+    gpu = study.resources["gpu"]
+    if gpu > 0 and res.get("GPU", 0) <= 0:
+        ray.shutdown()
+        raise LaunchError(f"resources.gpu: {gpu:g} GPU per trial requested but the Ray cluster has no GPU "
+                          "(use the cpu profile or resources: {gpu: 0})")
+    if study.resources["cpu"] > res.get("CPU", 0):
+        ray.shutdown()
+        raise LaunchError(f"resources.cpu: {study.resources['cpu']:g} CPUs per trial but the cluster has "
+                          f"{res.get('CPU', 0):g}")
+    if gpu == 0 and study.train.get("device") == "cuda":
+        ray.shutdown()
+        raise LaunchError("train.device: cuda needs resources.gpu > 0 (Ray hides GPUs from trials that ask for none)")
+
+
+def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional[str] = None,
+           storage: Optional[str] = None, address: Optional[str] = None, resume: bool = False,
+           command: str = "", verbose: int = 1, prepared=None) -> LaunchResult:
+    study, uri = prepared or prepare(spec_path, profile, tracking_uri)
+    tracker = Tracker(uri)
+    exp_id = tracker.experiment_id(study.experiment)
+    if resume and exp_id is None:
+        raise LaunchError(f"nothing to resume: experiment {study.experiment!r} is not in {uri} "
+                          "(start it with aa-study run)")
+
+    # What is already done (reading only)
+    done, unfinished = set(), {}
+    if exp_id is not None:
+        for r in tracker.runs(exp_id):
+            key = (r.data.tags.get("cell"), int(r.data.tags.get("seed", -1)))
+            if r.info.status == "FINISHED":
+                done.add(key)
+            else:
+                unfinished.setdefault(key, []).append(r)
+    pending = [t for t in study.trials if (t.cell, t.seed) not in done]
+    result = LaunchResult(exp_id, None, skipped=len(study.trials) - len(pending))
+    print(f"study {study.name} (profile {study.profile or '-'}): {len(study.cells)} cells x {len(study.seeds)} "
+          f"seeds = {len(study.trials)} trials; {result.skipped} already finished, {len(pending)} to run")
+    if not pending:
+        _close_orphans(tracker, exp_id, unfinished, {})
+        return result
+
+    init_ray(address, study)
+    try:
+        exp_id = exp_id or tracker.experiment_id(study.experiment, create=True,
+                                                   tags={"study": study.name, "profile": study.profile})
+        result.experiment_id = exp_id
+        spec_text = Path(study.path).read_text() if study.path else None
+        reuse = _close_orphans(tracker, exp_id, unfinished, {(t.cell, t.seed) for t in pending})
+        parent = tracker.start_launch(exp_id, study, command, spec_text)
+        result.parent_run_id = parent
+        print(f"MLflow: {uri}  experiment {study.experiment!r} (id {exp_id}), launch run {parent}")
+        if uri.startswith("http"):
+            print(f"  open {ui_url(uri, exp_id)}")
+        _run_tune(study, pending, reuse, tracker, exp_id, parent, result, storage, verbose)
+    finally:
+        import ray
+        ray.shutdown()
+    return result
+
+
+def _close_orphans(tracker, exp_id, unfinished: Dict[tuple, list], pending: set) -> Dict[tuple, Any]:
+    """Runs not FINISHED from earlier launches: the latest one of a pending cell × seed is reused (and
+    continued from its checkpoint); every other one that is still RUNNING is closed as KILLED."""
+    reuse = {}
+    for key, runs in unfinished.items():
+        runs = sorted(runs, key=lambda r: r.info.start_time or 0)
+        if key in pending:
+            reuse[key] = runs.pop()
+        for r in runs:
+            if r.info.status == "RUNNING":
+                tracker.set_tags(r.info.run_id, {"killed_reason": "orphaned: its launch ended without finishing it"})
+                tracker.end(r.info.run_id, "KILLED")
+    if exp_id is not None:
+        for r in tracker.runs(exp_id, kind="launch", statuses=("RUNNING",)):
+            tracker.end(r.info.run_id, "KILLED")
+    return reuse
+
+
+def _run_tune(study: Study, pending: List[Trial], reuse: Dict[tuple, Any], tracker: Tracker, exp_id: str,
+              parent: str, result: LaunchResult, storage: Optional[str], verbose: int):
+    from .trial import run_trial
+
+    trials = []
+    for t in pending:
+        prev = reuse.get((t.cell, t.seed))
+        trials.append({"cell": t.cell, "seed": t.seed, "name": t.name, "config": t.config,
+                       "threads": max(1, int(study.resources["cpu"])), "checkpoint_every": study.checkpoint_every,
+                       "resume_from": prev.data.tags.get("checkpoint") if prev is not None else None})
+    recorder = MlflowRecorder(tracker, exp_id, parent, study,
+                              {k: r.info.run_id for k, r in reuse.items()}, result)
+    scheduler = None
+    if study.scheduler["type"] == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+        print("warning: scheduler asha stops weak trials early; cells of an ablation are then compared at "
+              "different budgets (use fifo for ablation tables)", file=sys.stderr)
+        scheduler = ASHAScheduler(time_attr="epoch", metric="val_top1", mode="max",
+                                  max_t=max(t.config["epochs"] for t in pending),
+                                  grace_period=study.scheduler.get("grace_period", 1),
+                                  reduction_factor=study.scheduler.get("reduction_factor", 3))
+    storage_path = storage or str(default_home() / "ray")
+    if "://" not in storage_path:
+        storage_path = str(Path(storage_path).expanduser().resolve())
+    trainable = tune.with_resources(run_trial, {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(trials)},
+        tune_config=tune.TuneConfig(num_samples=1, scheduler=scheduler,
+                                    trial_name_creator=lambda tr: tr.config["trial"]["name"],
+                                    trial_dirname_creator=lambda tr: f"{tr.config['trial']['name']}-{tr.trial_id}"),
+        run_config=tune.RunConfig(
+            name=f"{study.experiment}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
+            failure_config=tune.FailureConfig(max_failures=study.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[recorder], verbose=verbose),
+    )
+    status = "FINISHED"
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        recorder.close_open("KILLED")
+        if result.failed:
+            status = "FAILED" if status == "FINISHED" else status
+        tracker.set_tags(parent, {"finished": result.finished, "failed": result.failed,
+                                  "killed": result.killed, "skipped": result.skipped})
+        tracker.end(parent, status)
+
+
+# ------------------------------------------------------------------------------------------- status
+def status(spec_path: str, profile: Optional[str], tracking_uri: Optional[str]) -> Dict[str, Any]:
+    study = load_study(spec_path, profile, check_data=False)
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    check_tracking_uri(uri)
+    rows = {c: {"finished": 0, "running": 0, "failed": 0, "killed": 0} for c in study.cells}
+    exp_id = None
+    path_exists = not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).exists()
+    if path_exists:
+        tracker = Tracker(uri)
+        exp_id = tracker.experiment_id(study.experiment)
+    if exp_id is not None:
+        best: Dict[tuple, str] = {}
+        rank = {"FINISHED": 3, "RUNNING": 2, "FAILED": 1, "KILLED": 0, "SCHEDULED": 0}
+        for r in tracker.runs(exp_id):
+            key = (r.data.tags.get("cell"), int(r.data.tags.get("seed", -1)))
+            if key[0] in rows and rank.get(r.info.status, 0) >= rank.get(best.get(key, "KILLED"), -1):
+                best[key] = r.info.status
+        for (cell, _), st in best.items():
+            rows[cell][st.lower() if st.lower() in rows[cell] else "killed"] += 1
+    n_seeds = len(study.seeds)
+    for c, row in rows.items():
+        row["pending"] = n_seeds - row["finished"] - row["running"] - row["failed"] - row["killed"]
+    return {"study": study, "experiment_id": exp_id, "uri": uri, "rows": rows}

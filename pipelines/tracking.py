@@ -1,0 +1,170 @@
+"""MLflow tracking of studies: one experiment per study, one parent run per launch, one child run per
+cell × seed. Only the study driver writes (fed by Ray Tune's result stream), so an embedded sqlite store
+never sees two writers; on a cluster the same driver writes to a tracking server.
+
+Names the MLflow UI's compare view lines up: params `arch`, `kappa`, `upsilon`, `num_heads`, `pos_enc`,
+`seed` (+ the rest of the flattened trial config); tags `study`, `profile`, `cell`, `seed`, `kind`
+(`trial` | `launch`), `code_version`, `ray_trial_id`, `node_id`, `nodes`, `error`, `checkpoint`.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional
+
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+UI_SUFFIX = "?workflowType=machine_learning"  # MLflow 3 opens experiments in its GenAI view without it
+
+
+class TrackingError(ValueError):
+    """The tracking store cannot be used; one line."""
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("AA_STUDY_HOME", "aa-study-runs")).expanduser().resolve()
+
+
+def default_tracking_uri(home: Optional[Path] = None) -> str:
+    return f"sqlite:///{(home or default_home()) / 'mlflow.db'}"
+
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Reachable and usable, or TrackingError; writes nothing."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                if r.status != 200:
+                    raise TrackingError(f"tracking-uri: {uri} answered /health with HTTP {r.status}")
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackingError(f"tracking-uri: {uri} is unreachable ({reason})") from None
+        return
+    path = sqlite_path(uri)
+    if path is None:
+        raise TrackingError(f"tracking-uri: {uri!r} is not supported: use sqlite:///PATH/mlflow.db or "
+                            "http(s)://HOST:PORT (MLflow's file store is deprecated)")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise TrackingError(f"tracking-uri: cannot create {path} (directory {parent} is not writable)")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise TrackingError(f"tracking-uri: {path} is not writable")
+
+
+def code_version() -> str:
+    here = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty", "--tags"],
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("aa-study")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, str]:
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        elif v is not None:
+            out[f"{prefix}{k}"] = str(v)
+    return out
+
+
+def ui_url(base: str, experiment_id: str) -> str:
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}{UI_SUFFIX}"
+
+
+class Tracker:
+    """The driver's handle on one study's experiment."""
+
+    def __init__(self, uri: str, artifact_root: Optional[Path] = None):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        path = sqlite_path(uri)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.artifact_root = artifact_root or (path.parent / "artifacts" if path is not None else None)
+        mlflow.set_tracking_uri(uri)
+        self.client = MlflowClient(tracking_uri=uri)
+
+    # ---------------------------------------------------------------------------- experiments, runs
+    def experiment_id(self, name: str, create: bool = False, tags: Optional[Dict[str, str]] = None) -> Optional[str]:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        if not create:
+            return None
+        location = (self.artifact_root / name).as_uri() if self.artifact_root else None
+        return self.client.create_experiment(name, artifact_location=location, tags=tags or {})
+
+    def runs(self, experiment_id: str, kind: str = "trial", statuses: Iterable[str] = ()) -> List[Any]:
+        flt = f"tags.kind = '{kind}'"
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([experiment_id], filter_string=flt, max_results=1000, page_token=token,
+                                           order_by=["attributes.start_time ASC"])
+            out.extend(r for r in page if not statuses or r.info.status in statuses)
+            token = page.token
+            if not token:
+                return out
+
+    def start_launch(self, experiment_id: str, study, command: str, spec_text: Optional[str]) -> str:
+        run = self.client.create_run(experiment_id, run_name=f"{study.name}-{study.profile or 'default'}-launch",
+                                     tags={"kind": "launch", "study": study.name, "profile": study.profile,
+                                           "code_version": code_version(), "command": command[:5000]})
+        rid = run.info.run_id
+        from mlflow.entities import Param
+        self.client.log_batch(rid, params=[Param(k, str(v)[:6000]) for k, v in {
+            "study": study.name, "profile": study.profile, "trials": len(study.trials),
+            "cells": len(study.cells), "seeds": ",".join(map(str, study.seeds)),
+            "resources.cpu": study.resources["cpu"], "resources.gpu": study.resources["gpu"],
+            "max_failures": study.max_failures, "scheduler": study.scheduler["type"],
+            "report": study.report or ""}.items()])
+        if spec_text is not None:
+            self.client.log_text(rid, spec_text, "study.yaml")
+        return rid
+
+    def start_trial(self, experiment_id: str, parent_id: str, study, trial) -> str:
+        from mlflow.entities import Param
+        tags = {"kind": "trial", "study": study.name, "profile": study.profile, "cell": trial.cell,
+                "seed": str(trial.seed), "code_version": code_version(), "mlflow.parentRunId": parent_id}
+        run = self.client.create_run(experiment_id, run_name=trial.name, tags=tags)
+        params = {"cell": trial.cell, **flatten(trial.config)}
+        self.client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+        return run.info.run_id
+
+    def reopen(self, run_id: str, parent_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+        self.client.set_tag(run_id, "resumed_by", parent_id)
+
+    def log_metrics(self, run_id: str, metrics: Dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+        ts = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+
+    def set_tags(self, run_id: str, tags: Dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def end(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
