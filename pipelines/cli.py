@@ -167,6 +167,33 @@ def _ui(a) -> int:
         return 0
 
 
+def _report(a) -> int:
+    import os
+    from pathlib import Path
+
+    from reports.build import make_report, study_target
+    from reports.runs import ReportError
+
+    from .tracking import TrackingError, check_tracking_uri, default_home, default_tracking_uri, sqlite_path
+
+    try:
+        if bool(a.study) == bool(a.experiment):
+            raise ReportError("give a study YAML or --experiment NAME (one of them)")
+        experiment, layouts = study_target(a.study, a.profile) if a.study else (a.experiment, None)
+        uri = a.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+        check_tracking_uri(uri)
+        path = sqlite_path(uri)
+        if path is not None and not path.exists():
+            raise ReportError(f"tracking-uri: no store at {path} (run a study first)")
+        out = Path(a.out) if a.out else default_home() / "reports" / experiment
+        res = make_report(uri, experiment, out, layouts)
+    except (ReportError, TrackingError) as e:
+        return _fail("report", e)
+    print(f"report of {experiment}: {res['runs']} runs, tables {', '.join(res['tables']) or 'none'} -> "
+          f"{res['out']}/report.md, index.html")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="aa-study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -183,8 +210,18 @@ def main(argv=None) -> int:
     p.add_argument("--tracking-uri")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=5000)
+    p = sub.add_parser("report", help="tables and figures of a study from MLflow",
+                       description="Regenerate the study's paper tables (5, 6, 7) and Figure 5 with 95%% CIs, "
+                                   "and a table of every cell, from MLflow only (works against a remote server).")
+    p.add_argument("study", nargs="?", help="a study YAML (its experiment and report layouts)")
+    p.add_argument("--profile")
+    p.add_argument("--experiment", help="an MLflow experiment name instead of a study YAML")
+    p.add_argument("--out", help="output directory (default ./aa-study-runs/reports/EXPERIMENT)")
+    p.add_argument("--tracking-uri")
     _train_parser(sub)
     a = parser.parse_args(argv)
+    if a.command == "report":
+        return _report(a)
     if a.command in ("run", "resume"):
         return _launch(a, a.command == "resume")
     if a.command == "status":

@@ -190,8 +190,11 @@ def parse_study(raw: Dict[str, Any], profile: Optional[str] = None, check_data: 
     if not isinstance(experiment, str):
         _fail("experiment", "must be a string")
     report = spec.get("report")
-    if report is not None and not isinstance(report, str):
-        _fail("report", "must be a string naming a report (table5, table6, figure5, ...)")
+    layouts = ("table5", "table6", "table7", "figure5")
+    names = [report] if isinstance(report, str) else report
+    if report is not None and (not isinstance(names, list) or not all(n in layouts for n in names)):
+        _fail("report", f"must name report layouts among {', '.join(layouts)}; got {report!r}")
+    report = ",".join(names) if names else None
 
     axes = _parse_grid(spec.get("grid"))
     seeds = _parse_seeds(spec.get("seeds", 1))

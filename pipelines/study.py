@@ -27,7 +27,8 @@ from typing import Any, Dict, List, Optional
 from ray import tune
 
 from .spec import SpecError, Study, Trial, load_study
-from .tracking import Tracker, TrackingError, check_tracking_uri, default_home, default_tracking_uri, ui_url
+from .tracking import (Tracker, TrackingError, check_tracking_uri, default_home, default_tracking_uri, sqlite_path,
+                       ui_url)
 
 
 class LaunchError(ValueError):
@@ -169,11 +170,14 @@ def init_ray(address: Optional[str], study: Study):
     address = address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    # the test-only fault switch travels to the trials (pipelines/trial.py)
+    env = {k: v for k, v in os.environ.items() if k.startswith("AA_STUDY_FAULT")}
+    runtime_env = {"env_vars": env} if env else None
     try:
         if address:
-            ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+            ray.init(address=address, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env)
         else:
-            ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+            ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise LaunchError(f"address: cannot join the Ray cluster at {address!r} ({_one_line(e)})") from None
     res = ray.cluster_resources()
@@ -195,8 +199,9 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
            storage: Optional[str] = None, address: Optional[str] = None, resume: bool = False,
            command: str = "", verbose: int = 1, prepared=None) -> LaunchResult:
     study, uri = prepared or prepare(spec_path, profile, tracking_uri)
-    tracker = Tracker(uri)
-    exp_id = tracker.experiment_id(study.experiment)
+    store = sqlite_path(uri)
+    tracker = Tracker(uri) if store is None or store.exists() else None  # reading creates no store
+    exp_id = tracker.experiment_id(study.experiment) if tracker else None
     if resume and exp_id is None:
         raise LaunchError(f"nothing to resume: experiment {study.experiment!r} is not in {uri} "
                           "(start it with aa-study run)")
@@ -215,11 +220,13 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
     print(f"study {study.name} (profile {study.profile or '-'}): {len(study.cells)} cells x {len(study.seeds)} "
           f"seeds = {len(study.trials)} trials; {result.skipped} already finished, {len(pending)} to run")
     if not pending:
-        _close_orphans(tracker, exp_id, unfinished, {})
+        if tracker is not None:
+            _close_orphans(tracker, exp_id, unfinished, {})
         return result
 
     init_ray(address, study)
     try:
+        tracker = tracker or Tracker(uri)
         exp_id = exp_id or tracker.experiment_id(study.experiment, create=True,
                                                    tags={"study": study.name, "profile": study.profile})
         result.experiment_id = exp_id

@@ -142,6 +142,9 @@ class Tracker:
             "report": study.report or ""}.items()])
         if spec_text is not None:
             self.client.log_text(rid, spec_text, "study.yaml")
+        # the expected cells, so that a report (MLflow only) shows cells that have no run yet
+        self.client.log_dict(rid, {k: {a: v for a, v in axes.items()} for k, axes in study.cells.items()},
+                             "cells.json")
         return rid
 
     def start_trial(self, experiment_id: str, parent_id: str, study, trial) -> str:

@@ -1,0 +1,1 @@
+"""Reports: the paper's tables and figures from MLflow (no Ray, no model code)."""

@@ -1,0 +1,112 @@
+"""`aa-study report`: a study's tables and figure from MLflow, written as Markdown, LaTeX, CSV, HTML, PNG, SVG."""
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import yaml
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from . import runs as R
+from . import tables as T
+
+LAYOUTS = ("table5", "table6", "table7", "figure5")
+
+
+def study_target(path: str, profile: Optional[str]) -> tuple:
+    """(experiment name, layouts) from a study YAML, without the model code (a report needs MLflow only)."""
+    p = Path(path)
+    if not p.is_file():
+        raise R.ReportError(f"study file {path} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise R.ReportError(f"{path}: not valid YAML ({type(e).__name__})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise R.ReportError(f"{path}: not a study (a mapping with name:)")
+    profiles = raw.get("profiles") or {}
+    chosen = profile or raw.get("default_profile") or ("cpu" if "cpu" in profiles else (sorted(profiles)[0] if profiles else None))
+    if chosen is not None and chosen not in profiles:
+        raise R.ReportError(f"profile: {chosen!r} is not defined in {path}")
+    over = (profiles.get(chosen) or {}) if chosen else {}
+    experiment = over.get("experiment") or raw.get("experiment") or (f"{raw['name']}-{chosen}" if chosen else raw["name"])
+    report = over.get("report", raw.get("report"))
+    return experiment, _layouts(report)
+
+
+def _layouts(report) -> List[str]:
+    names = [report] if isinstance(report, str) else list(report or [])
+    bad = [n for n in names if n not in LAYOUTS]
+    if bad:
+        raise R.ReportError(f"report: unknown layout {bad[0]!r} (layouts: {', '.join(LAYOUTS)})")
+    return names
+
+
+def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str]] = None) -> dict:
+    c = R.client(uri)
+    exp_id = R.experiment_id(c, experiment)
+    runs = R.load_runs(c, exp_id)
+    cells_expected = R.load_cells(c, exp_id)
+    if layouts is None:  # from the launches
+        layouts = []
+        for r in R._search(c, exp_id, "launch"):
+            rep = r.data.params.get("report")
+            for name in filter(None, (rep or "").split(",")):
+                if name in LAYOUTS and name not in layouts:
+                    layouts.append(name)
+    detection = runs["map"].notna().any() if len(runs) else False
+    metrics = ("map", "ap50", "ap75") if detection else ("val_top1", "val_top5")
+    cells = R.summarise(runs, cells_expected, metrics=metrics)
+    caption = T.context_caption(runs)
+    paper = T.paper_values()
+    out.mkdir(parents=True, exist_ok=True)
+    tables = []
+    for name in layouts:
+        if cells.empty:
+            break
+        if name == "table5":
+            tables.append(T.table5(cells, caption, paper))
+        elif name == "table6":
+            tables.append(T.table6(cells, caption, paper))
+        elif name == "table7":
+            tables.append(T.table6(cells, caption, paper, metrics=[("map", "mAP"), ("ap50", "AP50"), ("ap75", "AP75")],
+                                   name="table7"))
+        elif name == "figure5":
+            tables.append(T.figure5(cells, caption, out))
+    if not cells.empty and not detection:
+        tables.append(T.cells_table(cells, caption))
+    for t in tables:
+        (out / f"{t.name}.md").write_text(T.to_markdown(t))
+        (out / f"{t.name}.tex").write_text(T.to_latex(t))
+        t.numbers.to_csv(out / f"{t.name}.csv", index=False)
+    runs.to_csv(out / "runs.csv", index=False)
+    counts = runs["status"].value_counts().to_dict() if len(runs) else {}
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    head = (f"# Report: {experiment}\n\nGenerated {stamp} from {_safe_uri(uri)} (experiment id {exp_id}) by "
+            f"`aa-study report`. Runs: {len(runs)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}).\n\n")
+    md = head + "\n".join(T.to_markdown(t) + (f"\n![{t.title}](figure5.png)\n" if t.name == "figure5" else "")
+                          for t in tables)
+    (out / "report.md").write_text(md)
+    body = "\n".join(T.to_html(t) + ('<img src="figure5.svg" alt="Figure 5" width="520">\n' if t.name == "figure5" else "")
+                     for t in tables)
+    links = " · ".join(f'<a href="{t.name}.md">{t.name}.md</a> <a href="{t.name}.tex">.tex</a> '
+                       f'<a href="{t.name}.csv">.csv</a>' for t in tables)
+    (out / "index.html").write_text(
+        "<!doctype html><meta charset='utf-8'><title>" + html.escape(experiment) + "</title>"
+        "<style>body{font-family:sans-serif;max-width:70em;margin:2em auto}.tbl{border-collapse:collapse}"
+        ".tbl td,.tbl th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}</style>"
+        f"<h1>Report: {html.escape(experiment)}</h1><p>{html.escape(head.splitlines()[2])}</p><p>{links} · "
+        "<a href='runs.csv'>runs.csv</a></p>" + body)
+    return {"experiment_id": exp_id, "tables": [t.name for t in tables], "runs": len(runs), "out": str(out),
+            "cells": cells}
+
+
+def _safe_uri(uri: str) -> str:
+    """The store's URI without machine paths: the file name of a sqlite store, or the server URL."""
+    if uri.startswith("sqlite:///"):
+        return "sqlite store " + os.path.basename(uri)
+    return uri.split("@")[-1]

@@ -1,0 +1,130 @@
+"""Read a study's runs from MLflow into pandas, and summarise them per cell (mean, std, n, Student-t 95% CI).
+
+MLflow only: no Ray, no model code, so a report can be made on a laptop against a cluster's tracking
+server. The study's expected cells come from `cells.json`, logged by every launch on its parent run.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Dict, List, Optional
+
+import pandas as pd
+
+AXES = ["arch", "kappa", "upsilon", "num_heads", "pos_enc"]
+METRICS = ["val_top1", "val_top5", "val_loss", "train_loss", "params", "gflops", "images_per_s", "epoch",
+           "map", "ap50", "ap75", "aps", "apm", "apl"]
+CONTEXT = ["dataset", "data.task", "data.image_size", "epochs", "batch_size"]
+
+
+class ReportError(ValueError):
+    """The report cannot be made (no store, no experiment); one line."""
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(c, name: str) -> str:
+    exp = c.get_experiment_by_name(name)
+    if exp is None:
+        raise ReportError(f"experiment {name!r} is not in the tracking store (launch the study first)")
+    return exp.experiment_id
+
+
+def _search(c, exp_id: str, kind: str) -> list:
+    out, token = [], None
+    while True:
+        page = c.search_runs([exp_id], filter_string=f"tags.kind = '{kind}'", max_results=1000, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def load_runs(c, exp_id: str) -> pd.DataFrame:
+    """One row per trial run: cell, seed, status, axes, context params, latest metrics, error."""
+    rows = []
+    for r in _search(c, exp_id, "trial"):
+        p, t, m = r.data.params, r.data.tags, r.data.metrics
+        row = {"run_id": r.info.run_id, "cell": t.get("cell"), "seed": int(t.get("seed", -1)),
+               "status": r.info.status, "error": t.get("error", ""), "node_id": t.get("node_id", "")}
+        for k in AXES:
+            row[k] = p.get(k)
+        for k in CONTEXT:
+            row[k] = p.get(k)
+        for k in METRICS:
+            row[k] = m.get(k, math.nan)
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=["run_id", "cell", "seed", "status", "error", "node_id"] + AXES + CONTEXT + METRICS)
+    for k in ("kappa", "upsilon"):
+        df[k] = pd.to_numeric(df[k], errors="coerce")
+    df["num_heads"] = pd.to_numeric(df["num_heads"], errors="coerce").astype("Int64")
+    return df
+
+
+def load_cells(c, exp_id: str) -> Dict[str, dict]:
+    """Expected cells (key -> axes) from the launches' cells.json, newest last wins."""
+    cells: Dict[str, dict] = {}
+    launches = sorted(_search(c, exp_id, "launch"), key=lambda r: r.info.start_time or 0)
+    for r in launches:
+        try:
+            text = _download(c, r.info.run_id, "cells.json")
+        except Exception:  # noqa: BLE001 - an older launch without the file
+            continue
+        cells.update(json.loads(text))
+    return cells
+
+
+def _download(c, run_id, path) -> str:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        local = c.download_artifacts(run_id, path, d)
+        return Path(local).read_text()
+
+
+def t_ci95(values: List[float]) -> float:
+    """Half-width of the Student-t 95% confidence interval of the mean (nan for n < 2)."""
+    from scipy import stats
+
+    n = len(values)
+    if n < 2:
+        return math.nan
+    s = pd.Series(values).std(ddof=1)
+    return float(stats.t.ppf(0.975, n - 1) * s / math.sqrt(n))
+
+
+def summarise(df: pd.DataFrame, cells: Optional[Dict[str, dict]] = None,
+              metrics=("val_top1", "val_top5")) -> pd.DataFrame:
+    """One row per cell: axes, n finished, counts of failed / running / killed runs, and for each metric
+    mean, std, ci95 (over FINISHED runs only), params and GFLOPs."""
+    keys = list(dict.fromkeys(list((cells or {}).keys()) + list(df["cell"].dropna().unique())))
+    rows = []
+    for key in keys:
+        runs = df[df["cell"] == key]
+        fin = runs[runs["status"] == "FINISHED"]
+        axes = dict((cells or {}).get(key, {}))
+        if runs.shape[0]:
+            first = runs.iloc[0]
+            for k in AXES:
+                axes.setdefault(k, first[k])
+        row = {"cell": key, **{k: axes.get(k) for k in AXES}, "n": int(fin.shape[0]),
+               "failed": int((runs["status"] == "FAILED").sum()), "running": int((runs["status"] == "RUNNING").sum()),
+               "killed": int((runs["status"] == "KILLED").sum()),
+               "params": fin["params"].median() if fin.shape[0] else math.nan,
+               "gflops": fin["gflops"].median() if fin.shape[0] else math.nan}
+        for m in metrics:
+            vals = [v for v in fin[m].tolist() if not math.isnan(v)]
+            row[f"{m}_mean"] = float(pd.Series(vals).mean()) if vals else math.nan
+            row[f"{m}_std"] = float(pd.Series(vals).std(ddof=1)) if len(vals) > 1 else math.nan
+            row[f"{m}_ci95"] = t_ci95(vals)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if not out.empty:
+        out["kappa"] = pd.to_numeric(out["kappa"], errors="coerce")
+        out["upsilon"] = pd.to_numeric(out["upsilon"], errors="coerce")
+    return out

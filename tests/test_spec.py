@@ -1,0 +1,165 @@
+"""Study specs: grid expansion, cell keys, profiles, and one-line errors (exit 2, nothing written)."""
+import pytest
+import yaml
+
+from conftest import TINY_STUDY, store_files
+from pipelines.cli import main
+from pipelines.spec import SpecError, cell_key, load_study, parse_study
+
+BASE = yaml.safe_load(TINY_STUDY)
+
+
+def _with(**changes):
+    spec = yaml.safe_load(TINY_STUDY)
+    for dotted, value in changes.items():
+        node = spec
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        if value is _DELETE:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return spec
+
+
+_DELETE = object()
+
+
+def test_tiny_study_expands_to_cells_times_seeds():
+    study = parse_study(BASE, "cpu")
+    assert len(study.cells) == 4 and len(study.trials) == 8
+    assert study.experiment == "tiny-cpu"
+    assert {t.seed for t in study.trials} == {0, 1}
+    for t in study.trials:
+        assert t.config["upsilon"] == t.config["kappa"]  # `upsilon: kappa` ties them
+        assert cell_key(t.config) == t.cell
+
+
+def test_kappa_zero_is_one_cell_whatever_the_encoding():
+    study = parse_study(_with(grid__kappa=[0, 0.5]), "cpu")
+    zero = [c for c in study.cells.values() if c["kappa"] == 0]
+    assert len(zero) == 1 and zero[0]["pos_enc"] == "none"
+    assert len(study.cells) == 3
+
+
+def test_cell_key_is_canonical_and_ignores_where_and_how_fast():
+    study = parse_study(BASE, "cpu")
+    cfg = dict(study.trials[0].config)
+    assert cell_key({**cfg, "kappa": 0.25}) == cell_key({**cfg, "kappa": 0.250})
+    assert cell_key({**cfg, "seed": 7, "device": "cuda", "compile": True}) == cell_key(cfg)
+    assert cell_key({**cfg, "data": {**cfg["data"], "root": "/elsewhere"}}) == cell_key(cfg)
+    assert cell_key({**cfg, "epochs": 3}) != cell_key(cfg)
+    assert cell_key({**cfg, "pos_enc": "sine2d"}) != cell_key(cfg)
+
+
+def test_profile_overrides_fields_and_replaces_axes():
+    spec = _with(profiles={"cpu": {}, "gpu": {"grid": {"kappa": [0.5]}, "seeds": 3, "train": {"epochs": 5}}})
+    study = parse_study(spec, "gpu")
+    assert len(study.cells) == 2 and len(study.trials) == 6 and study.experiment == "tiny-gpu"
+    assert all(t.config["epochs"] == 5 and t.config["data"]["image_size"] == 16 for t in study.trials)
+
+
+BAD_SPECS = [
+    ("unknown top-level key", _with(epochz=3), "epochz: unknown key"),
+    ("missing name", _with(name=_DELETE), "name: required"),
+    ("name with a slash", _with(name="a/b"), "name:"),
+    ("kappa > 1", _with(grid__kappa=[0.5, 1.5]), "grid.kappa: values must be numbers in [0, 1]"),
+    ("negative kappa", _with(grid__kappa=[-0.1]), "grid.kappa"),
+    ("kappa a string", _with(grid__kappa=["half"]), "grid.kappa"),
+    ("unknown encoding", _with(grid__pos_enc=["relative", "rotary"]), "grid.pos_enc: unknown encoding 'rotary'"),
+    ("unknown architecture", _with(grid__arch=["resnet9000"]), "grid.arch: unknown architecture"),
+    ("unknown axis", _with(grid__depth=[1]), "grid.depth: unknown axis"),
+    ("empty axis", _with(grid__num_heads=[]), "grid.num_heads: empty list"),
+    ("empty grid", _with(grid={}), "grid: required"),
+    ("duplicate values", _with(grid__kappa=[0.5, 0.50]), "grid.kappa: duplicate values"),
+    ("heads do not divide", _with(grid__num_heads=[3]), "not divisible by num_heads=3"),
+    ("zero heads", _with(grid__num_heads=[0]), "grid.num_heads: values must be positive integers"),
+    ("negative seed", _with(seeds=[0, -1]), "seeds: seeds must be integers >= 0"),
+    ("duplicate seeds", _with(seeds=[1, 1]), "seeds: duplicate seeds"),
+    ("zero seeds", _with(seeds=0), "seeds: a count must be >= 1"),
+    ("gpu fraction > 1", _with(resources__gpu=1.5), "resources.gpu"),
+    ("negative cpu", _with(resources__cpu=-1), "resources.cpu: must be a number > 0"),
+    ("unknown resource", _with(resources__tpu=1), "resources.tpu: unknown resource"),
+    ("epochs not an int", _with(train__epochs="ten"), "train.epochs: must be a positive integer"),
+    ("axis under train", _with(train__kappa=0.5), "train.kappa: is a grid axis"),
+    ("unknown train key", _with(train__learning_rate=0.1), "train.learning_rate: unknown setting"),
+    ("unknown optim key", _with(train__optim={"lr": 0.1}), "train.optim: unknown optimiser settings"),
+    ("unknown recipe", _with(train__recipe="fast"), "train.recipe: must be one of"),
+    ("missing dataset root", _with(train__dataset="fashion_mnist", train__data={"root": "/no/such/dir"}),
+     "train.data: fashion_mnist root /no/such/dir does not exist"),
+    ("unknown synthetic task", _with(train__data={"task": "xor"}), "train.data.task: unknown synthetic task"),
+    ("negative max_failures", _with(max_failures=-1), "max_failures: must be an integer >= 0"),
+    ("unknown scheduler", _with(scheduler="hyperband"), "scheduler: must be one of fifo, asha"),
+    ("unknown profile", _with(default_profile="tpu"), "profile: 'tpu' is not defined"),
+    ("unknown key in profile", _with(profiles={"cpu": {"seedz": 2}}), "profiles.cpu.seedz: unknown key"),
+    ("unknown report", _with(report="table99"), "report: must name report layouts"),
+    ("unknown task", _with(task="segmentation"), "task: must be one of classification"),
+]
+
+
+@pytest.mark.parametrize("what,spec,message", BAD_SPECS, ids=[b[0] for b in BAD_SPECS])
+def test_bad_spec_exits_2_with_one_line_and_writes_nothing(workdir, capsys, what, spec, message):
+    path = workdir / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    before = store_files(workdir)
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("aa-study run: error:") and "\n" not in err, err
+    assert message in err, err
+    assert "Traceback" not in err
+    assert store_files(workdir) == before  # no store, no Ray storage
+
+
+@pytest.mark.parametrize("text,message", [
+    ("name: x\ngrid: [1, 2\n", "not valid YAML at line"),
+    ("- just\n- a list\n", "a study must be a YAML mapping"),
+    ("", "a study must be a YAML mapping"),
+    ("name: x\ngrid: {kappa: !!python/object/apply:os.system [echo hi]}\n", "not valid YAML"),
+])
+def test_bad_yaml_is_one_line(workdir, capsys, text, message):
+    path = workdir / "bad.yaml"
+    path.write_text(text)
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+
+
+def test_missing_study_file(workdir, capsys):
+    assert main(["run", str(workdir / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_unreachable_tracking_server_exits_2_before_ray(tiny_study, workdir, capsys):
+    assert main(["run", str(tiny_study), "--tracking-uri", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "tracking-uri: http://127.0.0.1:9 is unreachable" in err
+    assert store_files(workdir) == ["tiny.yaml"]
+
+
+def test_deprecated_file_store_is_refused(tiny_study, capsys):
+    assert main(["run", str(tiny_study), "--tracking-uri", "file:///tmp/mlruns"]) == 2
+    assert "file store is deprecated" in capsys.readouterr().err
+
+
+def test_gpu_fraction_without_gpu_in_cluster_exits_2(workdir, capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    path = workdir / "gpu.yaml"
+    path.write_text(yaml.safe_dump(_with(resources={"cpu": 1, "gpu": 0.25})))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "resources.gpu: 0.25 GPU per trial requested but the Ray cluster has no GPU" in err
+    assert store_files(workdir) == ["gpu.yaml"]
+
+
+def test_shipped_studies_validate_in_every_profile():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "studies"
+    for path in sorted(root.glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        for profile in raw.get("profiles", {}):
+            study = load_study(path, profile, check_data=False)
+            assert study.trials, (path.name, profile)

@@ -1,0 +1,109 @@
+"""A real study: local Ray, sqlite MLflow, Lightning fits on CPU. Runs, params and tags in the store; a
+relaunch creates no run; a failing cell is retried, recorded FAILED, and finished by `resume` in the
+same run; status and report read the store."""
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.cli import main
+from pipelines.spec import load_study
+
+
+def _runs(workdir, kind="trial"):
+    c = MlflowClient(f"sqlite:///{workdir / 'runs' / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("tiny-cpu")
+    return c, exp, [r for r in c.search_runs([exp.experiment_id], max_results=1000) if r.data.tags.get("kind") == kind]
+
+
+def test_study_runs_once_resumes_failed_cells_and_reports(tiny_study, workdir, capsys, monkeypatch):
+    study = load_study(tiny_study, "cpu")
+    bad_cell = study.trials[0].cell
+
+    # 1. One cell fails on every attempt (the test-only fault switch): retried once (max_failures: 1),
+    #    then FAILED with its error; the other 3 cells x 2 seeds finish.
+    monkeypatch.setenv("AA_STUDY_FAULT", f"{bad_cell}:0")
+    assert main(["run", str(tiny_study), "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "7 finished, 1 failed" in out and "injected fault" in out
+    c, exp, trials = _runs(workdir)
+    assert len(trials) == 8
+    failed = [r for r in trials if r.info.status == "FAILED"]
+    assert len(failed) == 1 and failed[0].data.tags["cell"] == bad_cell and failed[0].data.tags["seed"] == "0"
+    assert "injected fault" in failed[0].data.tags["error"]
+    assert failed[0].data.tags.get("retries") == "1"
+    _, _, launches = _runs(workdir, "launch")
+    assert len(launches) == 1 and launches[0].info.status == "FAILED"
+
+    # params and tags line the axes up for the MLflow UI; per-epoch metrics; params and GFLOPs
+    parent = launches[0].info.run_id
+    for r in trials:
+        p, t = r.data.params, r.data.tags
+        assert t["mlflow.parentRunId"] == parent and t["study"] == "tiny" and t["kind"] == "trial"
+        assert {"arch", "kappa", "upsilon", "num_heads", "pos_enc", "seed"} <= set(p)
+        assert p["seed"] == t["seed"] and p["cell"] == t["cell"] and t["ray_trial_id"] and t["node_id"]
+        if r.info.status == "FINISHED":
+            hist = c.get_metric_history(r.info.run_id, "val_top1")
+            assert [m.step for m in hist] == [1, 2]
+            assert r.data.metrics["params"] > 0 and r.data.metrics["gflops"] > 0
+            assert t["checkpoint"]
+    cells = {(r.data.params["kappa"], r.data.params["pos_enc"]) for r in trials}
+    assert cells == {("0.25", "none"), ("0.25", "relative"), ("0.5", "none"), ("0.5", "relative")}
+
+    # 2. status shows the failed cell
+    assert main(["status", str(tiny_study)]) == 0
+    status = capsys.readouterr().out
+    assert "total" in status and status.splitlines()[-1].split()[1:] == ["7", "0", "1", "0", "0"]
+
+    # 3. resume without the fault: only the failed trial runs, in its own run (no duplicate)
+    monkeypatch.delenv("AA_STUDY_FAULT")
+    assert main(["resume", str(tiny_study), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "7 already finished, 1 to run" in out and "1 finished, 0 failed" in out
+    _, _, trials = _runs(workdir)
+    assert len(trials) == 8 and all(r.info.status == "FINISHED" for r in trials)
+    assert len({(r.data.tags["cell"], r.data.tags["seed"]) for r in trials}) == 8
+
+    # 4. launching again creates no run at all
+    assert main(["run", str(tiny_study), "--quiet"]) == 0
+    assert "8 already finished, 0 to run" in capsys.readouterr().out
+    _, _, trials_after = _runs(workdir)
+    _, _, launches = _runs(workdir, "launch")
+    assert len(trials_after) == 8 and len(launches) == 2
+
+    # 5. the report reads MLflow only
+    assert main(["report", str(tiny_study), "--out", str(workdir / "report")]) == 0
+    md = (workdir / "report" / "report.md").read_text()
+    assert "Table 6" in md and "Figure 5" in md and "PROXY" in md
+    assert (workdir / "report" / "figure5.png").stat().st_size > 1000
+    assert (workdir / "report" / "table6.tex").read_text().startswith("\\begin{table}")
+
+
+def test_resume_continues_a_failed_trial_from_its_checkpoint(workdir, capsys, monkeypatch):
+    from conftest import write_study
+    path = write_study(workdir, """
+        name: tiny
+        grid: {arch: [aa_resnet18], kappa: [0.5], num_heads: [2], pos_enc: [relative]}
+        seeds: 1
+        train:
+          dataset: synthetic
+          data: {task: relative_position, image_size: 16, train_samples: 128, val_samples: 64}
+          epochs: 3
+          batch_size: 64
+          stages: [4]
+          device: cpu
+        profiles: {cpu: {}}
+    """)
+    monkeypatch.setenv("AA_STUDY_FAULT", "*")
+    monkeypatch.setenv("AA_STUDY_FAULT_AFTER_EPOCH", "2")
+    assert main(["run", str(path), "--quiet"]) == 1
+    c, _, (run,) = _runs(workdir)
+    assert run.info.status == "FAILED" and run.data.tags["checkpoint"].endswith("checkpoint_000001")
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "val_top1")] == [1, 2]
+
+    monkeypatch.delenv("AA_STUDY_FAULT")
+    assert main(["resume", str(path), "--quiet"]) == 0
+    _, _, (again,) = _runs(workdir)
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    assert again.data.tags["resumed_by"] != run.data.tags["mlflow.parentRunId"]
+    # epochs 1 and 2 were not trained again: one value per epoch, epoch 3 added
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "val_top1")] == [1, 2, 3]
