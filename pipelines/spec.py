@@ -431,7 +431,7 @@ def _check_data(study: Study):
             continue
         done.add(sig)
         try:
-            build_data(c)
+            build_data({**c, "device": "auto"})  # the driver may have no GPU; trials are placed by Ray
         except DataError as e:
             _fail("train.data", str(e))
         except ValueError as e:

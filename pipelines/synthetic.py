@@ -14,6 +14,11 @@ bank of `NUM_GLYPHS` random binary g x g patterns (g = size // 8), the same for 
 * ``relative_position`` (4 classes, chance 25%): glyph A (bank pattern 0) and glyph B (pattern 1) at
   random places, plus two distractors from the rest of the bank. Label = 2 * [A is below B] + [A is
   right of B]. Needs the relative position of two objects anywhere in the image.
+* ``pair_orientation`` (2 classes, chance 50%): four glyphs on a grid of g-sized cells: a horizontal
+  pair (same row, columns at least two cells apart) and a vertical pair (same column). One pair shows the
+  same pattern twice, the other two different patterns. Label 1 when the matching pair is the vertical
+  one. Both orientations are always present, so the label needs content matched across the image
+  (which pair matches) and the relative offset between the matches (its orientation).
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ class Task(NamedTuple):
 SYNTHETIC_TASKS = {
     "same_corners": Task(2, 0.5),
     "relative_position": Task(4, 0.25),
+    "pair_orientation": Task(2, 0.5),
 }
 
 
@@ -76,6 +82,18 @@ def make_synthetic(task: str, n: int, size: int, seed: int = 0):
             for (cy, cx), k in zip(corners, glyphs):
                 jy, jx = rng.integers(0, box + 1, size=2)
                 _draw(img, bank[k], cy + (jy if cy == 0 else -jy), cx + (jx if cx == 0 else -jx))
+        elif task == "pair_orientation":
+            cells = size // g
+            while True:
+                r, c1, c2 = rng.integers(cells), *rng.choice(cells, size=2, replace=False)
+                c, r1, r2 = rng.integers(cells), *rng.choice(cells, size=2, replace=False)
+                spots = {(r, c1), (r, c2), (r1, c), (r2, c)}
+                if abs(c1 - c2) >= 2 and abs(r1 - r2) >= 2 and len(spots) == 4:
+                    break
+            a, b, d = rng.choice(NUM_GLYPHS, size=3, replace=False)
+            horiz, vert = ((a, a), (b, d)) if label == 0 else ((b, d), (a, a))
+            for (y, x), k in zip([(r, c1), (r, c2), (r1, c), (r2, c)], [*horiz, *vert]):
+                _draw(img, bank[k], y * g, x * g)
         else:
             below, right = divmod(int(label), 2)
             # distinct cells on a grid of g-sized cells so glyphs never overlap

@@ -122,6 +122,7 @@ def summarise(df: pd.DataFrame, cells: Optional[Dict[str, dict]] = None,
             row[f"{m}_mean"] = float(pd.Series(vals).mean()) if vals else math.nan
             row[f"{m}_std"] = float(pd.Series(vals).std(ddof=1)) if len(vals) > 1 else math.nan
             row[f"{m}_ci95"] = t_ci95(vals)
+            row[f"{m}_values"] = " ".join(f"{v * 100:.1f}" for v in vals) if m.startswith("val_") else ""
         rows.append(row)
     out = pd.DataFrame(rows)
     if not out.empty:

@@ -106,6 +106,7 @@ def cells_table(cells: pd.DataFrame, caption: str) -> Table:
         d.update(_metric_cells(r, [("val_top1", "top-1"), ("val_top5", "top-5")]))
         d["n"] = str(int(r["n"])) if r["n"] else missing(r)
         d["Δ top-1"] = _delta(r, base)
+        d["top-1 per seed"] = r.get("val_top1_values", "")
         disp.append(d)
         nums.append(r.to_dict())
     return Table("cells", "Every cell of the study", caption, pd.DataFrame(disp), pd.DataFrame(nums))

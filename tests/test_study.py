@@ -107,3 +107,70 @@ def test_resume_continues_a_failed_trial_from_its_checkpoint(workdir, capsys, mo
     assert again.data.tags["resumed_by"] != run.data.tags["mlflow.parentRunId"]
     # epochs 1 and 2 were not trained again: one value per epoch, epoch 3 added
     assert [m.step for m in c.get_metric_history(run.info.run_id, "val_top1")] == [1, 2, 3]
+
+
+def test_driver_sigkilled_mid_study_then_resume_finishes_exactly_once(tiny_study, workdir):
+    """A real `aa-study run` process is SIGKILLed while trials run; `aa-study resume` finishes the study:
+    exactly cells x seeds FINISHED, none duplicated, none RUNNING, the dead launch closed as KILLED, and
+    interrupted trials continued in their own runs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    tiny_study.write_text(tiny_study.read_text().replace("epochs: 2", "epochs: 3"))
+    ray_tmp = tempfile.mkdtemp(prefix="aar", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    cmd = [sys.executable, "-m", "pipelines.cli"]
+    driver = subprocess.Popen(cmd + ["run", str(tiny_study), "--quiet"], env=env, cwd=workdir,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:  # wait until some trial has reported an epoch
+            time.sleep(1)
+            if (workdir / "runs" / "mlflow.db").exists():
+                try:
+                    _, _, trials = _runs(workdir)
+                except Exception:  # noqa: BLE001 - the store is being created
+                    continue
+                if any(r.info.status == "RUNNING" and r.data.metrics.get("epoch") for r in trials):
+                    break
+        else:
+            pytest.fail("no trial started within 240 s")
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        _, _, before = _runs(workdir)
+        assert any(r.info.status == "RUNNING" for r in before)
+
+        done = subprocess.run(cmd + ["resume", str(tiny_study), "--quiet"], env=env, cwd=workdir,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        driver.kill()
+        _kill_env(f"RAY_TMPDIR={ray_tmp}")  # Ray agents that the killed driver left behind
+    _, _, trials = _runs(workdir)
+    finished = [r for r in trials if r.info.status == "FINISHED"]
+    keys = [(r.data.tags["cell"], r.data.tags["seed"]) for r in finished]
+    assert len(finished) == 8 and len(set(keys)) == 8
+    assert not [r for r in trials if r.info.status == "RUNNING"]
+    _, _, launches = _runs(workdir, "launch")
+    assert sorted(r.info.status for r in launches) == ["FINISHED", "KILLED"]
+    c = MlflowClient(f"sqlite:///{workdir / 'runs' / 'mlflow.db'}")
+    for r in finished:  # every epoch recorded, also for the trials continued from a checkpoint
+        assert sorted({m.step for m in c.get_metric_history(r.info.run_id, "val_top1")}) == [1, 2, 3]
+    assert any(r.data.tags.get("resumed_by") for r in finished)  # interrupted trials continued in their runs
+
+
+def _kill_env(marker: str):
+    import os
+    import signal
+    from pathlib import Path
+
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, PermissionError):
+            pass

@@ -1,0 +1,4 @@
+# Source on the lent GPU host (no package index): unpack the Ray/MLflow bundle built by
+# ../shared/gpu-host/build-bundle.sh .gpu, stand in for the `cryptography` package the bundle drops (MLflow's
+# sqlite migrations build a webhook cipher they never use), install the project, keep stores in /tmp/runs.
+mkdir -p /tmp/site /tmp/shim/cryptography && tar -C /tmp/site -xJf .gpu/site.tar.xz && printf 'import base64, os\nclass Fernet:\n    def __init__(self, key):\n        self.key = key\n    @staticmethod\n    def generate_key():\n        return base64.urlsafe_b64encode(os.urandom(32))\n    def encrypt(self, data):\n        raise RuntimeError("no cryptography on this host")\n    decrypt = encrypt\n' > /tmp/shim/cryptography/fernet.py && touch /tmp/shim/cryptography/__init__.py && export PYTHONPATH=/tmp/site:/tmp/shim:$PWD && python3 -m pip install -q --no-deps --no-index --no-build-isolation -e . >/dev/null 2>&1; export AA_STUDY_HOME=/tmp/runs
