@@ -68,6 +68,7 @@ class ClassificationModule(pl.LightningModule):
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net = torch.compile(self.model) if compile else self.model
+        self.log_top5 = num_classes > 5  # top-5 of 5 classes or fewer is always 100%: not logged
         k5 = min(5, num_classes)
         self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_top5 = MulticlassAccuracy(num_classes, top_k=k5, average="micro")
@@ -125,7 +126,8 @@ class ClassificationModule(pl.LightningModule):
 
     def on_validation_epoch_end(self):
         self.log("val_top1", self.val_top1.compute())
-        self.log("val_top5", self.val_top5.compute())
+        if self.log_top5:
+            self.log("val_top5", self.val_top5.compute())
         self.val_top1.reset()
         self.val_top5.reset()
 

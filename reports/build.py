@@ -79,6 +79,9 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
             tables.append(T.figure5(cells, caption, out))
     if not cells.empty and not detection:
         tables.append(T.cells_table(cells, caption))
+    for t in tables:  # a metric no run has (top-5 of a 2-class task) is not a column
+        empty = [c for c in t.display.columns if c.endswith("top-5") and not t.display[c].astype(bool).any()]
+        t.display = t.display.drop(columns=empty)
     for t in tables:
         (out / f"{t.name}.md").write_text(T.to_markdown(t))
         (out / f"{t.name}.tex").write_text(T.to_latex(t))

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Set everything up and run the main job. Until the study runner lands (issue 4), the main job is one
-# trial on the synthetic relative-position task on the CPU, through `aa-study train`.
+# Set everything up and run the main job: the quickstart study (studies/quickstart.yaml, cpu profile) on a
+# local Ray with an embedded sqlite MLflow store under ./aa-study-runs, then its report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q -e .
-aa-study train --arch aa_resnet18 --kappa 0.25 --num-heads 2 --pos-enc relative --dataset synthetic \
-  --data task=relative_position --data image_size=16 --data train_samples=2048 --data val_samples=512 \
-  --epochs 2 --batch-size 64 --device cpu
+aa-study run studies/quickstart.yaml --profile cpu
+aa-study report studies/quickstart.yaml --profile cpu
+echo "Report: aa-study-runs/reports/quickstart-cpu/report.md (and index.html). Browse the runs: aa-study ui studies/quickstart.yaml"

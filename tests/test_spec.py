@@ -163,3 +163,15 @@ def test_shipped_studies_validate_in_every_profile():
         for profile in raw.get("profiles", {}):
             study = load_study(path, profile, check_data=False)
             assert study.trials, (path.name, profile)
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu", "paper"])
+def test_figure5_shares_table5_runs(profile):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "studies"
+    t5 = load_study(root / "table5.yaml", profile, check_data=False)
+    f5 = load_study(root / "figure5.yaml", profile, check_data=False)
+    assert f5.experiment == t5.experiment
+    assert set(t5.cells) < set(f5.cells)  # every Table 5 cell is a Figure 5 cell: run once, used twice
+    assert {c["pos_enc"] for k, c in f5.cells.items() if k not in t5.cells} == {"none"}
