@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Set everything up and run the tests (the README's test command).
+# Set everything up and run the tests (the README's test command; .ci/run calls it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q -e '.[test]'
+# The MLflow UI test drives Debian's headless Chromium; install it where we may (root, apt).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1)) \
+    || echo "note: could not install chromium; the UI test will be skipped" >&2
+fi
 python3 -m pytest -q "$@"

@@ -1,0 +1,85 @@
+"""Reports from crafted MLflow runs: exact means, Student-t CIs, missing cells, layouts, formats."""
+import math
+
+import pytest
+from scipy import stats
+
+from pipelines.spec import load_study
+from pipelines.tracking import Tracker
+from reports.build import make_report
+from reports.runs import summarise, t_ci95
+
+
+def test_t_ci95_matches_scipy():
+    vals = [0.91, 0.93, 0.94]
+    lo, hi = stats.t.interval(0.95, 2, loc=sum(vals) / 3, scale=stats.sem(vals))
+    assert t_ci95(vals) == pytest.approx((hi - lo) / 2)
+    assert math.isnan(t_ci95([0.5]))
+
+
+def _crafted(tiny_study, workdir, values, statuses=None):
+    """Runs written with the launch's own Tracker calls; values: {(kappa, pos_enc, seed): top1}."""
+    study = load_study(tiny_study, "cpu")
+    uri = f"sqlite:///{workdir / 'runs' / 'mlflow.db'}"
+    tracker = Tracker(uri)
+    exp = tracker.experiment_id(study.experiment, create=True)
+    parent = tracker.start_launch(exp, study, "test", tiny_study.read_text())
+    for t in study.trials:
+        key = (t.config["kappa"], t.config["pos_enc"], t.seed)
+        status = (statuses or {}).get(key, "FINISHED")
+        rid = tracker.start_trial(exp, parent, study, t)
+        if key in values:
+            tracker.log_metrics(rid, {"val_top1": values[key], "params": 1e6, "gflops": 0.5}, step=t.config["epochs"])
+        if status != "RUNNING":
+            tracker.end(rid, status)
+    tracker.end(parent, "FINISHED")
+    return uri, study
+
+
+def test_report_numbers_missing_cells_and_formats(tiny_study, workdir):
+    values = {(0.25, "none", 0): 0.60, (0.25, "none", 1): 0.70,
+              (0.25, "relative", 0): 0.80, (0.25, "relative", 1): 0.90,
+              (0.5, "none", 0): 0.55,  # seed 1 failed
+              (0.5, "relative", 0): 0.75}  # seed 1 still running
+    statuses = {(0.5, "none", 1): "FAILED", (0.5, "relative", 1): "RUNNING"}
+    uri, study = _crafted(tiny_study, workdir, values, statuses)
+    res = make_report(uri, "tiny-cpu", workdir / "rep", ["table6", "figure5"])
+    cells = res["cells"].set_index(["kappa", "pos_enc"])
+    rel = cells.loc[(0.25, "relative")]
+    assert rel["n"] == 2 and rel["val_top1_mean"] == pytest.approx(0.85)
+    assert rel["val_top1_ci95"] == pytest.approx(stats.t.ppf(0.975, 1) * stats.tstd([0.8, 0.9]) / math.sqrt(2))
+    assert cells.loc[(0.5, "none")]["failed"] == 1 and cells.loc[(0.5, "none")]["n"] == 1
+    assert cells.loc[(0.5, "relative")]["running"] == 1
+
+    md = (workdir / "rep" / "report.md").read_text()
+    assert "85.00 ± 63.53" in md  # 0.85 ± t(0.975, 1) * 0.0707 / sqrt(2), in %
+    assert "+20.00" in md  # relative vs none at kappa 0.25
+    assert "55.00 (n=1)" in md
+    assert "PROXY study" in md and "synthetic (relative_position, 16 px)" in md
+    assert "not in this study" in md  # Table 6 rows for 2D sine and CoordConv
+    t6 = (workdir / "rep" / "table6.md").read_text()
+    assert "77.70" in t6 and "AA-ResNet-50" in t6  # the paper's relative row beside ours
+    for name in ("table6.tex", "table6.csv", "figure5.png", "figure5.svg", "index.html", "cells.md", "runs.csv"):
+        assert (workdir / "rep" / name).stat().st_size > 100, name
+    pts = (workdir / "rep" / "figure5.csv").read_text().splitlines()
+    assert len(pts) == 1 + 4  # relative and none at kappa 0.25 and 0.5 (no baseline in this study)
+
+
+def test_report_shows_cells_without_any_run_as_missing(tiny_study, workdir):
+    uri, _ = _crafted(tiny_study, workdir, {(0.25, "none", 0): 0.6, (0.25, "none", 1): 0.6},
+                      statuses={(k, e, s): "KILLED" for k in (0.25, 0.5) for e in ("none", "relative") for s in (0, 1)
+                                if (k, e) != (0.25, "none")})
+    res = make_report(uri, "tiny-cpu", workdir / "rep", ["table6"])
+    assert len(res["cells"]) == 4
+    md = (workdir / "rep" / "cells.md").read_text()
+    assert md.count("missing (2 killed)") == 3
+
+
+def test_report_cli_errors(tiny_study, workdir, capsys):
+    from pipelines.cli import main
+
+    assert main(["report", str(tiny_study)]) == 2
+    assert "no store at" in capsys.readouterr().err
+    _crafted(tiny_study, workdir, {})
+    assert main(["report", "--experiment", "nope"]) == 2
+    assert "experiment 'nope' is not in the tracking store" in capsys.readouterr().err

@@ -1,0 +1,93 @@
+"""`aa-study ui` serves the study's store; headless Chromium opens the link we print, as a user would."""
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from pipelines.spec import load_study
+from pipelines.tracking import Tracker
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _store_with_study(tiny_study, workdir):
+    """The store a launch writes (same Tracker calls), without training."""
+    study = load_study(tiny_study, "cpu")
+    tracker = Tracker(f"sqlite:///{workdir / 'runs' / 'mlflow.db'}")
+    exp = tracker.experiment_id(study.experiment, create=True)
+    parent = tracker.start_launch(exp, study, "aa-study run tiny.yaml", tiny_study.read_text())
+    for t in study.trials:
+        rid = tracker.start_trial(exp, parent, study, t)
+        tracker.log_metrics(rid, {"val_top1": 0.5 + 0.1 * t.seed}, step=1)
+        tracker.end(rid, "FINISHED")
+    tracker.end(parent, "FINISHED")
+    return study, exp
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (scripts/test.sh installs it)")
+def test_ui_serves_the_study_and_chromium_opens_its_runs(tiny_study, workdir, tmp_path):
+    study, exp = _store_with_study(tiny_study, workdir)
+    port = _free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "ui", str(tiny_study), "--port", str(port)],
+                          cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ}, start_new_session=True)
+    try:
+        first = ui.stdout.readline()
+        m = re.search(r"(http://127\.0\.0\.1:\d+/#/experiments/(\d+)\?workflowType=machine_learning)", first)
+        assert m, first
+        url, exp_id = m.group(1), m.group(2)
+        assert exp_id == exp
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(base + "/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not answer /health within 90 s")
+
+        # what the runs table loads: the trials with their axes as params
+        req = urllib.request.Request(base + "/ajax-api/2.0/mlflow/runs/search", method="POST",
+                                     data=json.dumps({"experiment_ids": [exp], "max_results": 100,
+                                                      "filter": "tags.kind = 'trial'"}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        runs = json.load(urllib.request.urlopen(req, timeout=10))["runs"]
+        seen = {(p["key"], p["value"]) for r in runs for p in r["data"]["params"]}
+        assert len(runs) == 8 and {("kappa", "0.25"), ("kappa", "0.5"), ("pos_enc", "relative"),
+                                   ("pos_enc", "none"), ("seed", "0"), ("seed", "1")} <= seen
+
+        # the page a user reaches from the printed link
+        dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                              "--disable-component-update", "--disable-sync", "--no-first-run",
+                              f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=20000",
+                              "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<style.*?</style>", " ", dom, flags=re.S)))
+        assert "tiny-cpu" in text  # the study's experiment
+        assert "Model training" in text and "Run Name" in text  # the training runs table, not GenAI traces
+        assert "tiny-cpu-launch" in text  # the launch run, its 8 trials nested under it
+        assert "9 matching runs" in text, text[:2000]
+    finally:
+        os.killpg(ui.pid, 15)
+        ui.wait(timeout=30)
+
+
+def test_ui_without_a_store_says_so(tiny_study, workdir, capsys):
+    from pipelines.cli import main
+
+    assert main(["ui", str(tiny_study)]) == 2
+    assert "no store at" in capsys.readouterr().err
