@@ -306,6 +306,8 @@ def _run_tune(study: Study, pending: List[Trial], reuse: Dict[tuple, Any], track
         status = "KILLED"
         raise
     finally:
+        if recorder.open:  # interrupted (Ctrl-C, SIGINT): the launch did not finish its trials
+            status = "KILLED"
         recorder.close_open("KILLED")
         if result.failed:
             status = "FAILED" if status == "FINISHED" else status

@@ -78,7 +78,11 @@ def run_trial(config: Dict[str, Any]) -> None:
                           int(os.environ.get("AA_STUDY_FAULT_AFTER_EPOCH", "0")))
     ckpt = tune.get_checkpoint()
     if ckpt is None and t.get("resume_from"):
-        ckpt = tune.Checkpoint(t["resume_from"])
+        path = t["resume_from"]
+        if "://" in path or os.path.isdir(path):
+            ckpt = tune.Checkpoint(path)
+        else:  # e.g. a study moved to another machine without its Ray storage
+            print(f"checkpoint {path} no longer exists: training {t['name']} from its first epoch")
     if ckpt is None:
         fit(t["config"], callbacks=[callback])
         return

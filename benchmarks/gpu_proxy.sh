@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Run (or continue) gpu-profile studies on the lent GPU host exactly as a user would, bringing the MLflow
+# store back. Usage (on the GPU host, from the repo root): bash benchmarks/gpu_proxy.sh SECONDS STUDY...
+# A study cut off by SECONDS is continued by the next call (`aa-study resume` semantics: what FINISHED is
+# kept; unfinished trials start again, their checkpoints stayed on the previous machine).
+set -uo pipefail
+budget=$1; shift
+source scripts/gpu-host-env.sh
+mkdir -p /tmp/runs && [ -f .store/store.tar ] && tar -C /tmp/runs -xf .store/store.tar
+nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -l 1 > "$OUT/util.txt" &
+sampler=$!
+end=$(( $(date +%s) + budget ))
+for study in "$@"; do
+  left=$(( end - $(date +%s) ))
+  [ "$left" -gt 30 ] || break
+  echo "== $study ($left s left)"
+  /usr/bin/time -f "$study wall %e s" timeout -s INT -k 60 "$left" python3 -m pipelines.cli run "studies/$study.yaml" --profile gpu --quiet 2>&1 \
+    | grep -v "Warning\|warn(" | grep "^done\|^study\|wall\|FAILED\|rror" 
+done
+kill $sampler
+python3 -m pipelines.cli status "studies/$1.yaml" --profile gpu
+tar -C /tmp/runs -cf "$OUT/store.tar" mlflow.db artifacts
