@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional
 from ray import tune
 
 from .spec import SpecError, Study, Trial, load_study
-from .tracking import (Tracker, TrackingError, check_tracking_uri, default_home, default_tracking_uri, sqlite_path,
+from .tracking import (Tracker, TrackingError, check_tracking_uri, default_home, default_tracking_uri, redact, sqlite_path,
                        ui_url)
 
 
@@ -234,7 +234,7 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
         reuse = _close_orphans(tracker, exp_id, unfinished, {(t.cell, t.seed) for t in pending})
         parent = tracker.start_launch(exp_id, study, command, spec_text)
         result.parent_run_id = parent
-        print(f"MLflow: {uri}  experiment {study.experiment!r} (id {exp_id}), launch run {parent}")
+        print(f"MLflow: {redact(uri)}  experiment {study.experiment!r} (id {exp_id}), launch run {parent}")
         if uri.startswith("http"):
             print(f"  open {ui_url(uri, exp_id)}")
         _run_tune(study, pending, reuse, tracker, exp_id, parent, result, storage, verbose)

@@ -9,6 +9,7 @@ Names the MLflow UI's compare view lines up: params `arch`, `kappa`, `upsilon`, 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 import urllib.error
@@ -86,6 +87,14 @@ def flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, str]:
     return out
 
 
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """Credentials never reach the store: user:password@ in URIs is replaced by ***@."""
+    return _USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
+
+
 def ui_url(base: str, experiment_id: str) -> str:
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}{UI_SUFFIX}"
 
@@ -131,7 +140,7 @@ class Tracker:
     def start_launch(self, experiment_id: str, study, command: str, spec_text: Optional[str]) -> str:
         run = self.client.create_run(experiment_id, run_name=f"{study.name}-{study.profile or 'default'}-launch",
                                      tags={"kind": "launch", "study": study.name, "profile": study.profile,
-                                           "code_version": code_version(), "command": command[:5000]})
+                                           "code_version": code_version(), "command": redact(command)[:5000]})
         rid = run.info.run_id
         from mlflow.entities import Param
         self.client.log_batch(rid, params=[Param(k, str(v)[:6000]) for k, v in {

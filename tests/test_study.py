@@ -18,21 +18,25 @@ def _runs(workdir, kind="trial"):
 def test_study_runs_once_resumes_failed_cells_and_reports(tiny_study, workdir, capsys, monkeypatch):
     study = load_study(tiny_study, "cpu")
     bad_cell = study.trials[0].cell
+    nan_cell = next(t.cell for t in study.trials if t.cell != bad_cell)
 
-    # 1. One cell fails on every attempt (the test-only fault switch): retried once (max_failures: 1),
-    #    then FAILED with its error; the other 3 cells x 2 seeds finish.
-    monkeypatch.setenv("AA_STUDY_FAULT", f"{bad_cell}:0")
-    assert main(["run", str(tiny_study), "--quiet"]) == 1
+    # 1. One trial raises on every attempt and one produces a NaN loss (the test-only fault switch): each
+    #    is retried once (max_failures: 1), then FAILED with its error; the other 6 trials finish.
+    monkeypatch.setenv("AA_STUDY_FAULT", f"{bad_cell}:0,{nan_cell}:1=nan")
+    assert main(["run", str(tiny_study), "--quiet", "--tracking-uri",
+                 f"sqlite:///{workdir / 'runs' / 'mlflow.db'}"]) == 1
     out = capsys.readouterr().out
-    assert "7 finished, 1 failed" in out and "injected fault" in out
+    assert "6 finished, 2 failed" in out and "injected fault" in out and "loss is nan" in out
     c, exp, trials = _runs(workdir)
     assert len(trials) == 8
-    failed = [r for r in trials if r.info.status == "FAILED"]
-    assert len(failed) == 1 and failed[0].data.tags["cell"] == bad_cell and failed[0].data.tags["seed"] == "0"
-    assert "injected fault" in failed[0].data.tags["error"]
-    assert failed[0].data.tags.get("retries") == "1"
+    failed = {(r.data.tags["cell"], r.data.tags["seed"]): r for r in trials if r.info.status == "FAILED"}
+    assert set(failed) == {(bad_cell, "0"), (nan_cell, "1")}
+    assert "injected fault" in failed[(bad_cell, "0")].data.tags["error"]
+    assert "NonFiniteLossError: loss is nan at epoch" in failed[(nan_cell, "1")].data.tags["error"]
+    assert all(r.data.tags.get("retries") == "1" for r in failed.values())
     _, _, launches = _runs(workdir, "launch")
     assert len(launches) == 1 and launches[0].info.status == "FAILED"
+    assert not any(k.startswith(("AA_STUDY", "MLFLOW", "RAY")) for r in trials for k in r.data.params)
 
     # params and tags line the axes up for the MLflow UI; per-epoch metrics; params and GFLOPs
     parent = launches[0].info.run_id
@@ -40,8 +44,9 @@ def test_study_runs_once_resumes_failed_cells_and_reports(tiny_study, workdir, c
         p, t = r.data.params, r.data.tags
         assert t["mlflow.parentRunId"] == parent and t["study"] == "tiny" and t["kind"] == "trial"
         assert {"arch", "kappa", "upsilon", "num_heads", "pos_enc", "seed"} <= set(p)
-        assert p["seed"] == t["seed"] and p["cell"] == t["cell"] and t["ray_trial_id"] and t["node_id"]
+        assert p["seed"] == t["seed"] and p["cell"] == t["cell"] and t["ray_trial_id"]
         if r.info.status == "FINISHED":
+            assert t["node_id"]  # reported by the trial with its first epoch
             hist = c.get_metric_history(r.info.run_id, "val_top1")
             assert [m.step for m in hist] == [1, 2]
             assert r.data.metrics["params"] > 0 and r.data.metrics["gflops"] > 0
@@ -52,13 +57,13 @@ def test_study_runs_once_resumes_failed_cells_and_reports(tiny_study, workdir, c
     # 2. status shows the failed cell
     assert main(["status", str(tiny_study)]) == 0
     status = capsys.readouterr().out
-    assert "total" in status and status.splitlines()[-1].split()[1:] == ["7", "0", "1", "0", "0"]
+    assert "total" in status and status.splitlines()[-1].split()[1:] == ["6", "0", "2", "0", "0"]
 
     # 3. resume without the fault: only the failed trial runs, in its own run (no duplicate)
     monkeypatch.delenv("AA_STUDY_FAULT")
     assert main(["resume", str(tiny_study), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "7 already finished, 1 to run" in out and "1 finished, 0 failed" in out
+    assert "6 already finished, 2 to run" in out and "2 finished, 0 failed" in out
     _, _, trials = _runs(workdir)
     assert len(trials) == 8 and all(r.info.status == "FINISHED" for r in trials)
     assert len({(r.data.tags["cell"], r.data.tags["seed"]) for r in trials}) == 8
