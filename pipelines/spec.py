@@ -40,6 +40,10 @@ NOT_IN_CELL_KEY_DATA = ("root",)
 class SpecError(ValueError):
     """A study spec that cannot run; the message is one line naming the field."""
 
+    def __init__(self, message: str):
+        # keys and values come from the user's YAML: show control characters escaped, on one line
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message)))
+
 
 @dataclass(frozen=True)
 class Trial:
@@ -126,6 +130,11 @@ def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _among(x, options) -> bool:
+    """x is one of options (False for unhashable or non-string values instead of a TypeError)."""
+    return isinstance(x, str) and x in options
+
+
 def _fail(field_: str, msg: str):
     raise SpecError(f"{field_}: {msg}")
 
@@ -157,6 +166,15 @@ def load_study(path, profile: Optional[str] = None, check_data: bool = True) -> 
 
 
 def parse_study(raw: Dict[str, Any], profile: Optional[str] = None, check_data: bool = True) -> Study:
+    try:
+        return _parse_study(raw, profile, check_data)
+    except SpecError:
+        raise
+    except (TypeError, AttributeError, KeyError, ValueError, OverflowError) as e:  # a shape no check foresaw
+        raise SpecError(f"study: malformed spec ({type(e).__name__}: {e})".replace("\n", " ")) from None
+
+
+def _parse_study(raw: Dict[str, Any], profile: Optional[str] = None, check_data: bool = True) -> Study:
     for k in raw:
         if not isinstance(k, str) or k not in TOP_KEYS:
             _fail(str(k), f"unknown key (allowed: {', '.join(sorted(TOP_KEYS))})")
@@ -171,7 +189,7 @@ def parse_study(raw: Dict[str, Any], profile: Optional[str] = None, check_data: 
         chosen = "cpu" if "cpu" in profiles else sorted(profiles)[0]
     spec = {k: v for k, v in raw.items() if k not in ("profiles", "default_profile")}
     if chosen is not None:
-        if chosen not in profiles:
+        if not _among(chosen, profiles):
             _fail("profile", f"{chosen!r} is not defined (this study has: {', '.join(sorted(profiles)) or 'none'})")
         over = profiles[chosen]
         if over is None:
@@ -184,7 +202,7 @@ def parse_study(raw: Dict[str, Any], profile: Optional[str] = None, check_data: 
         spec = _merge(spec, over)
 
     task = spec.get("task", "classification")
-    if task not in TASKS:
+    if not _among(task, TASKS):
         _fail("task", f"must be one of {', '.join(TASKS)}; got {task!r}")
     experiment = spec.get("experiment") or (f"{name}-{chosen}" if chosen else name)
     if not isinstance(experiment, str):
@@ -249,10 +267,10 @@ def _check_axis_value(k, x):
         if not isinstance(x, int) or isinstance(x, bool) or x < 1:
             _fail("grid.num_heads", f"values must be positive integers; got {x!r}")
     elif k == "pos_enc":
-        if x not in POS_ENCODINGS:
+        if not _among(x, POS_ENCODINGS):
             _fail("grid.pos_enc", f"unknown encoding {x!r} (encodings: {', '.join(POS_ENCODINGS)})")
     elif k == "arch":
-        if x not in ARCHITECTURES:
+        if not _among(x, ARCHITECTURES):
             _fail("grid.arch", f"unknown architecture {x!r} (architectures: {', '.join(sorted(ARCHITECTURES))})")
 
 
@@ -290,9 +308,9 @@ def _parse_train(train) -> Dict[str, Any]:
             _fail(f"train.{k}", f"must be a positive integer; got {v!r}")
         if want in (str, dict, bool, list) and not isinstance(v, want):
             _fail(f"train.{k}", f"must be a {want.__name__}; got {v!r}")
-    if "recipe" in train and train["recipe"] not in RECIPES:
+    if "recipe" in train and not _among(train["recipe"], RECIPES):
         _fail("train.recipe", f"must be one of {', '.join(sorted(RECIPES))}; got {train['recipe']!r}")
-    if "device" in train and train["device"] not in ("auto", "cpu", "cuda"):
+    if "device" in train and not _among(train["device"], ("auto", "cpu", "cuda")):
         _fail("train.device", f"must be auto, cpu or cuda; got {train['device']!r}")
     if "stages" in train and not all(isinstance(s, int) and 1 <= s <= 4 for s in train["stages"]):
         _fail("train.stages", f"must list stage numbers 1-4; got {train['stages']!r}")
@@ -336,7 +354,7 @@ def _parse_resources(res) -> Dict[str, float]:
 def _parse_scheduler(s) -> Dict[str, Any]:
     if isinstance(s, str):
         s = {"type": s}
-    if not isinstance(s, dict) or s.get("type") not in SCHEDULERS:
+    if not isinstance(s, dict) or not _among(s.get("type"), SCHEDULERS):
         _fail("scheduler", f"must be one of {', '.join(SCHEDULERS)} (or a mapping with type:); got {s!r}")
     allowed = {"type", "grace_period", "reduction_factor"}
     for k in s:
@@ -381,13 +399,15 @@ def _data_shape(train_cfg) -> tuple:
     if ds == "synthetic":
         from .synthetic import SYNTHETIC_TASKS
         task = data.get("task", "same_corners")
-        if task not in SYNTHETIC_TASKS:
+        if not isinstance(task, str) or task not in SYNTHETIC_TASKS:
             _fail("train.data.task", f"unknown synthetic task {task!r} (tasks: {', '.join(sorted(SYNTHETIC_TASKS))})")
         size = data.get("image_size", 32)
         if not isinstance(size, int) or isinstance(size, bool) or size < 8:
             _fail("train.data.image_size", f"must be an integer >= 8; got {size!r}")
         return (size, size), 1, SYNTHETIC_TASKS[task].num_classes
     size = data.get("image_size", 224)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 8:
+        _fail("train.data.image_size", f"must be an integer >= 8; got {size!r}")
     return (size, size), 3, 1000
 
 
@@ -413,7 +433,7 @@ def _check_networks(study: Study):
         try:
             with torch.device("meta"):
                 build_model(c["arch"], n_cls, in_ch, size, **kw)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, OverflowError, ZeroDivisionError, RuntimeError) as e:
             _fail("grid", f"{c['arch']} with kappa={c['kappa']:g}, upsilon={c['upsilon']:g}, "
                           f"num_heads={c['num_heads']}: {e}")
 
@@ -434,5 +454,6 @@ def _check_data(study: Study):
             build_data({**c, "device": "auto"})  # the driver may have no GPU; trials are placed by Ray
         except DataError as e:
             _fail("train.data", str(e))
-        except ValueError as e:
-            _fail("train", str(e))
+        except (ValueError, TypeError, OverflowError, KeyError) as e:  # e.g. a data option of the wrong type
+            _fail("train.data", f"{c['dataset']} options {c.get('data', {})} are not valid ({type(e).__name__}: {e})"
+                  .replace("\n", " "))
