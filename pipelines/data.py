@@ -248,11 +248,27 @@ class ImageFolderDataModule(pl.LightningDataModule):
         split = (self.root / "train").is_dir() and (self.root / "val").is_dir()
         return (self.root / "train", self.root / "val") if split else (self.root, None)
 
+    VERIFY_ALL_UP_TO = 20000  # trees with more files get a random sample of this many verified
+
     def check(self):
+        from PIL import Image, UnidentifiedImageError
+
         for tree in filter(None, self._trees()):
             classes = [d for d in tree.iterdir() if d.is_dir()]
             if not classes:
                 raise DataError(f"{tree} has no class folders (expected {tree}/<class>/<image>)")
+            files = sorted(p for d in classes for p in d.rglob("*") if p.is_file())
+            if not files:
+                raise DataError(f"{tree}: the class folders hold no image files")
+            if len(files) > self.VERIFY_ALL_UP_TO:
+                rng = np.random.default_rng(self.seed)
+                files = [files[i] for i in rng.choice(len(files), self.VERIFY_ALL_UP_TO, replace=False)]
+            for f in files:
+                try:
+                    with Image.open(f) as im:
+                        im.verify()
+                except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                    raise DataError(f"{f}: not a readable image ({type(e).__name__}: {e})".replace("\n", " ")) from None
 
     @property
     def num_classes(self):

@@ -86,6 +86,22 @@ def test_imagefolder_png_tree_with_split(tmp_path):
         make_datamodule("imagenet", root=str(tmp_path)).check()
 
 
+def test_corrupt_png_and_truncated_idx_are_one_line_errors(tmp_path):
+    for c in ("cat", "dog"):
+        (tmp_path / c).mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / c / "ok.png")
+    good = (tmp_path / "dog" / "ok.png").read_bytes()
+    (tmp_path / "dog" / "broken.png").write_bytes(good[: len(good) // 2])
+    with pytest.raises(DataError, match=r"broken\.png: not a readable image") as e:
+        make_datamodule("imagefolder", root=str(tmp_path), num_workers=0).check()
+    assert "\n" not in str(e.value)
+    images = np.zeros((10, 28, 28), np.uint8)
+    header = struct.pack(">HBB", 0, 0x08, 3) + struct.pack(">III", 10, 28, 28)
+    (tmp_path / "trunc").write_bytes(header + images.tobytes()[:1000])
+    with pytest.raises(DataError, match="header says"):
+        read_idx(tmp_path / "trunc")
+
+
 @pytest.mark.parametrize("task", sorted(SYNTHETIC_TASKS))
 def test_synthetic_deterministic_and_balanced(task):
     x1, y1 = make_synthetic(task, 64, 32, seed=3)

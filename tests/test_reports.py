@@ -83,3 +83,20 @@ def test_report_cli_errors(tiny_study, workdir, capsys):
     _crafted(tiny_study, workdir, {})
     assert main(["report", "--experiment", "nope"]) == 2
     assert "experiment 'nope' is not in the tracking store" in capsys.readouterr().err
+
+
+def test_table7_layout_from_detection_metrics(tiny_study, workdir):
+    study = load_study(tiny_study, "cpu")
+    tracker = Tracker(f"sqlite:///{workdir / 'runs' / 'mlflow.db'}")
+    exp = tracker.experiment_id(study.experiment, create=True)
+    parent = tracker.start_launch(exp, study, "test", None)
+    for t in study.trials:
+        rid = tracker.start_trial(exp, parent, study, t)
+        base = 0.30 if t.config["pos_enc"] == "none" else 0.35
+        tracker.log_metrics(rid, {"map": base + 0.01 * t.seed, "ap50": base + 0.2, "ap75": base - 0.05}, step=1)
+        tracker.end(rid, "FINISHED")
+    res = make_report(f"sqlite:///{workdir / 'runs' / 'mlflow.db'}", "tiny-cpu", workdir / "rep", ["table7"])
+    t7 = (workdir / "rep" / "table7.md").read_text()
+    assert "Table 7" in t7 and "mAP" in t7 and "AP50" in t7 and "AP75" in t7
+    assert "35.50 ± 6.35" in t7 and "+5.00" in t7  # relative: mean of 0.35, 0.36; vs none
+    assert res["tables"] == ["table7"]

@@ -179,3 +179,30 @@ def _kill_env(marker: str):
                 os.kill(int(proc.name), signal.SIGKILL)
         except (OSError, PermissionError):
             pass
+
+
+def test_asha_scheduler_warns_and_records_early_stops(workdir, capsys):
+    from conftest import write_study
+    path = write_study(workdir, """
+        name: tiny
+        grid: {arch: [aa_resnet18], kappa: [0.25], num_heads: [2], pos_enc: [none, relative]}
+        seeds: 1
+        train:
+          dataset: synthetic
+          data: {task: relative_position, image_size: 16, train_samples: 128, val_samples: 64}
+          epochs: 3
+          batch_size: 64
+          stages: [4]
+          device: cpu
+        scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
+        checkpoint_every: 0
+        profiles: {cpu: {}}
+    """)
+    assert main(["run", str(path), "--quiet"]) == 0
+    assert "early; cells of an ablation are then compared at different budgets" in capsys.readouterr().err
+    c, _, trials = _runs(workdir)
+    assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
+    for r in trials:
+        epochs = int(r.data.metrics["epoch"])
+        assert ("stopped_early" in r.data.tags) == (epochs < 3)
+        assert "checkpoint" not in r.data.tags  # checkpoint_every: 0
