@@ -186,11 +186,11 @@ def _report(a) -> int:
         if path is not None and not path.exists():
             raise ReportError(f"tracking-uri: no store at {path} (run a study first)")
         out = Path(a.out) if a.out else default_home() / "reports" / experiment
-        res = make_report(uri, experiment, out, layouts)
+        res = make_report(uri, experiment, out, layouts, log_to_mlflow=not a.no_log)
     except (ReportError, TrackingError) as e:
         return _fail("report", e)
     print(f"report of {experiment}: {res['runs']} runs, tables {', '.join(res['tables']) or 'none'} -> "
-          f"{res['out']}/report.md, index.html")
+          f"{res['out']}/report.md, index.html" + (f" (logged to run {res['logged_to']})" if res["logged_to"] else ""))
     return 0
 
 
@@ -217,6 +217,7 @@ def main(argv=None) -> int:
     p.add_argument("--profile")
     p.add_argument("--experiment", help="an MLflow experiment name instead of a study YAML")
     p.add_argument("--out", help="output directory (default ./aa-study-runs/reports/EXPERIMENT)")
+    p.add_argument("--no-log", action="store_true", help="do not log the report to the study's latest launch run")
     p.add_argument("--tracking-uri")
     _train_parser(sub)
     a = parser.parse_args(argv)

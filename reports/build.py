@@ -46,7 +46,8 @@ def _layouts(report) -> List[str]:
     return names
 
 
-def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str]] = None) -> dict:
+def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str]] = None,
+                log_to_mlflow: bool = True) -> dict:
     c = R.client(uri)
     exp_id = R.experiment_id(c, experiment)
     runs = R.load_runs(c, exp_id)
@@ -79,6 +80,10 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
             tables.append(T.figure5(cells, caption, out))
     if not cells.empty and not detection:
         tables.append(T.cells_table(cells, caption))
+    from .generic import generic_report
+
+    gtables, figures, fixed_line = generic_report(runs, caption, out, metric=metrics[0]) if len(runs) else ([], [], "")
+    tables += gtables
     for t in tables:  # a metric no run has (top-5 of a 2-class task) is not a column
         empty = [c for c in t.display.columns if c.endswith("top-5") and not t.display[c].astype(bool).any()]
         t.display = t.display.drop(columns=empty)
@@ -91,11 +96,17 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     head = (f"# Report: {experiment}\n\nGenerated {stamp} from {_safe_uri(uri)} (experiment id {exp_id}) by "
             f"`aa-study report`. Runs: {len(runs)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}).\n\n")
+    generic_md = ("\n## Every axis\n\n" + (fixed_line + "\n\n" if fixed_line else "")) if (gtables or figures) else ""
+    figs_md = "".join(f"\n![{f}]({f}.png)\n" for f in figures)
+    paper_tables = [t for t in tables if t not in gtables]
     md = head + "\n".join(T.to_markdown(t) + (f"\n![{t.title}](figure5.png)\n" if t.name == "figure5" else "")
-                          for t in tables)
+                          for t in paper_tables) + generic_md + "\n".join(T.to_markdown(t) for t in gtables) + figs_md
     (out / "report.md").write_text(md)
     body = "\n".join(T.to_html(t) + ('<img src="figure5.svg" alt="Figure 5" width="520">\n' if t.name == "figure5" else "")
-                     for t in tables)
+                     for t in paper_tables)
+    if generic_md:
+        body += f"<h2>Every axis</h2><p>{html.escape(fixed_line)}</p>" + "\n".join(T.to_html(t) for t in gtables)
+        body += "".join(f'<img src="{f}.svg" alt="{f}" width="520">' for f in figures)
     links = " · ".join(f'<a href="{t.name}.md">{t.name}.md</a> <a href="{t.name}.tex">.tex</a> '
                        f'<a href="{t.name}.csv">.csv</a>' for t in tables)
     (out / "index.html").write_text(
@@ -104,8 +115,14 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
         ".tbl td,.tbl th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}</style>"
         f"<h1>Report: {html.escape(experiment)}</h1><p>{html.escape(head.splitlines()[2])}</p><p>{links} · "
         "<a href='runs.csv'>runs.csv</a></p>" + body)
+    logged = None
+    if log_to_mlflow:
+        launches = sorted(R._search(c, exp_id, "launch"), key=lambda r: r.info.start_time or 0)
+        if launches:  # the report beside the runs it was made from
+            logged = launches[-1].info.run_id
+            c.log_artifacts(logged, str(out), "report")
     return {"experiment_id": exp_id, "tables": [t.name for t in tables], "runs": len(runs), "out": str(out),
-            "cells": cells}
+            "cells": cells, "figures": figures, "logged_to": logged}
 
 
 def _safe_uri(uri: str) -> str:

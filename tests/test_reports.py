@@ -2,6 +2,7 @@
 import math
 
 import pytest
+import yaml
 from scipy import stats
 
 from pipelines.spec import load_study
@@ -99,4 +100,74 @@ def test_table7_layout_from_detection_metrics(tiny_study, workdir):
     t7 = (workdir / "rep" / "table7.md").read_text()
     assert "Table 7" in t7 and "mAP" in t7 and "AP50" in t7 and "AP75" in t7
     assert "35.50 ± 6.35" in t7 and "+5.00" in t7  # relative: mean of 0.35, 0.36; vs none
-    assert res["tables"] == ["table7"]
+    assert res["tables"][0] == "table7" and "cells" not in res["tables"]  # generic tables follow (on mAP)
+
+
+def test_generic_report_marginals_pivots_plots(workdir):
+    """A 3-axis grid (kappa float, num_heads int, pos_enc string) with crafted values: exact marginal and
+    pivot numbers, one line per encoding with the expected points, the fixed axis shown as fixed."""
+    from conftest import write_study
+    from reports.generic import axes_of, line_series, marginal, pivot
+    from reports.runs import client, experiment_id, load_runs
+
+    path = write_study(workdir, """
+        name: grid3
+        grid: {arch: [aa_resnet18], kappa: [0.25, 0.5], num_heads: [1, 2], pos_enc: [none, relative]}
+        seeds: 2
+        train:
+          dataset: synthetic
+          data: {task: relative_position, image_size: 16, train_samples: 64, val_samples: 64}
+          epochs: 1
+          stages: [4]
+          device: cpu
+        profiles: {cpu: {}}
+    """)
+    study = load_study(path, "cpu")
+    uri = f"sqlite:///{workdir / 'runs' / 'mlflow.db'}"
+    tracker = Tracker(uri)
+    exp = tracker.experiment_id(study.experiment, create=True)
+    parent = tracker.start_launch(exp, study, "test", None)
+
+    def value(c, seed):  # top-1 = 0.5 + 0.2 kappa + 0.01 heads + 0.05 [relative] + 0.01 seed
+        return 0.5 + 0.2 * c["kappa"] + 0.01 * c["num_heads"] + 0.05 * (c["pos_enc"] == "relative") + 0.01 * seed
+
+    for t in study.trials:
+        rid = tracker.start_trial(exp, parent, study, t)
+        tracker.log_metrics(rid, {"val_top1": value(t.config, t.seed), "gflops": 0.1 + t.config["kappa"],
+                                  "params": 1e6}, step=1)
+        tracker.end(rid, "FINISHED")
+    runs = load_runs(client(uri), experiment_id(client(uri), "grid3-cpu"))
+    varying, fixed = axes_of(runs)
+    assert set(varying) == {"kappa", "num_heads", "pos_enc"} and fixed["arch"] == "aa_resnet18"
+    m = marginal(runs, "pos_enc").set_index("pos_enc")
+    # none: mean over kappa {.25,.5}, heads {1,2}, seeds {0,1} = 0.5 + 0.075 + 0.015 + 0.005
+    assert m.loc["none", "mean"] == pytest.approx(0.595) and m.loc["relative", "mean"] == pytest.approx(0.645)
+    assert m.loc["none", "n"] == 8 and bool(m.loc["relative", "best"]) and not bool(m.loc["none", "best"])
+    p = pivot(runs, "kappa", "num_heads")
+    assert p.loc[0.5, 2] == pytest.approx(0.5 + 0.1 + 0.02 + 0.025 + 0.005)
+    series = line_series(runs, "kappa", "pos_enc")
+    assert set(series) == {"none", "relative"} and list(series["relative"]["x"]) == [0.25, 0.5]
+    assert list(series["relative"]["mean"]) == pytest.approx([0.5 + 0.05 + 0.015 + 0.05 + 0.005,
+                                                              0.5 + 0.1 + 0.015 + 0.05 + 0.005])
+
+    res = make_report(uri, "grid3-cpu", workdir / "rep", [])
+    md = (workdir / "rep" / "report.md").read_text()
+    assert "Fixed: arch = aa_resnet18" in md and "Marginal over the other axes: num_heads" in md
+    assert "Mean top-1 (%): kappa × num_heads" in md and "**best**" in md
+    assert {"line_kappa_by_pos_enc", "line_num_heads_by_pos_enc", "top1_vs_gflops"} <= set(res["figures"])
+    assert (workdir / "rep" / "top1_vs_gflops.svg").exists()
+    # logged beside the runs, on the launch run
+    arts = [a.path for a in tracker.client.list_artifacts(res["logged_to"], "report")]
+    assert "report/report.md" in arts and "report/index.html" in arts
+
+
+def test_heads_study_rejects_heads_that_do_not_divide(workdir):
+    from pathlib import Path
+
+    from pipelines.spec import SpecError, parse_study
+
+    raw = yaml.safe_load((Path(__file__).resolve().parent.parent / "studies" / "heads.yaml").read_text())
+    raw["grid"]["num_heads"] = [1, 3]
+    raw["profiles"]["cpu"] = {}
+    with pytest.raises(SpecError, match=r"layer3\.0\.conv1 \(F_out=256\): dk=64 is not divisible by num_heads=3"):
+        parse_study(raw, "cpu", check_data=False)

@@ -1,0 +1,182 @@
+"""Reports for any study: per-axis marginal tables, pairwise pivots, line plots over numeric axes and a
+top-1 vs cost scatter. Works on the runs DataFrame of `reports.runs.load_runs` (MLflow only).
+
+Marginals pool the FINISHED runs of every cell that has the axis value (so they average over the other
+axes as the grid holds them); n counts runs. An axis with one value is reported as fixed, not tabled.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pandas as pd
+
+from .runs import AXES, t_ci95
+from .tables import Table, pm
+
+NUMERIC_AXES = ("kappa", "upsilon", "num_heads")
+CATEGORICAL_AXES = ("pos_enc", "arch")
+
+
+def _finished(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    fin = runs[(runs["status"] == "FINISHED") & runs[metric].notna()].copy()
+    for k in NUMERIC_AXES:
+        fin[k] = pd.to_numeric(fin[k], errors="coerce")
+    return fin
+
+
+BASELINE_BLIND = ("num_heads", "pos_enc")  # a plain convolution (κ = υ = 0) has neither
+
+
+def _scope(runs: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """The runs an axis is about: heads and encodings exist only where there is attention."""
+    if axis in BASELINE_BLIND:
+        att = runs[(pd.to_numeric(runs["kappa"], errors="coerce") > 0) | (pd.to_numeric(runs["upsilon"], errors="coerce") > 0)]
+        return att if len(att) else runs
+    return runs
+
+
+def axes_of(runs: pd.DataFrame, metric: str = "val_top1") -> Tuple[Dict[str, list], Dict[str, object]]:
+    """(varying axes -> sorted values, fixed axes -> their value) over finished runs; υ tied to κ is not
+    an axis of its own."""
+    fin = _finished(runs, metric)
+    varying, fixed = {}, {}
+    tied = len(fin) and (fin["kappa"] == fin["upsilon"]).all()
+    for k in AXES:
+        if k == "upsilon" and tied:
+            fixed["upsilon"] = "κ (tied)"
+            continue
+        vals = sorted(_scope(fin, k)[k].dropna().unique().tolist(), key=lambda v: (isinstance(v, str), v))
+        if len(vals) > 1:
+            varying[k] = vals
+        elif len(vals) == 1:
+            fixed[k] = vals[0]
+    return varying, fixed
+
+
+def marginal(runs: pd.DataFrame, axis: str, metric: str = "val_top1") -> pd.DataFrame:
+    fin = _scope(_finished(runs, metric), axis)
+    rows = []
+    for value, g in fin.groupby(axis, sort=True):
+        vals = g[metric].tolist()
+        rows.append({axis: value, "mean": float(pd.Series(vals).mean()),
+                     "std": float(pd.Series(vals).std(ddof=1)) if len(vals) > 1 else math.nan,
+                     "n": len(vals), "ci95": t_ci95(vals),
+                     "params": g["params"].median(), "gflops": g["gflops"].median()})
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["best"] = out["mean"] == out["mean"].max()
+    return out
+
+
+def pivot(runs: pd.DataFrame, rows: str, cols: str, metric: str = "val_top1") -> pd.DataFrame:
+    fin = _finished(runs, metric)
+    if rows in BASELINE_BLIND or cols in BASELINE_BLIND:
+        fin = _scope(fin, rows if rows in BASELINE_BLIND else cols) if "kappa" not in (rows, cols) else fin
+    return fin.pivot_table(index=rows, columns=cols, values=metric, aggfunc="mean")
+
+
+def _marginal_table(runs, axis, metric, caption) -> Table:
+    m = marginal(runs, axis, metric)
+    disp = pd.DataFrame({
+        axis: [f"{v:g}" if isinstance(v, float) else str(v) for v in m[axis]],
+        f"{'top-1' if metric == 'val_top1' else metric} (mean ± 95% CI)": [pm(a, c, n) for a, c, n in zip(m["mean"], m["ci95"], m["n"])],
+        "std": [f"{s * 100:.2f}" if not math.isnan(s) else "" for s in m["std"]],
+        "n runs": m["n"].astype(str),
+        "GFLOPs (median)": [f"{g:.3f}" for g in m["gflops"]],
+        "best": ["**best**" if b else "" for b in m["best"]],
+    })
+    return Table(f"axis_{axis}", f"Marginal over the other axes: {axis}", caption, disp, m)
+
+
+def _pivot_table(runs, a, b, metric, caption) -> Table:
+    p = pivot(runs, a, b, metric)
+    disp = p.apply(lambda col: col.map(lambda v: "" if pd.isna(v) else f"{v * 100:.2f}"))
+    disp.insert(0, f"{a} \\ {b}", [f"{v:g}" if isinstance(v, float) else str(v) for v in p.index])
+    disp.columns = [disp.columns[0]] + [f"{b}={c:g}" if isinstance(c, float) else f"{b}={c}" for c in p.columns]
+    label = "top-1" if metric == "val_top1" else metric
+    return Table(f"pivot_{a}_{b}", f"Mean {label} (%): {a} × {b}", caption, disp.reset_index(drop=True),
+                 p.reset_index())
+
+
+def line_series(runs: pd.DataFrame, axis: str, by: str, metric: str = "val_top1") -> Dict[str, pd.DataFrame]:
+    """For a numeric axis: one series per value of the categorical axis `by` (mean and CI per x)."""
+    fin = _finished(runs, metric)
+    base = fin[(fin["kappa"] == 0) & (fin["upsilon"] == 0)] if axis in ("kappa", "upsilon") else fin.iloc[:0]
+    out = {}
+    for cat, g in _scope(fin, by).groupby(by, sort=True):
+        g = pd.concat([base, g[~g.index.isin(base.index)]])  # κ = 0 (no attention) starts every line
+        pts = []
+        for x, gx in g.groupby(axis, sort=True):
+            vals = gx[metric].tolist()
+            pts.append({"x": x, "mean": float(pd.Series(vals).mean()), "ci95": t_ci95(vals), "n": len(vals)})
+        out[str(cat)] = pd.DataFrame(pts)
+    return out
+
+
+def _plot_lines(runs, axis, by, metric, out: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for i, (cat, pts) in enumerate(line_series(runs, axis, by, metric).items()):
+        ax.errorbar(pts["x"], pts["mean"] * 100, yerr=(pts["ci95"] * 100).fillna(0), marker="o", capsize=3,
+                    label=f"{by}={cat}", color=f"C{i}")
+    ax.set_xlabel(axis)
+    ax.set_ylabel("top-1 (%)")
+    if axis == "num_heads":
+        ax.set_xscale("log", base=2)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    name = f"line_{axis}_by_{by}"
+    fig.savefig(out / f"{name}.png", dpi=150)
+    fig.savefig(out / f"{name}.svg")
+    plt.close(fig)
+    return name
+
+
+def _plot_cost(runs, metric, out: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fin = _finished(runs, metric)
+    cells = fin.groupby("cell").agg(top1=(metric, "mean"), gflops=("gflops", "median"), params=("params", "median"),
+                                    pos_enc=("pos_enc", "first"))
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for i, (enc, g) in enumerate(cells.groupby("pos_enc", sort=True)):
+        ax.scatter(g["gflops"], g["top1"] * 100, label=enc, color=f"C{i}")
+    ax.set_xlabel("GFLOPs per image")
+    ax.set_ylabel("top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="encoding")
+    fig.tight_layout()
+    fig.savefig(out / "top1_vs_gflops.png", dpi=150)
+    fig.savefig(out / "top1_vs_gflops.svg")
+    plt.close(fig)
+    return "top1_vs_gflops"
+
+
+def generic_report(runs: pd.DataFrame, caption: str, out: Path, metric: str = "val_top1") -> Tuple[List[Table], List[str], str]:
+    """(tables, figure names, a Markdown line naming the fixed axes)."""
+    varying, fixed = axes_of(runs, metric)
+    fixed_line = "Fixed: " + ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}"
+                                       for k, v in fixed.items()) if fixed else ""
+    tables = [_marginal_table(runs, a, metric, caption) for a in varying]
+    names = list(varying)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            tables.append(_pivot_table(runs, a, b, metric, caption))
+    figures = []
+    if len(runs[(runs["status"] == "FINISHED")]):
+        out.mkdir(parents=True, exist_ok=True)
+        cats = [c for c in CATEGORICAL_AXES if c in varying] or [c for c in CATEGORICAL_AXES if c in fixed]
+        for axis in (a for a in NUMERIC_AXES if a in varying):
+            figures.append(_plot_lines(runs, axis, cats[0] if cats else "pos_enc", metric, out))
+        figures.append(_plot_cost(runs, metric, out))
+    return tables, figures, fixed_line
