@@ -326,8 +326,15 @@ DATASETS = {
 
 
 def make_datamodule(name: str, **options):
-    if name not in DATASETS:
-        raise DataError(f"dataset must be one of {sorted(DATASETS)}; got {name!r}")
+    if name in ("coco", "synthetic_coco"):
+        from .coco import CocoDataModule, SyntheticCocoDataModule
+        cls = CocoDataModule if name == "coco" else SyntheticCocoDataModule
+        try:
+            return cls(**options)
+        except TypeError as e:
+            raise DataError(f"dataset {name}: {e}") from None
+    if not isinstance(name, str) or name not in DATASETS:
+        raise DataError(f"dataset must be one of {sorted(DATASETS) + ['coco', 'synthetic_coco']}; got {name!r}")
     try:
         return DATASETS[name](**options)
     except TypeError as e:

@@ -18,6 +18,9 @@ RECIPES = {
     # A standard ImageNet ResNet recipe: lr 0.1 * B / 256, 5 warm-up epochs (of 90), cosine, smoothing 0.1.
     "imagenet": dict(base_lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4, warmup_frac=5 / 90,
                      label_smoothing=0.1),
+    # RetinaNet's schedule: lr 0.01 for a batch of 16 (= 0.16 per 256), warm-up, weight decay 1e-4.
+    "detection": dict(base_lr=0.16, momentum=0.9, nesterov=False, weight_decay=1e-4, warmup_frac=0.05,
+                      label_smoothing=0.0),
 }
 
 
@@ -133,22 +136,27 @@ class ClassificationModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self):
-        o = self.optim
-        lr = o.base_lr * self.hparams.batch_size / 256
-        decay, no_decay = [], []
-        for p in self.model.parameters():
-            (no_decay if p.ndim <= 1 else decay).append(p)
-        opt = torch.optim.SGD([{"params": decay, "weight_decay": o.weight_decay},
-                               {"params": no_decay, "weight_decay": 0.0}],
-                              lr=lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(round(o.warmup_frac * total))
+        return sgd_warmup_cosine(self, self.optim, self.hparams.batch_size)
 
-        def factor(step):
-            if step < warmup:
-                return (step + 1) / warmup
-            t = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+def sgd_warmup_cosine(module: pl.LightningModule, o: "OptimConfig", batch_size: int):
+    """SGD (Nesterov optional) with lr = base_lr * B / 256, no weight decay on biases and norms, linear
+    warm-up over warmup_frac of the steps, then cosine decay to 0; stepped every batch."""
+    lr = o.base_lr * batch_size / 256
+    decay, no_decay = [], []
+    for p in module.model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": o.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}],
+                          lr=lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
+    total = max(1, int(module.trainer.estimated_stepping_batches))
+    warmup = int(round(o.warmup_frac * total))
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -31,7 +31,7 @@ AXES = ("arch", "kappa", "upsilon", "num_heads", "pos_enc")
 TOP_KEYS = {"name", "description", "task", "experiment", "report", "grid", "seeds", "train", "resources",
             "max_failures", "scheduler", "profiles", "default_profile", "checkpoint_every"}
 PROFILE_KEYS = TOP_KEYS - {"name", "profiles", "default_profile", "task"}
-TASKS = ("classification",)
+TASKS = ("classification", "detection")
 SCHEDULERS = ("fifo", "asha")
 NOT_IN_CELL_KEY = ("seed", "device", "compile")
 NOT_IN_CELL_KEY_DATA = ("root",)
@@ -71,6 +71,7 @@ class Study:
     max_failures: int
     scheduler: Dict[str, Any]
     checkpoint_every: int
+    task: str = "classification"
     path: Optional[str] = None
     trials: List[Trial] = field(default_factory=list)
 
@@ -230,6 +231,7 @@ def _parse_study(raw: Dict[str, Any], profile: Optional[str] = None, check_data:
                   description=str(spec.get("description", "") or ""), axes=axes, seeds=seeds, train=train,
                   resources=resources, max_failures=max_failures, scheduler=scheduler,
                   checkpoint_every=checkpoint_every)
+    study.task = task
     study.trials = _expand(study)
     _check_networks(study)
     if check_data:
@@ -301,6 +303,8 @@ def _parse_train(train) -> Dict[str, Any]:
             _fail(f"train.{k}", "is a grid axis: put it under grid:")
         if k == "seed":
             _fail("train.seed", "seeds are set by the top-level seeds:")
+        if k == "task":
+            _fail("train.task", "set the top-level task:")
         if k not in TRAIN_DEFAULTS:
             _fail(f"train.{k}", f"unknown setting (settings: {', '.join(sorted(set(TRAIN_DEFAULTS) - set(AXES) - {'seed'}))})")
         want = _TRAIN_TYPES.get(k)
@@ -375,7 +379,7 @@ def _expand(study: Study) -> List[Trial]:
         point = dict(zip(names, values))
         if tie:
             point["upsilon"] = None
-        base = {**study.train, **point}
+        base = {**study.train, **point, "task": study.task}
         cfg = {k: v for k, v in TRAIN_DEFAULTS.items()}
         cfg.update(copy.deepcopy(base))
         cfg = normalise(cfg)
@@ -426,8 +430,20 @@ def _check_networks(study: Study):
         if sig in done:
             continue
         done.add(sig)
-        size, in_ch, n_cls = _data_shape(c)
         kw = dict(kappa=c["kappa"], upsilon=c["upsilon"], num_heads=c["num_heads"], pos_enc=c["pos_enc"])
+        if c["task"] == "detection":
+            from aa_modules.detection import aa_retinanet
+            size = c.get("data", {}).get("min_size", c.get("data", {}).get("size", 128))
+            if not isinstance(size, int) or isinstance(size, bool) or size < 32:
+                _fail("train.data.min_size", f"must be an integer >= 32; got {size!r}")
+            try:
+                with torch.device("meta"):
+                    aa_retinanet(2, c["arch"], stages=tuple(c["stages"]), min_size=size, max_size=max(size, 1333), **kw)
+            except (ValueError, TypeError, RuntimeError) as e:
+                _fail("grid", f"{c['arch']} with kappa={c['kappa']:g}, upsilon={c['upsilon']:g}, "
+                              f"num_heads={c['num_heads']}: {e}")
+            continue
+        size, in_ch, n_cls = _data_shape(c)
         if c["arch"].startswith("aa_resnet"):
             kw.update(stages=tuple(c["stages"]), small_input=c["small_input"])
         try:

@@ -135,7 +135,7 @@ class MlflowRecorder(tune.Callback):
 
 
 _METRICS = ("train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "peak_gpu_mem_gib",
-            "params", "gflops", "epoch")
+            "params", "gflops", "epoch", "map", "ap50", "ap75", "aps", "apm", "apl")
 
 
 def _error_text(trial) -> str:
@@ -279,7 +279,7 @@ def _run_tune(study: Study, pending: List[Trial], reuse: Dict[tuple, Any], track
         from ray.tune.schedulers import ASHAScheduler
         print("warning: scheduler asha stops weak trials early; cells of an ablation are then compared at "
               "different budgets (use fifo for ablation tables)", file=sys.stderr)
-        scheduler = ASHAScheduler(time_attr="epoch", metric="val_top1", mode="max",
+        scheduler = ASHAScheduler(time_attr="epoch", metric="map" if study.task == "detection" else "val_top1", mode="max",
                                   max_t=max(t.config["epochs"] for t in pending),
                                   grace_period=study.scheduler.get("grace_period", 1),
                                   reduction_factor=study.scheduler.get("reduction_factor", 3))

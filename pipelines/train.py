@@ -12,6 +12,7 @@ from .data import DataError, make_datamodule
 from .model import ClassificationModule, OptimConfig
 
 DEFAULTS: Dict[str, Any] = {
+    "task": "classification",  # or detection (RetinaNet; datasets coco, synthetic_coco)
     "arch": "aa_resnet18",
     "kappa": 0.25,
     "upsilon": None,  # None: tied to kappa
@@ -42,6 +43,8 @@ def resolve(config: Dict[str, Any]) -> Dict[str, Any]:
     cfg.update(copy.deepcopy(config))
     if cfg["upsilon"] is None:
         cfg["upsilon"] = cfg["kappa"]
+    if cfg["task"] not in ("classification", "detection"):
+        raise ValueError(f"task must be classification or detection; got {cfg['task']!r}")
     if cfg["device"] not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda; got {cfg['device']!r}")
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
@@ -53,6 +56,14 @@ def build(config: Dict[str, Any]):
     """(datamodule, module, resolved config); checks the data and the network before any training."""
     dm, image_size, cfg = build_data(config)
     pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
+    if cfg["task"] == "detection":
+        from .detection import DetectionModule
+
+        arch_kwargs = {k: cfg[k] for k in ("kappa", "upsilon", "num_heads", "pos_enc", "stages")}
+        optim = OptimConfig.from_recipe(cfg["recipe"], **cfg["optim"])
+        module = DetectionModule(cfg["arch"], dm.num_classes, cfg["batch_size"], cfg["epochs"], min_size=dm.min_size,
+                                 max_size=dm.max_size, optim=optim.__dict__, arch_kwargs=arch_kwargs)
+        return dm, module, cfg
     arch_kwargs = {k: cfg[k] for k in ARCH_KEYS}
     if cfg["arch"] == "aa_wide_resnet28_10":
         arch_kwargs.pop("stages"), arch_kwargs.pop("small_input")
@@ -69,7 +80,11 @@ def build_data(config: Dict[str, Any]):
     cfg = resolve(config)
     dm = make_datamodule(cfg["dataset"], batch_size=cfg["batch_size"], seed=cfg["seed"], **cfg["data"])
     dm.check()
-    return dm, _image_size(dm, cfg), cfg
+    detection = cfg["dataset"] in ("coco", "synthetic_coco")
+    if detection != (cfg["task"] == "detection"):
+        raise DataError(f"dataset {cfg['dataset']} is for "
+                        f"{'detection' if detection else 'classification'}, not task {cfg['task']}")
+    return dm, (dm.image_size if detection else _image_size(dm, cfg)), cfg
 
 
 def _image_size(dm, cfg):

@@ -61,6 +61,10 @@ def test_ui_serves_the_study_and_chromium_opens_its_runs(tiny_study, workdir, tm
         else:
             pytest.fail("mlflow server did not answer /health within 90 s")
 
+        # bound to loopback only (the default): a listening socket on 127.0.0.1:port, none on 0.0.0.0
+        listening = [l.split()[1] for l in open("/proc/net/tcp").read().splitlines()[1:] if l.split()[3] == "0A"]
+        assert f"0100007F:{port:04X}" in listening and f"00000000:{port:04X}" not in listening
+
         # what the runs table loads: the trials with their axes as params
         req = urllib.request.Request(base + "/ajax-api/2.0/mlflow/runs/search", method="POST",
                                      data=json.dumps({"experiment_ids": [exp], "max_results": 100,
@@ -91,3 +95,15 @@ def test_ui_without_a_store_says_so(tiny_study, workdir, capsys):
 
     assert main(["ui", str(tiny_study)]) == 2
     assert "no store at" in capsys.readouterr().err
+
+
+def test_ui_warns_when_bound_to_every_interface(tiny_study, workdir):
+    _store_with_study(tiny_study, workdir)
+    ui = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "ui", str(tiny_study), "--host", "0.0.0.0",
+                           "--port", str(_free_port())], cwd=workdir, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert "warning: --host 0.0.0.0 serves the store to every network" in ui.stderr.readline()
+    finally:
+        os.killpg(ui.pid, 15)
+        ui.wait(timeout=30)
