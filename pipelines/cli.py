@@ -4,6 +4,8 @@
   aa-study resume STUDY.yaml [--profile P]   continue a launched study (unfinished trials from their checkpoints)
   aa-study status STUDY.yaml                 cells finished / running / failed / pending
   aa-study ui [STUDY.yaml]                   the MLflow UI on the study's store (127.0.0.1 unless --host)
+  aa-study report STUDY.yaml                 the paper's tables and figures, and every axis, from MLflow
+  aa-study make-data synthetic-coco --out D  a COCO-format detection proxy dataset
   aa-study train ...                         one trial, the same code path a study trial uses
 
 Defaults: a local Ray started for the launch, an MLflow sqlite store at ./aa-study-runs/mlflow.db (or
@@ -219,8 +221,26 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="output directory (default ./aa-study-runs/reports/EXPERIMENT)")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the study's latest launch run")
     p.add_argument("--tracking-uri")
+    p = sub.add_parser("make-data", help="write a generated dataset to disk",
+                       description="Write a generated dataset: synthetic-coco = N images with 1-6 glyph objects of K "
+                                   "classes, in the COCO 2017 layout (train2017/, val2017/, annotations/).")
+    p.add_argument("kind", choices=["synthetic-coco"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--images", type=int, default=128)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--classes", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
     _train_parser(sub)
     a = parser.parse_args(argv)
+    if a.command == "make-data":
+        from .coco import make_synthetic_coco
+        from .data import DataError
+        try:
+            counts = make_synthetic_coco(a.out, images=a.images, size=a.size, classes=a.classes, seed=a.seed)
+        except (DataError, OSError) as e:
+            return _fail("make-data", e)
+        print(f"wrote {counts['train']} train and {counts['val']} val images to {a.out} (COCO 2017 layout)")
+        return 0
     if a.command == "report":
         return _report(a)
     if a.command in ("run", "resume"):
