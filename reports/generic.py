@@ -115,7 +115,7 @@ def line_series(runs: pd.DataFrame, axis: str, by: str, metric: str = "val_top1"
     return out
 
 
-def _plot_lines(runs, axis, by, metric, out: Path) -> str:
+def _plot_lines(runs, axis, by, metric, out: Path) -> str:  # noqa: C901
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,7 +126,7 @@ def _plot_lines(runs, axis, by, metric, out: Path) -> str:
         ax.errorbar(pts["x"], pts["mean"] * 100, yerr=(pts["ci95"] * 100).fillna(0), marker="o", capsize=3,
                     label=f"{by}={cat}", color=f"C{i}")
     ax.set_xlabel(axis)
-    ax.set_ylabel("top-1 (%)")
+    ax.set_ylabel("top-1 (%)" if metric == "val_top1" else f"{metric} (%)")
     if axis == "num_heads":
         ax.set_xscale("log", base=2)
     ax.grid(alpha=0.3)
@@ -146,13 +146,14 @@ def _plot_cost(runs, metric, out: Path) -> str:
     import matplotlib.pyplot as plt
 
     fin = _finished(runs, metric)
+    fin = fin.assign(pos_enc=fin["pos_enc"].where((fin["kappa"] > 0) | (fin["upsilon"] > 0), "no attention (κ=0)"))
     cells = fin.groupby("cell").agg(top1=(metric, "mean"), gflops=("gflops", "median"), params=("params", "median"),
                                     pos_enc=("pos_enc", "first"))
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     for i, (enc, g) in enumerate(cells.groupby("pos_enc", sort=True)):
         ax.scatter(g["gflops"], g["top1"] * 100, label=enc, color=f"C{i}")
     ax.set_xlabel("GFLOPs per image")
-    ax.set_ylabel("top-1 (%)")
+    ax.set_ylabel("top-1 (%)" if metric == "val_top1" else f"{metric} (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, title="encoding")
     fig.tight_layout()

@@ -38,6 +38,7 @@ def _worker_raylet_pid():
     return pids[0]
 
 
+@pytest.mark.slow
 def test_two_node_cluster_survives_losing_the_worker(workdir):
     path = write_study(workdir, """
         name: tiny

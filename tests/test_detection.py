@@ -111,6 +111,7 @@ def test_a_few_steps_lower_the_detection_loss(coco_root):
     assert len(out) == 2 and out[0]["boxes"].shape[1] == 4
 
 
+@pytest.mark.slow
 def test_tiny_detection_study_through_ray_and_mlflow(workdir, capsys):
     path = write_study(workdir, """
         name: det

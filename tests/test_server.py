@@ -8,6 +8,8 @@ import sys
 import time
 import urllib.request
 
+import pytest
+
 from mlflow.tracking import MlflowClient
 
 
@@ -37,6 +39,7 @@ def _stop(proc):
     proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_tracking_server_restarted_mid_study(tiny_study, workdir):
     tiny_study.write_text(tiny_study.read_text().replace("epochs: 2", "epochs: 3"))
     port, db = _free_port(), workdir / "srv.db"

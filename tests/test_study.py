@@ -15,6 +15,7 @@ def _runs(workdir, kind="trial"):
     return c, exp, [r for r in c.search_runs([exp.experiment_id], max_results=1000) if r.data.tags.get("kind") == kind]
 
 
+@pytest.mark.slow
 def test_study_runs_once_resumes_failed_cells_and_reports(tiny_study, workdir, capsys, monkeypatch):
     study = load_study(tiny_study, "cpu")
     bad_cell = study.trials[0].cell
@@ -83,6 +84,7 @@ def test_study_runs_once_resumes_failed_cells_and_reports(tiny_study, workdir, c
     assert (workdir / "report" / "table6.tex").read_text().startswith("\\begin{table}")
 
 
+@pytest.mark.slow
 def test_resume_continues_a_failed_trial_from_its_checkpoint(workdir, capsys, monkeypatch):
     from conftest import write_study
     path = write_study(workdir, """
@@ -114,6 +116,7 @@ def test_resume_continues_a_failed_trial_from_its_checkpoint(workdir, capsys, mo
     assert [m.step for m in c.get_metric_history(run.info.run_id, "val_top1")] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_driver_sigkilled_mid_study_then_resume_finishes_exactly_once(tiny_study, workdir):
     """A real `aa-study run` process is SIGKILLed while trials run; `aa-study resume` finishes the study:
     exactly cells x seeds FINISHED, none duplicated, none RUNNING, the dead launch closed as KILLED, and
@@ -181,6 +184,7 @@ def _kill_env(marker: str):
             pass
 
 
+@pytest.mark.slow
 def test_asha_scheduler_warns_and_records_early_stops(workdir, capsys):
     from conftest import write_study
     path = write_study(workdir, """

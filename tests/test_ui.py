@@ -38,6 +38,7 @@ def _store_with_study(tiny_study, workdir):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (scripts/test.sh installs it)")
+@pytest.mark.slow
 def test_ui_serves_the_study_and_chromium_opens_its_runs(tiny_study, workdir, tmp_path):
     study, exp = _store_with_study(tiny_study, workdir)
     port = _free_port()
