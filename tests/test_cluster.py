@@ -14,7 +14,14 @@ from mlflow.tracking import MlflowClient
 
 from conftest import write_study
 
-HEAD_PORT, WORKER_NM_PORT = 6391, 6392
+def _free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+HEAD_PORT, WORKER_NM_PORT = _free_port(), _free_port()  # Ray's GCS and the worker raylet
 
 
 def _ray(args, env):
