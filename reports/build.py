@@ -122,7 +122,8 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
             logged = launches[-1].info.run_id
             c.log_artifacts(logged, str(out), "report")
     return {"experiment_id": exp_id, "tables": [t.name for t in tables], "runs": len(runs), "out": str(out),
-            "cells": cells, "figures": figures, "logged_to": logged}
+            "cells": cells, "figures": figures, "logged_to": logged,
+            "figure5_series": next((t.series for t in tables if t.name == "figure5"), None)}
 
 
 def _safe_uri(uri: str) -> str:

@@ -37,7 +37,8 @@ def experiment_id(c, name: str) -> str:
 def _search(c, exp_id: str, kind: str) -> list:
     out, token = [], None
     while True:
-        page = c.search_runs([exp_id], filter_string=f"tags.kind = '{kind}'", max_results=1000, page_token=token)
+        page = c.search_runs([exp_id], filter_string=f"tags.kind = '{kind}'", max_results=1000, page_token=token,
+                             order_by=["attributes.start_time ASC", "attributes.run_id ASC"])
         out.extend(page)
         token = page.token
         if not token:
@@ -59,6 +60,7 @@ def load_runs(c, exp_id: str) -> pd.DataFrame:
             row[k] = m.get(k, math.nan)
         rows.append(row)
     df = pd.DataFrame(rows, columns=["run_id", "cell", "seed", "status", "error", "node_id"] + AXES + CONTEXT + METRICS)
+    df = df.sort_values(["cell", "seed", "run_id"], kind="stable").reset_index(drop=True)  # same runs, same files
     for k in ("kappa", "upsilon"):
         df[k] = pd.to_numeric(df[k], errors="coerce")
     df["num_heads"] = pd.to_numeric(df["num_heads"], errors="coerce").astype("Int64")

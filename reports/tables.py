@@ -29,6 +29,7 @@ class Table:
     caption: str
     display: pd.DataFrame
     numbers: pd.DataFrame
+    series: Optional[dict] = None
 
 
 def paper_values() -> dict:
@@ -198,14 +199,20 @@ def figure5(cells: pd.DataFrame, caption: str, out: Path) -> Table:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    plt.rcParams["svg.hashsalt"] = "aa-study"  # the same runs give the same SVG, byte for byte
     pts = figure5_points(cells)
+    series = {}
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     styles = {"relative": dict(marker="o", color="C0"), "none": dict(marker="s", color="C1", linestyle="--")}
-    for (arch, series), g in pts.groupby(["arch", "series"], sort=True):
-        label = ("with relative embeddings" if series == "relative" else "without position encoding")
+    plotted = series
+    for (arch, series_name), g in pts.groupby(["arch", "series"], sort=True):
+        label = ("with relative embeddings" if series_name == "relative" else "without position encoding")
         if pts["arch"].nunique() > 1:
             label = f"{arch}, {label}"
-        ax.errorbar(g["kappa"], g["top1"], yerr=g["ci95"].fillna(0), capsize=3, label=label, **styles[series])
+        drawn = ax.errorbar(g["kappa"], g["top1"], yerr=g["ci95"].fillna(0), capsize=3, label=label,
+                             **styles[series_name])
+        line = drawn.lines[0]  # the data line (the others are caps and bars)
+        plotted[label] = (list(line.get_xdata()), list(line.get_ydata()))
     ax.set_xlabel("fraction of attentional channels κ = υ")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("Figure 5: relative embeddings vs none as κ grows", fontsize=10)
@@ -214,13 +221,15 @@ def figure5(cells: pd.DataFrame, caption: str, out: Path) -> Table:
         ax.legend(fontsize=8)
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "figure5.png", dpi=150)
-    fig.savefig(out / "figure5.svg")
+    fig.savefig(out / "figure5.png", dpi=150, metadata={"Software": None})
+    fig.savefig(out / "figure5.svg", metadata={"Date": None})
     plt.close(fig)
     disp = pts.assign(kappa=pts["kappa"].map(lambda v: f"{v:g}"), top1=[
         pm(t / 100, c / 100, n) for t, c, n in zip(pts["top1"], pts["ci95"], pts["n"])]).drop(columns=["ci95"])
-    return Table("figure5", "Figure 5: top-1 against κ, relative embeddings vs none",
-                 caption + " Error bars: 95% CI. Paper points: not known to us (blank).", disp, pts)
+    t = Table("figure5", "Figure 5: top-1 against κ, relative embeddings vs none",
+              caption + " Error bars: 95% CI. Paper points: not known to us (blank).", disp, pts)
+    t.series = series  # label -> (x, y) as drawn, for tests
+    return t
 
 
 # ------------------------------------------------------------------------------------------ renderers

@@ -171,3 +171,39 @@ def test_heads_study_rejects_heads_that_do_not_divide(workdir):
     raw["profiles"]["cpu"] = {}
     with pytest.raises(SpecError, match=r"layer3\.0\.conv1 \(F_out=256\): dk=64 is not divisible by num_heads=3"):
         parse_study(raw, "cpu", check_data=False)
+
+
+def test_same_runs_same_files_figure_series_and_html_in_chromium(tiny_study, workdir, tmp_path):
+    import re
+    import shutil
+    import subprocess
+
+    values = {(k, e, s): 0.5 + k * 0.2 + (0.05 if e == "relative" else 0) + 0.01 * s
+              for k in (0.25, 0.5) for e in ("none", "relative") for s in (0, 1)}
+    uri, _ = _crafted(tiny_study, workdir, values)
+    a = make_report(uri, "tiny-cpu", workdir / "a", ["table6", "figure5"], log_to_mlflow=False)
+    make_report(uri, "tiny-cpu", workdir / "b", ["table6", "figure5"], log_to_mlflow=False)
+    names = sorted(p.name for p in (workdir / "a").iterdir())
+    assert names == sorted(p.name for p in (workdir / "b").iterdir())
+    for name in names:
+        ta, tb = (workdir / "a" / name).read_bytes(), (workdir / "b" / name).read_bytes()
+        if name in ("report.md", "index.html"):  # all but the generation time
+            ta, tb = (re.sub(rb"Generated [0-9-]+ [0-9:]+ UTC", b"", x) for x in (ta, tb))
+        assert ta == tb, name
+
+    # the figure as drawn: two series, the expected points
+    series = a["figure5_series"]
+    assert set(series) == {"with relative embeddings", "without position encoding"}
+    x, y = series["with relative embeddings"]
+    assert x == [0.25, 0.5] and y == pytest.approx([100 * (0.5 + 0.05 + 0.05 + 0.005), 100 * (0.5 + 0.1 + 0.05 + 0.005)])
+    svg = (workdir / "a" / "figure5.svg").read_text()
+    assert "with relative embeddings" in svg and "without position encoding" in svg
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("needs Debian's chromium (scripts/test.sh installs it)")
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--no-first-run", f"--user-data-dir={tmp_path / 'chr'}", "--dump-dom",
+                          (workdir / "a" / "index.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert "Table 6: positional encodings" in dom and "Figure 5" in dom and "60.50 ±" in dom
+    assert re.search(r'<img src="figure5.svg"', dom) and (workdir / "a" / "figure5.svg").exists()
