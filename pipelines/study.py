@@ -80,6 +80,12 @@ class MlflowRecorder(tune.Callback):
         self.open.add(rid)
         return rid
 
+    def on_step_begin(self, iteration, trials, **info):
+        now = time.time()
+        if now - getattr(self, "_beat", 0) >= HEARTBEAT_S:
+            self._beat = now
+            self.tracker.set_tags(self.parent, {"heartbeat": str(int(now))})
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run(trial)
 
@@ -215,6 +221,8 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
                 done.add(key)
             else:
                 unfinished.setdefault(key, []).append(r)
+    if tracker is not None and exp_id is not None:
+        _refuse_if_another_launch_runs(tracker, exp_id)
     pending = [t for t in study.trials if (t.cell, t.seed) not in done]
     result = LaunchResult(exp_id, None, skipped=len(study.trials) - len(pending))
     print(f"study {study.name} (profile {study.profile or '-'}): {len(study.cells)} cells x {len(study.seeds)} "
@@ -242,6 +250,36 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
         import ray
         ray.shutdown()
     return result
+
+
+HEARTBEAT_S = 20  # a live driver refreshes its launch run's heartbeat tag this often
+STALE_S = 120  # a RUNNING launch on another host with an older heartbeat is taken as dead
+
+
+def _launch_alive(run) -> bool:
+    import socket
+
+    tags = run.data.tags
+    if tags.get("host") == socket.gethostname() and tags.get("pid", "").isdigit():
+        try:
+            os.kill(int(tags["pid"]), 0)  # same machine: the driver process decides
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    beat = tags.get("heartbeat", "")
+    return beat.isdigit() and time.time() - int(beat) < STALE_S
+
+
+def _refuse_if_another_launch_runs(tracker, exp_id):
+    """Two drivers on one study would take over each other's runs: refuse before anything is written."""
+    for r in tracker.runs(exp_id, kind="launch", statuses=("RUNNING",)):
+        if _launch_alive(r):
+            t = r.data.tags
+            raise LaunchError(f"another launch of this study is running (launch run {r.info.run_id}, host "
+                              f"{t.get('host', '?')}, pid {t.get('pid', '?')}); wait for it, or stop it and use "
+                              "aa-study resume")
 
 
 def _close_orphans(tracker, exp_id, unfinished: Dict[tuple, list], pending: set) -> Dict[tuple, Any]:

@@ -138,9 +138,13 @@ class Tracker:
                 return out
 
     def start_launch(self, experiment_id: str, study, command: str, spec_text: Optional[str]) -> str:
+        import socket
+
         run = self.client.create_run(experiment_id, run_name=f"{study.name}-{study.profile or 'default'}-launch",
                                      tags={"kind": "launch", "study": study.name, "profile": study.profile,
-                                           "code_version": code_version(), "command": redact(command)[:5000]})
+                                           "code_version": code_version(), "command": redact(command)[:5000],
+                                           "host": socket.gethostname(), "pid": str(os.getpid()),
+                                           "heartbeat": str(int(time.time()))})
         rid = run.info.run_id
         from mlflow.entities import Param
         self.client.log_batch(rid, params=[Param(k, str(v)[:6000]) for k, v in {

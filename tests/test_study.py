@@ -210,3 +210,40 @@ def test_asha_scheduler_warns_and_records_early_stops(workdir, capsys):
         epochs = int(r.data.metrics["epoch"])
         assert ("stopped_early" in r.data.tags) == (epochs < 3)
         assert "checkpoint" not in r.data.tags  # checkpoint_every: 0
+
+
+@pytest.mark.slow
+def test_a_second_launch_of_a_running_study_is_refused(tiny_study, workdir, capsys):
+    """Two drivers on one study would take over each other's runs: the second exits 2 before writing."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    ray_tmp = tempfile.mkdtemp(prefix="aad", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    driver = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", str(tiny_study), "--quiet"], env=env,
+                              cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            time.sleep(1)
+            try:
+                _, _, launches = _runs(workdir, "launch")
+            except Exception:  # noqa: BLE001 - the store is being created
+                continue
+            if launches:
+                break
+        else:
+            pytest.fail("the first launch never started")
+        _, _, before = _runs(workdir)
+        assert main(["run", str(tiny_study), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "another launch of this study is running" in err and f"pid {driver.pid}" in err
+        _, _, launches = _runs(workdir, "launch")
+        assert len(launches) == 1  # the refused launch wrote nothing
+    finally:
+        driver.kill()
+        driver.wait(timeout=30)
+        _kill_env(f"RAY_TMPDIR={ray_tmp}")
