@@ -137,15 +137,13 @@ def _status(a) -> int:
 
 
 def _ui(a) -> int:
-    import os
     import subprocess
 
     from .spec import SpecError, load_study
-    from .tracking import (TrackingError, Tracker, check_tracking_uri, default_home, default_tracking_uri,
-                           sqlite_path, ui_url)
+    from .tracking import TrackingError, Tracker, check_tracking_uri, resolve_tracking_uri, sqlite_path, ui_url
 
     try:
-        uri = a.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+        uri = resolve_tracking_uri(a.tracking_uri)
         check_tracking_uri(uri)
         study = load_study(a.study, a.profile, check_data=False) if a.study else None
     except (SpecError, TrackingError) as e:
@@ -170,23 +168,22 @@ def _ui(a) -> int:
 
 
 def _report(a) -> int:
-    import os
     from pathlib import Path
 
     from reports.build import make_report, study_target
     from reports.runs import ReportError
 
-    from .tracking import TrackingError, check_tracking_uri, default_home, default_tracking_uri, sqlite_path
+    from .tracking import (TrackingError, check_tracking_uri, default_home, resolve_tracking_uri, sqlite_path,
+                           store_exists)
 
     try:
         if bool(a.study) == bool(a.experiment):
             raise ReportError("give a study YAML or --experiment NAME (one of them)")
         experiment, layouts = study_target(a.study, a.profile) if a.study else (a.experiment, None)
-        uri = a.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+        uri = resolve_tracking_uri(a.tracking_uri)
         check_tracking_uri(uri)
-        path = sqlite_path(uri)
-        if path is not None and not path.exists():
-            raise ReportError(f"tracking-uri: no store at {path} (run a study first)")
+        if not store_exists(uri):
+            raise ReportError(f"tracking-uri: no store at {sqlite_path(uri)} (run a study first)")
         out = Path(a.out) if a.out else default_home() / "reports" / experiment
         res = make_report(uri, experiment, out, layouts, log_to_mlflow=not a.no_log)
     except (ReportError, TrackingError) as e:

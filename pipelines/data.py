@@ -325,17 +325,18 @@ DATASETS = {
 }
 
 
+DETECTION_DATASETS = ("coco", "synthetic_coco")  # in pipelines.coco, which imports this module
+
+
 def make_datamodule(name: str, **options):
-    if name in ("coco", "synthetic_coco"):
+    if not isinstance(name, str) or name not in (*DATASETS, *DETECTION_DATASETS):
+        raise DataError(f"dataset must be one of {sorted(DATASETS) + list(DETECTION_DATASETS)}; got {name!r}")
+    if name in DETECTION_DATASETS:
         from .coco import CocoDataModule, SyntheticCocoDataModule
         cls = CocoDataModule if name == "coco" else SyntheticCocoDataModule
-        try:
-            return cls(**options)
-        except TypeError as e:
-            raise DataError(f"dataset {name}: {e}") from None
-    if not isinstance(name, str) or name not in DATASETS:
-        raise DataError(f"dataset must be one of {sorted(DATASETS) + ['coco', 'synthetic_coco']}; got {name!r}")
+    else:
+        cls = DATASETS[name]
     try:
-        return DATASETS[name](**options)
+        return cls(**options)
     except TypeError as e:
         raise DataError(f"dataset {name}: {e}") from None

@@ -25,6 +25,7 @@ import yaml
 from aa_modules import ARCHITECTURES, POS_ENCODINGS
 
 from .model import RECIPES
+from .profiles import choose_profile, experiment_name, merge
 from .train import DEFAULTS as TRAIN_DEFAULTS
 
 AXES = ("arch", "kappa", "upsilon", "num_heads", "pos_enc")
@@ -115,18 +116,6 @@ def cell_key(config: Dict[str, Any]) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "grid":
-            out[k] = _merge(out[k], v)
-        elif k == "grid" and isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = {**out[k], **v}  # a profile replaces whole axes
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -185,9 +174,7 @@ def _parse_study(raw: Dict[str, Any], profile: Optional[str] = None, check_data:
     profiles = raw.get("profiles", {}) or {}
     if not isinstance(profiles, dict):
         _fail("profiles", "must be a mapping of profile name to overrides")
-    chosen = profile or raw.get("default_profile")
-    if chosen is None and profiles:
-        chosen = "cpu" if "cpu" in profiles else sorted(profiles)[0]
+    chosen = choose_profile(raw, profile)
     spec = {k: v for k, v in raw.items() if k not in ("profiles", "default_profile")}
     if chosen is not None:
         if not _among(chosen, profiles):
@@ -200,12 +187,12 @@ def _parse_study(raw: Dict[str, Any], profile: Optional[str] = None, check_data:
         for k in over:
             if k not in PROFILE_KEYS:
                 _fail(f"profiles.{chosen}.{k}", f"unknown key (a profile may set: {', '.join(sorted(PROFILE_KEYS))})")
-        spec = _merge(spec, over)
+        spec = merge(spec, over)
 
     task = spec.get("task", "classification")
     if not _among(task, TASKS):
         _fail("task", f"must be one of {', '.join(TASKS)}; got {task!r}")
-    experiment = spec.get("experiment") or (f"{name}-{chosen}" if chosen else name)
+    experiment = experiment_name(name, spec, chosen)
     if not isinstance(experiment, str):
         _fail("experiment", "must be a string")
     report = spec.get("report")
@@ -436,19 +423,16 @@ def _check_networks(study: Study):
             size = c.get("data", {}).get("min_size", c.get("data", {}).get("size", 128))
             if not isinstance(size, int) or isinstance(size, bool) or size < 32:
                 _fail("train.data.min_size", f"must be an integer >= 32; got {size!r}")
-            try:
-                with torch.device("meta"):
-                    aa_retinanet(2, c["arch"], stages=tuple(c["stages"]), min_size=size, max_size=max(size, 1333), **kw)
-            except (ValueError, TypeError, RuntimeError) as e:
-                _fail("grid", f"{c['arch']} with kappa={c['kappa']:g}, upsilon={c['upsilon']:g}, "
-                              f"num_heads={c['num_heads']}: {e}")
-            continue
-        size, in_ch, n_cls = _data_shape(c)
-        if c["arch"].startswith("aa_resnet"):
-            kw.update(stages=tuple(c["stages"]), small_input=c["small_input"])
+            kw.update(stages=tuple(c["stages"]), min_size=size, max_size=max(size, 1333))
+            build, args = aa_retinanet, (2, c["arch"])
+        else:
+            size, in_ch, n_cls = _data_shape(c)
+            if c["arch"].startswith("aa_resnet"):
+                kw.update(stages=tuple(c["stages"]), small_input=c["small_input"])
+            build, args = build_model, (c["arch"], n_cls, in_ch, size)
         try:
             with torch.device("meta"):
-                build_model(c["arch"], n_cls, in_ch, size, **kw)
+                build(*args, **kw)
         except (ValueError, TypeError, OverflowError, ZeroDivisionError, RuntimeError) as e:
             _fail("grid", f"{c['arch']} with kappa={c['kappa']:g}, upsilon={c['upsilon']:g}, "
                           f"num_heads={c['num_heads']}: {e}")

@@ -17,7 +17,6 @@ from `tune.get_checkpoint()`.
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,9 +25,9 @@ from typing import Any, Dict, List, Optional
 
 from ray import tune
 
-from .spec import SpecError, Study, Trial, load_study
-from .tracking import (Tracker, TrackingError, check_tracking_uri, default_home, default_tracking_uri, redact, sqlite_path,
-                       ui_url)
+from .spec import Study, Trial, load_study
+from .tracking import (Tracker, check_tracking_uri, default_home, redact, resolve_tracking_uri,
+                       store_exists, ui_url)
 
 
 class LaunchError(ValueError):
@@ -165,7 +164,7 @@ def _error_text(trial) -> str:
 def prepare(spec_path: str, profile: Optional[str], tracking_uri: Optional[str]) -> tuple:
     """Steps 1-2: (study, tracking uri). Raises SpecError / TrackingError; writes nothing."""
     study = load_study(spec_path, profile)
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)
     return study, uri
 
@@ -205,8 +204,7 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
            storage: Optional[str] = None, address: Optional[str] = None, resume: bool = False,
            command: str = "", verbose: int = 1, prepared=None) -> LaunchResult:
     study, uri = prepared or prepare(spec_path, profile, tracking_uri)
-    store = sqlite_path(uri)
-    tracker = Tracker(uri) if store is None or store.exists() else None  # reading creates no store
+    tracker = Tracker(uri) if store_exists(uri) else None  # reading creates no store
     exp_id = tracker.experiment_id(study.experiment) if tracker else None
     if resume and exp_id is None:
         raise LaunchError(f"nothing to resume: experiment {study.experiment!r} is not in {uri} "
@@ -357,12 +355,11 @@ def _run_tune(study: Study, pending: List[Trial], reuse: Dict[tuple, Any], track
 # ------------------------------------------------------------------------------------------- status
 def status(spec_path: str, profile: Optional[str], tracking_uri: Optional[str]) -> Dict[str, Any]:
     study = load_study(spec_path, profile, check_data=False)
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)
     rows = {c: {"finished": 0, "running": 0, "failed": 0, "killed": 0} for c in study.cells}
     exp_id = None
-    path_exists = not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).exists()
-    if path_exists:
+    if store_exists(uri):
         tracker = Tracker(uri)
         exp_id = tracker.experiment_id(study.experiment)
     if exp_id is not None:

@@ -8,6 +8,7 @@ Names the MLflow UI's compare view lines up: params `arch`, `kappa`, `upsilon`, 
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -37,6 +38,29 @@ def sqlite_path(uri: str) -> Optional[Path]:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
+def resolve_tracking_uri(uri: Optional[str] = None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the embedded sqlite store under $AA_STUDY_HOME."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def store_exists(uri: str) -> bool:
+    """A server always has a store; a sqlite store exists once its file does (opening it creates it)."""
+    path = sqlite_path(uri)
+    return path is None or path.exists()
+
+
+def search_runs(client, experiment_id: str, kind: str, statuses: Iterable[str] = ()) -> List[Any]:
+    """Every run of the experiment with tag kind (trial | launch), oldest first, all pages."""
+    out, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=f"tags.kind = '{kind}'", max_results=1000,
+                                  page_token=token, order_by=["attributes.start_time ASC", "attributes.run_id ASC"])
+        out.extend(r for r in page if not statuses or r.info.status in statuses)
+        token = page.token
+        if not token:
+            return out
+
+
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     """Reachable and usable, or TrackingError; writes nothing."""
     if uri.startswith(("http://", "https://")):
@@ -61,7 +85,8 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         raise TrackingError(f"tracking-uri: {path} is not writable")
 
 
-def code_version() -> str:
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:  # one git call per process, not one per trial run
     here = Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty", "--tags"],
@@ -127,15 +152,7 @@ class Tracker:
         return self.client.create_experiment(name, artifact_location=location, tags=tags or {})
 
     def runs(self, experiment_id: str, kind: str = "trial", statuses: Iterable[str] = ()) -> List[Any]:
-        flt = f"tags.kind = '{kind}'"
-        out, token = [], None
-        while True:
-            page = self.client.search_runs([experiment_id], filter_string=flt, max_results=1000, page_token=token,
-                                           order_by=["attributes.start_time ASC"])
-            out.extend(r for r in page if not statuses or r.info.status in statuses)
-            token = page.token
-            if not token:
-                return out
+        return search_runs(self.client, experiment_id, kind, statuses)
 
     def start_launch(self, experiment_id: str, study, command: str, spec_text: Optional[str]) -> str:
         import socket

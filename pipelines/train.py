@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 import pytorch_lightning as pl
 import torch
 
-from .data import DataError, make_datamodule
+from .data import DETECTION_DATASETS, DataError, make_datamodule
 from .model import ClassificationModule, OptimConfig
 
 DEFAULTS: Dict[str, Any] = {
@@ -80,7 +80,7 @@ def build_data(config: Dict[str, Any]):
     cfg = resolve(config)
     dm = make_datamodule(cfg["dataset"], batch_size=cfg["batch_size"], seed=cfg["seed"], **cfg["data"])
     dm.check()
-    detection = cfg["dataset"] in ("coco", "synthetic_coco")
+    detection = cfg["dataset"] in DETECTION_DATASETS
     if detection != (cfg["task"] == "detection"):
         raise DataError(f"dataset {cfg['dataset']} is for "
                         f"{'detection' if detection else 'classification'}, not task {cfg['task']}")

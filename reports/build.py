@@ -11,6 +11,9 @@ import yaml
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
+from pipelines.profiles import choose_profile, experiment_name, merge
+from pipelines.tracking import search_runs
+
 from . import runs as R
 from . import tables as T
 
@@ -29,13 +32,13 @@ def study_target(path: str, profile: Optional[str]) -> tuple:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise R.ReportError(f"{path}: not a study (a mapping with name:)")
     profiles = raw.get("profiles") or {}
-    chosen = profile or raw.get("default_profile") or ("cpu" if "cpu" in profiles else (sorted(profiles)[0] if profiles else None))
-    if chosen is not None and chosen not in profiles:
+    chosen = choose_profile(raw, profile)
+    if chosen is not None and (not isinstance(profiles, dict) or chosen not in profiles):
         raise R.ReportError(f"profile: {chosen!r} is not defined in {path}")
     over = (profiles.get(chosen) or {}) if chosen else {}
-    experiment = over.get("experiment") or raw.get("experiment") or (f"{raw['name']}-{chosen}" if chosen else raw["name"])
-    report = over.get("report", raw.get("report"))
-    return experiment, _layouts(report)
+    spec = merge({k: v for k, v in raw.items() if k not in ("profiles", "default_profile")},
+                 over if isinstance(over, dict) else {})
+    return experiment_name(raw["name"], spec, chosen), _layouts(spec.get("report"))
 
 
 def _layouts(report) -> List[str]:
@@ -51,10 +54,11 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
     c = R.client(uri)
     exp_id = R.experiment_id(c, experiment)
     runs = R.load_runs(c, exp_id)
-    cells_expected = R.load_cells(c, exp_id)
+    launches = search_runs(c, exp_id, "launch")  # oldest first
+    cells_expected = R.load_cells(c, launches)
     if layouts is None:  # from the launches
         layouts = []
-        for r in R._search(c, exp_id, "launch"):
+        for r in launches:
             rep = r.data.params.get("report")
             for name in filter(None, (rep or "").split(",")):
                 if name in LAYOUTS and name not in layouts:
@@ -116,11 +120,9 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
         f"<h1>Report: {html.escape(experiment)}</h1><p>{html.escape(head.splitlines()[2])}</p><p>{links} · "
         "<a href='runs.csv'>runs.csv</a></p>" + body)
     logged = None
-    if log_to_mlflow:
-        launches = sorted(R._search(c, exp_id, "launch"), key=lambda r: r.info.start_time or 0)
-        if launches:  # the report beside the runs it was made from
-            logged = launches[-1].info.run_id
-            c.log_artifacts(logged, str(out), "report")
+    if log_to_mlflow and launches:  # the report beside the runs it was made from
+        logged = launches[-1].info.run_id
+        c.log_artifacts(logged, str(out), "report")
     return {"experiment_id": exp_id, "tables": [t.name for t in tables], "runs": len(runs), "out": str(out),
             "cells": cells, "figures": figures, "logged_to": logged,
             "figure5_series": next((t.series for t in tables if t.name == "figure5"), None)}

@@ -12,7 +12,7 @@ from typing import Dict, List, Tuple
 
 import pandas as pd
 
-from .runs import AXES, t_ci95
+from .runs import AXES, describe
 from .tables import Table, pm
 
 NUMERIC_AXES = ("kappa", "upsilon", "num_heads")
@@ -59,10 +59,7 @@ def marginal(runs: pd.DataFrame, axis: str, metric: str = "val_top1") -> pd.Data
     fin = _scope(_finished(runs, metric), axis)
     rows = []
     for value, g in fin.groupby(axis, sort=True):
-        vals = g[metric].tolist()
-        rows.append({axis: value, "mean": float(pd.Series(vals).mean()),
-                     "std": float(pd.Series(vals).std(ddof=1)) if len(vals) > 1 else math.nan,
-                     "n": len(vals), "ci95": t_ci95(vals),
+        rows.append({axis: value, **describe(g[metric].tolist()),
                      "params": g["params"].median(), "gflops": g["gflops"].median()})
     out = pd.DataFrame(rows)
     if len(out):
@@ -109,8 +106,8 @@ def line_series(runs: pd.DataFrame, axis: str, by: str, metric: str = "val_top1"
         g = pd.concat([base, g[~g.index.isin(base.index)]])  # κ = 0 (no attention) starts every line
         pts = []
         for x, gx in g.groupby(axis, sort=True):
-            vals = gx[metric].tolist()
-            pts.append({"x": x, "mean": float(pd.Series(vals).mean()), "ci95": t_ci95(vals), "n": len(vals)})
+            d = describe(gx[metric].tolist())
+            pts.append({"x": x, "mean": d["mean"], "ci95": d["ci95"], "n": d["n"]})
         out[str(cat)] = pd.DataFrame(pts)
     return out
 

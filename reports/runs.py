@@ -11,6 +11,8 @@ from typing import Dict, List, Optional
 
 import pandas as pd
 
+from pipelines.tracking import search_runs  # MLflow only: that module imports no Ray and no model code
+
 AXES = ["arch", "kappa", "upsilon", "num_heads", "pos_enc"]
 METRICS = ["val_top1", "val_top5", "val_loss", "train_loss", "params", "gflops", "images_per_s", "epoch",
            "map", "ap50", "ap75", "aps", "apm", "apl"]
@@ -34,21 +36,10 @@ def experiment_id(c, name: str) -> str:
     return exp.experiment_id
 
 
-def _search(c, exp_id: str, kind: str) -> list:
-    out, token = [], None
-    while True:
-        page = c.search_runs([exp_id], filter_string=f"tags.kind = '{kind}'", max_results=1000, page_token=token,
-                             order_by=["attributes.start_time ASC", "attributes.run_id ASC"])
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
-
-
 def load_runs(c, exp_id: str) -> pd.DataFrame:
     """One row per trial run: cell, seed, status, axes, context params, latest metrics, error."""
     rows = []
-    for r in _search(c, exp_id, "trial"):
+    for r in search_runs(c, exp_id, "trial"):
         p, t, m = r.data.params, r.data.tags, r.data.metrics
         row = {"run_id": r.info.run_id, "cell": t.get("cell"), "seed": int(t.get("seed", -1)),
                "status": r.info.status, "error": t.get("error", ""), "node_id": t.get("node_id", "")}
@@ -67,10 +58,9 @@ def load_runs(c, exp_id: str) -> pd.DataFrame:
     return df
 
 
-def load_cells(c, exp_id: str) -> Dict[str, dict]:
-    """Expected cells (key -> axes) from the launches' cells.json, newest last wins."""
+def load_cells(c, launches: list) -> Dict[str, dict]:
+    """Expected cells (key -> axes) from the launch runs' cells.json (oldest first: newest wins)."""
     cells: Dict[str, dict] = {}
-    launches = sorted(_search(c, exp_id, "launch"), key=lambda r: r.info.start_time or 0)
     for r in launches:
         try:
             text = _download(c, r.info.run_id, "cells.json")
@@ -100,6 +90,13 @@ def t_ci95(values: List[float]) -> float:
     return float(stats.t.ppf(0.975, n - 1) * s / math.sqrt(n))
 
 
+def describe(values: List[float]) -> Dict[str, float]:
+    """mean, std (n - 1), n and the Student-t 95% CI half-width of some values (nan where undefined)."""
+    s = pd.Series(values, dtype=float)
+    return {"mean": float(s.mean()) if len(s) else math.nan, "std": float(s.std(ddof=1)) if len(s) > 1 else math.nan,
+            "n": len(s), "ci95": t_ci95(values)}
+
+
 def summarise(df: pd.DataFrame, cells: Optional[Dict[str, dict]] = None,
               metrics=("val_top1", "val_top5")) -> pd.DataFrame:
     """One row per cell: axes, n finished, counts of failed / running / killed runs, and for each metric
@@ -121,9 +118,8 @@ def summarise(df: pd.DataFrame, cells: Optional[Dict[str, dict]] = None,
                "gflops": fin["gflops"].median() if fin.shape[0] else math.nan}
         for m in metrics:
             vals = [v for v in fin[m].tolist() if not math.isnan(v)]
-            row[f"{m}_mean"] = float(pd.Series(vals).mean()) if vals else math.nan
-            row[f"{m}_std"] = float(pd.Series(vals).std(ddof=1)) if len(vals) > 1 else math.nan
-            row[f"{m}_ci95"] = t_ci95(vals)
+            d = describe(vals)
+            row.update({f"{m}_{k}": d[k] for k in ("mean", "std", "ci95")})
             row[f"{m}_values"] = " ".join(f"{v * 100:.1f}" for v in vals) if m.startswith("val_") else ""
         rows.append(row)
     out = pd.DataFrame(rows)
