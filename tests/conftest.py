@@ -1,5 +1,10 @@
 import os
+import shutil
+import signal
+import socket
+import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +60,49 @@ def write_study(dir_, text, name="study.yaml"):
 def store_files(root):
     """Every file under root (to show that nothing was written)."""
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def chromium_dom(url: str, profile_dir, virtual_time_ms: int = 20000) -> str:
+    """The DOM headless Chromium renders for url (offline flags; a fresh profile)."""
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                           "--disable-component-update", "--disable-sync", "--no-first-run",
+                           f"--user-data-dir={profile_dir}", f"--virtual-time-budget={virtual_time_ms}",
+                           "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_env(marker: str):
+    """SIGKILL every process whose environment holds marker (e.g. RAY_TMPDIR=...): Ray processes rename
+    their command lines, so their environment is what tells a test's own processes apart."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, PermissionError):
+            pass
+
+
+def small_study(dir_, kappa, pos_enc, epochs, train_samples=128, extra="") -> Path:
+    """A one-seed aa_resnet18 study (N_h 2, attention in stage 4 only) on 16 px relative_position, CPU."""
+    base = f"""
+        name: tiny
+        grid: {{arch: [aa_resnet18], kappa: {kappa}, num_heads: [2], pos_enc: {pos_enc}}}
+        seeds: 1
+        train:
+          dataset: synthetic
+          data: {{task: relative_position, image_size: 16, train_samples: {train_samples}, val_samples: 64}}
+          epochs: {epochs}
+          batch_size: 64
+          stages: [4]
+          device: cpu
+        profiles: {{cpu: {{}}}}
+    """
+    return write_study(dir_, textwrap.dedent(base) + textwrap.dedent(extra))

@@ -7,35 +7,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import write_study
+from conftest import free_port, kill_env, small_study
 
-def _free_port():
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-HEAD_PORT, WORKER_NM_PORT = _free_port(), _free_port()  # Ray's GCS and the worker raylet
+HEAD_PORT, WORKER_NM_PORT = free_port(), free_port()  # Ray's GCS and the worker raylet
 
 
 def _ray(args, env):
     return subprocess.run([sys.executable, "-m", "ray.scripts.scripts"] + args, env=env, capture_output=True,
                           text=True, timeout=120)
-
-
-def _kill_env(marker: str):
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes().split(b"\0"):
-                os.kill(int(proc.name), signal.SIGKILL)
-        except (OSError, PermissionError):
-            pass
 
 
 def _worker_raylet_pid():
@@ -47,20 +30,9 @@ def _worker_raylet_pid():
 
 @pytest.mark.slow
 def test_two_node_cluster_survives_losing_the_worker(workdir):
-    path = write_study(workdir, """
-        name: tiny
-        grid: {arch: [aa_resnet18], kappa: [0.25], num_heads: [2], pos_enc: [none, relative]}
-        seeds: 1
-        train:
-          dataset: synthetic
-          data: {task: relative_position, image_size: 16, train_samples: 768, val_samples: 64}
-          epochs: 4
-          batch_size: 64
-          stages: [4]
-          device: cpu
+    path = small_study(workdir, kappa=[0.25], pos_enc=["none", "relative"], epochs=4, train_samples=768, extra="""
         resources: {cpu: 1, gpu: 0}
         max_failures: 2
-        profiles: {cpu: {}}
     """)
     ray_tmp = tempfile.mkdtemp(prefix="aac", dir="/tmp")
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "token"}
@@ -99,7 +71,7 @@ def test_two_node_cluster_survives_losing_the_worker(workdir):
         if "driver" in locals() and driver.poll() is None:
             driver.kill()
         _ray(["stop", "--force"], env)
-        _kill_env(f"RAY_TMPDIR={ray_tmp}")
+        kill_env(f"RAY_TMPDIR={ray_tmp}")
 
     c = MlflowClient(f"sqlite:///{store}")
     exp = c.get_experiment_by_name("tiny-cpu")

@@ -8,7 +8,7 @@ from scipy import stats
 from pipelines.spec import load_study
 from pipelines.tracking import Tracker
 from reports.build import make_report
-from reports.runs import summarise, t_ci95
+from reports.runs import t_ci95
 
 
 def test_t_ci95_matches_scipy():
@@ -175,8 +175,6 @@ def test_heads_study_rejects_heads_that_do_not_divide(workdir):
 
 def test_same_runs_same_files_figure_series_and_html_in_chromium(tiny_study, workdir, tmp_path):
     import re
-    import shutil
-    import subprocess
 
     values = {(k, e, s): 0.5 + k * 0.2 + (0.05 if e == "relative" else 0) + 0.01 * s
               for k in (0.25, 0.5) for e in ("none", "relative") for s in (0, 1)}
@@ -199,11 +197,9 @@ def test_same_runs_same_files_figure_series_and_html_in_chromium(tiny_study, wor
     svg = (workdir / "a" / "figure5.svg").read_text()
     assert "with relative embeddings" in svg and "without position encoding" in svg
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
+    from conftest import CHROMIUM, chromium_dom
+    if CHROMIUM is None:
         pytest.skip("needs Debian's chromium (scripts/test.sh installs it)")
-    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                          "--no-first-run", f"--user-data-dir={tmp_path / 'chr'}", "--dump-dom",
-                          (workdir / "a" / "index.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = chromium_dom((workdir / "a" / "index.html").as_uri(), tmp_path / "chr")
     assert "Table 6: positional encodings" in dom and "Figure 5" in dom and "60.50 ±" in dom
     assert re.search(r'<img src="figure5.svg"', dom) and (workdir / "a" / "figure5.svg").exists()

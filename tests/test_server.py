@@ -2,7 +2,6 @@
 no final metric is missing, and nothing is duplicated."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,11 +11,7 @@ import pytest
 
 from mlflow.tracking import MlflowClient
 
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import free_port
 
 
 def _server(db, port, cwd):
@@ -42,7 +37,7 @@ def _stop(proc):
 @pytest.mark.slow
 def test_tracking_server_restarted_mid_study(tiny_study, workdir):
     tiny_study.write_text(tiny_study.read_text().replace("epochs: 2", "epochs: 3"))
-    port, db = _free_port(), workdir / "srv.db"
+    port, db = free_port(), workdir / "srv.db"
     uri = f"http://127.0.0.1:{port}"
     server = _server(db, port, workdir)
     cmd = [sys.executable, "-m", "pipelines.cli"]

@@ -4,7 +4,7 @@ import yaml
 
 from conftest import TINY_STUDY, store_files
 from pipelines.cli import main
-from pipelines.spec import SpecError, cell_key, load_study, parse_study
+from pipelines.spec import cell_key, load_study, parse_study
 
 BASE = yaml.safe_load(TINY_STUDY)
 

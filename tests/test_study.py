@@ -1,10 +1,10 @@
 """A real study: local Ray, sqlite MLflow, Lightning fits on CPU. Runs, params and tags in the store; a
 relaunch creates no run; a failing cell is retried, recorded FAILED, and finished by `resume` in the
 same run; status and report read the store."""
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import kill_env, small_study
 from pipelines.cli import main
 from pipelines.spec import load_study
 
@@ -86,20 +86,7 @@ def test_study_runs_once_resumes_failed_cells_and_reports(tiny_study, workdir, c
 
 @pytest.mark.slow
 def test_resume_continues_a_failed_trial_from_its_checkpoint(workdir, capsys, monkeypatch):
-    from conftest import write_study
-    path = write_study(workdir, """
-        name: tiny
-        grid: {arch: [aa_resnet18], kappa: [0.5], num_heads: [2], pos_enc: [relative]}
-        seeds: 1
-        train:
-          dataset: synthetic
-          data: {task: relative_position, image_size: 16, train_samples: 128, val_samples: 64}
-          epochs: 3
-          batch_size: 64
-          stages: [4]
-          device: cpu
-        profiles: {cpu: {}}
-    """)
+    path = small_study(workdir, kappa=[0.5], pos_enc=["relative"], epochs=3)
     monkeypatch.setenv("AA_STUDY_FAULT", "*")
     monkeypatch.setenv("AA_STUDY_FAULT_AFTER_EPOCH", "2")
     assert main(["run", str(path), "--quiet"]) == 1
@@ -157,7 +144,7 @@ def test_driver_sigkilled_mid_study_then_resume_finishes_exactly_once(tiny_study
         assert done.returncode == 0, done.stderr[-2000:]
     finally:
         driver.kill()
-        _kill_env(f"RAY_TMPDIR={ray_tmp}")  # Ray agents that the killed driver left behind
+        kill_env(f"RAY_TMPDIR={ray_tmp}")  # Ray agents that the killed driver left behind
     _, _, trials = _runs(workdir)
     finished = [r for r in trials if r.info.status == "FINISHED"]
     keys = [(r.data.tags["cell"], r.data.tags["seed"]) for r in finished]
@@ -171,36 +158,12 @@ def test_driver_sigkilled_mid_study_then_resume_finishes_exactly_once(tiny_study
     assert any(r.data.tags.get("resumed_by") for r in finished)  # interrupted trials continued in their runs
 
 
-def _kill_env(marker: str):
-    import os
-    import signal
-    from pathlib import Path
-
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes().split(b"\0"):
-                os.kill(int(proc.name), signal.SIGKILL)
-        except (OSError, PermissionError):
-            pass
-
 
 @pytest.mark.slow
 def test_asha_scheduler_warns_and_records_early_stops(workdir, capsys):
-    from conftest import write_study
-    path = write_study(workdir, """
-        name: tiny
-        grid: {arch: [aa_resnet18], kappa: [0.25], num_heads: [2], pos_enc: [none, relative]}
-        seeds: 1
-        train:
-          dataset: synthetic
-          data: {task: relative_position, image_size: 16, train_samples: 128, val_samples: 64}
-          epochs: 3
-          batch_size: 64
-          stages: [4]
-          device: cpu
+    path = small_study(workdir, kappa=[0.25], pos_enc=["none", "relative"], epochs=3, extra="""
         scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
         checkpoint_every: 0
-        profiles: {cpu: {}}
     """)
     assert main(["run", str(path), "--quiet"]) == 0
     assert "early; cells of an ablation are then compared at different budgets" in capsys.readouterr().err
@@ -246,4 +209,4 @@ def test_a_second_launch_of_a_running_study_is_refused(tiny_study, workdir, caps
     finally:
         driver.kill()
         driver.wait(timeout=30)
-        _kill_env(f"RAY_TMPDIR={ray_tmp}")
+        kill_env(f"RAY_TMPDIR={ray_tmp}")

@@ -2,8 +2,6 @@
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -11,16 +9,9 @@ import urllib.request
 
 import pytest
 
+from conftest import CHROMIUM, chromium_dom, free_port
 from pipelines.spec import load_study
 from pipelines.tracking import Tracker
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _store_with_study(tiny_study, workdir):
@@ -41,7 +32,7 @@ def _store_with_study(tiny_study, workdir):
 @pytest.mark.slow
 def test_ui_serves_the_study_and_chromium_opens_its_runs(tiny_study, workdir, tmp_path):
     study, exp = _store_with_study(tiny_study, workdir)
-    port = _free_port()
+    port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "ui", str(tiny_study), "--port", str(port)],
                           cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env={**os.environ}, start_new_session=True)
@@ -77,10 +68,7 @@ def test_ui_serves_the_study_and_chromium_opens_its_runs(tiny_study, workdir, tm
                                    ("pos_enc", "none"), ("seed", "0"), ("seed", "1")} <= seen
 
         # the page a user reaches from the printed link
-        dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                              "--disable-component-update", "--disable-sync", "--no-first-run",
-                              f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=20000",
-                              "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+        dom = chromium_dom(url, tmp_path / "chromium")
         text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<style.*?</style>", " ", dom, flags=re.S)))
         assert "tiny-cpu" in text  # the study's experiment
         assert "Model training" in text and "Run Name" in text  # the training runs table, not GenAI traces
@@ -101,7 +89,7 @@ def test_ui_without_a_store_says_so(tiny_study, workdir, capsys):
 def test_ui_warns_when_bound_to_every_interface(tiny_study, workdir):
     _store_with_study(tiny_study, workdir)
     ui = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "ui", str(tiny_study), "--host", "0.0.0.0",
-                           "--port", str(_free_port())], cwd=workdir, stdout=subprocess.PIPE,
+                           "--port", str(free_port())], cwd=workdir, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert "warning: --host 0.0.0.0 serves the store to every network" in ui.stderr.readline()
