@@ -6,7 +6,8 @@
 set -uo pipefail
 budget=$1; shift
 source scripts/gpu-host-env.sh
-mkdir -p /tmp/runs && [ -f .store/store.tar ] && tar -C /tmp/runs -xf .store/store.tar
+# a warm machine keeps its newer store (and the Ray checkpoints); a fresh one starts from the carried store
+mkdir -p /tmp/runs && [ ! -f /tmp/runs/mlflow.db ] && [ -f .store/store.tar ] && tar -C /tmp/runs -xf .store/store.tar
 nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -l 1 > "$OUT/util.txt" &
 sampler=$!
 end=$(( $(date +%s) + budget ))
@@ -14,7 +15,7 @@ for study in "$@"; do
   left=$(( end - $(date +%s) ))
   [ "$left" -gt 30 ] || break
   echo "== $study ($left s left)"
-  /usr/bin/time -f "$study wall %e s" timeout -s INT -k 60 "$left" python3 -m pipelines.cli run "studies/$study.yaml" --profile gpu --quiet 2>&1 \
+  /usr/bin/time -f "$study wall %e s" timeout -s INT -k 20 "$left" python3 -m pipelines.cli run "studies/$study.yaml" --profile gpu --quiet 2>&1 \
     | grep -v "Warning\|warn(" | grep "^done\|^study\|wall\|FAILED\|rror" 
 done
 kill $sampler
