@@ -179,13 +179,22 @@ def _report(a) -> int:
     try:
         if bool(a.study) == bool(a.experiment):
             raise ReportError("give a study YAML or --experiment NAME (one of them)")
-        experiment, layouts = study_target(a.study, a.profile) if a.study else (a.experiment, None)
+        experiment, layouts, study, name = study_target(a.study, a.profile) if a.study else (
+            a.experiment, None, None, a.experiment)
+        cells = None
+        if a.study:  # the study's cells as this code version keys them (no data check: MLflow only)
+            from .spec import SpecError, load_study
+            try:
+                cells = load_study(a.study, a.profile, check_data=False).cells
+            except SpecError as e:
+                raise ReportError(str(e)) from None
         uri = resolve_tracking_uri(a.tracking_uri)
         check_tracking_uri(uri)
         if not store_exists(uri):
             raise ReportError(f"tracking-uri: no store at {sqlite_path(uri)} (run a study first)")
-        out = Path(a.out) if a.out else default_home() / "reports" / experiment
-        res = make_report(uri, experiment, out, layouts, log_to_mlflow=not a.no_log)
+        out = Path(a.out) if a.out else default_home() / "reports" / name
+        res = make_report(uri, experiment, out, layouts, log_to_mlflow=not a.no_log, study=study,
+                          cells=cells)
     except (ReportError, TrackingError) as e:
         return _fail("report", e)
     print(f"report of {experiment}: {res['runs']} runs, tables {', '.join(res['tables']) or 'none'} -> "

@@ -5,7 +5,7 @@ import datetime as _dt
 import html
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import yaml
 
@@ -21,7 +21,8 @@ LAYOUTS = ("table5", "table6", "table7", "figure5")
 
 
 def study_target(path: str, profile: Optional[str]) -> tuple:
-    """(experiment name, layouts) from a study YAML, without the model code (a report needs MLflow only)."""
+    """(experiment name, layouts, study name, report name) from a study YAML, without the model code (a report
+    needs MLflow only). The report name is NAME-PROFILE even where the study shares another's experiment."""
     p = Path(path)
     if not p.is_file():
         raise R.ReportError(f"study file {path} does not exist")
@@ -38,7 +39,8 @@ def study_target(path: str, profile: Optional[str]) -> tuple:
     over = (profiles.get(chosen) or {}) if chosen else {}
     spec = merge({k: v for k, v in raw.items() if k not in ("profiles", "default_profile")},
                  over if isinstance(over, dict) else {})
-    return experiment_name(raw["name"], spec, chosen), _layouts(spec.get("report"))
+    return (experiment_name(raw["name"], spec, chosen), _layouts(spec.get("report")), raw["name"],
+            experiment_name(raw["name"], {}, chosen))
 
 
 def _layouts(report) -> List[str]:
@@ -50,12 +52,24 @@ def _layouts(report) -> List[str]:
 
 
 def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str]] = None,
-                log_to_mlflow: bool = True) -> dict:
+                log_to_mlflow: bool = True, study: Optional[str] = None,
+                cells: Optional[Dict[str, dict]] = None) -> dict:
+    """The report of an experiment; with `cells` (key -> axes, from the study spec), of those cells only: an
+    experiment may hold other studies' cells (figure5 and table6 share table5's runs) or cells of an older code
+    version whose keys differ. The report is logged to the study's latest launch (else the experiment's)."""
     c = R.client(uri)
     exp_id = R.experiment_id(c, experiment)
     runs = R.load_runs(c, exp_id)
     launches = search_runs(c, exp_id, "launch")  # oldest first
-    cells_expected = R.load_cells(c, launches)
+    own = [r for r in launches if study is not None and r.data.tags.get("study") == study]
+    other = 0
+    if cells is not None:
+        cells_expected = dict(cells)
+        if len(runs):
+            keep = runs["cell"].isin(list(cells_expected))
+            other, runs = int((~keep).sum()), runs[keep].reset_index(drop=True)
+    else:
+        cells_expected = R.load_cells(c, launches)
     if layouts is None:  # from the launches
         layouts = []
         for r in launches:
@@ -98,8 +112,11 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
     runs.to_csv(out / "runs.csv", index=False)
     counts = runs["status"].value_counts().to_dict() if len(runs) else {}
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    head = (f"# Report: {experiment}\n\nGenerated {stamp} from {_safe_uri(uri)} (experiment id {exp_id}) by "
-            f"`aa-study report`. Runs: {len(runs)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}).\n\n")
+    title = experiment if study is None or experiment.startswith(study) else f"{study} (experiment {experiment})"
+    head = (f"# Report: {title}\n\nGenerated {stamp} from {_safe_uri(uri)} (experiment id {exp_id}) by "
+            f"`aa-study report`. Runs: {len(runs)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))})"
+            + (f"; {other} runs of cells outside study {study} (other studies sharing the experiment, or an "
+               f"older code version) not shown" if other else "") + ".\n\n")
     generic_md = ("\n## Every axis\n\n" + (fixed_line + "\n\n" if fixed_line else "")) if (gtables or figures) else ""
     figs_md = "".join(f"\n![{f}]({f}.png)\n" for f in figures)
     paper_tables = [t for t in tables if t not in gtables]
@@ -114,14 +131,14 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
     links = " · ".join(f'<a href="{t.name}.md">{t.name}.md</a> <a href="{t.name}.tex">.tex</a> '
                        f'<a href="{t.name}.csv">.csv</a>' for t in tables)
     (out / "index.html").write_text(
-        "<!doctype html><meta charset='utf-8'><title>" + html.escape(experiment) + "</title>"
+        "<!doctype html><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
         "<style>body{font-family:sans-serif;max-width:70em;margin:2em auto}.tbl{border-collapse:collapse}"
         ".tbl td,.tbl th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}</style>"
-        f"<h1>Report: {html.escape(experiment)}</h1><p>{html.escape(head.splitlines()[2])}</p><p>{links} · "
+        f"<h1>Report: {html.escape(title)}</h1><p>{html.escape(head.splitlines()[2])}</p><p>{links} · "
         "<a href='runs.csv'>runs.csv</a></p>" + body)
     logged = None
-    if log_to_mlflow and launches:  # the report beside the runs it was made from
-        logged = launches[-1].info.run_id
+    if log_to_mlflow and (own or launches):  # the report beside the runs it was made from
+        logged = (own or launches)[-1].info.run_id
         c.log_artifacts(logged, str(out), "report")
     return {"experiment_id": exp_id, "tables": [t.name for t in tables], "runs": len(runs), "out": str(out),
             "cells": cells, "figures": figures, "logged_to": logged,
