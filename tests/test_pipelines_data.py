@@ -159,3 +159,47 @@ def test_image_size_checked_against_model(fashion_root):
     from pipelines.train import build
     with pytest.raises(DataError, match="use small_input: true"):
         build(dict(dataset="fashion_mnist", small_input=False, data=dict(root=str(fashion_root))))
+
+
+def _reference_views(img, pad, flip):
+    """Every image the augmentation may make of one (C, H, W) float image: each shift, flipped or not."""
+    H, W = img.shape[-2:]
+    p = torch.nn.functional.pad(img, (pad, pad, pad, pad))
+    views = [p[:, dy:dy + H, dx:dx + W] for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
+    return views + ([v.flip(-1) for v in views] if flip else [])
+
+
+def test_device_batches_epoch_against_a_per_image_reference():
+    from pipelines.data import DeviceBatches
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (37, 2, 8, 8), generator=g, dtype=torch.uint8)
+    labels = torch.arange(37)
+    mean, std = [0.3, 0.6], [0.2, 0.25]
+    kw = dict(flip=True, mean=mean, std=std, seed=3)
+    DeviceBatches.CHUNK = 16  # several chunks per epoch
+    try:
+        train = DeviceBatches(images, labels, 10, shuffle=True, augment=True, drop_last=True, **kw)
+        batches = list(train)
+        assert len(batches) == len(train) == 3 and all(x.shape == (10, 2, 8, 8) for x, _ in batches)
+        seen = torch.cat([y for _, y in batches])
+        assert len(set(seen.tolist())) == 30  # a permutation, cut to whole batches
+        m, s = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+        moved = 0
+        for x, y in batches:
+            for xi, yi in zip(x, y):  # each output is one of the reference's views of ITS image
+                plain = images[yi].float() / 255
+                refs = [(v - m) / s for v in _reference_views(plain, 1, True)]
+                assert any(torch.allclose(xi, r, atol=1e-5) for r in refs)
+                moved += not torch.allclose(xi, (plain - m) / s, atol=1e-5)
+        assert moved > 15  # augmentation happened
+        again = list(DeviceBatches(images, labels, 10, shuffle=True, augment=True, drop_last=True, **kw))
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again))
+        second = list(train)  # the next epoch is shuffled and augmented anew
+        assert not torch.equal(second[0][1], batches[0][1])
+        val = DeviceBatches(images, labels, 10, shuffle=False, augment=False, **kw)
+        x = torch.cat([b[0] for b in val])
+        assert len(val) == 4 and torch.allclose(x, (images.float() / 255 - m) / s, atol=1e-6)
+        assert torch.equal(torch.cat([b[1] for b in val]), labels)
+    finally:
+        DeviceBatches.CHUNK = 8192
