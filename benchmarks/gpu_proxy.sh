@@ -12,12 +12,16 @@ nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -l 1 > "$OU
 sampler=$!
 end=$(( $(date +%s) + budget ))
 for study in "$@"; do
+  spec=studies/$study.yaml; [ -f "$study" ] && spec=$study
   left=$(( end - $(date +%s) ))
   [ "$left" -gt 30 ] || break
   echo "== $study ($left s left)"
-  /usr/bin/time -f "$study wall %e s" timeout -s INT -k 20 "$left" python3 -m pipelines.cli run "studies/$study.yaml" --profile gpu --quiet 2>&1 \
+  /usr/bin/time -f "$study wall %e s" timeout -s INT -k 20 "$left" python3 -m pipelines.cli run "$spec" --profile gpu --quiet 2>&1 \
     | grep -v "Warning\|warn(" | grep "^done\|^study\|wall\|FAILED\|rror" 
 done
 kill $sampler
-python3 -m pipelines.cli status "studies/$1.yaml" --profile gpu
+for study in "$@"; do
+  spec=studies/$study.yaml; [ -f "$study" ] && spec=$study
+  python3 -m pipelines.cli status "$spec" --profile gpu
+done
 tar -C /tmp/runs -cf "$OUT/store.tar" mlflow.db artifacts

@@ -12,7 +12,7 @@ import torch
 import aa_modules
 from aa_modules.detection import aa_retinanet
 
-from .model import NonFiniteLossError, OptimConfig, sgd_warmup_cosine
+from .model import NonFiniteWatch, OptimConfig, sgd_warmup_cosine
 
 COCO_STATS = ("map", "ap50", "ap75", "aps", "apm", "apl")
 
@@ -28,6 +28,7 @@ class DetectionModule(pl.LightningModule):
         prof = aa_modules.profile(self.model.backbone, (3, min_size, min_size))
         self.profile = aa_modules.Profile(aa_modules.count_parameters(self.model), prof.gflops)
         self._results, self._label_to_cat = [], None
+        self._watch = NonFiniteWatch()
 
     def forward(self, images, targets=None):
         return self.model(images, targets)
@@ -43,14 +44,13 @@ class DetectionModule(pl.LightningModule):
         images, targets = batch
         losses = self.model(images, targets)
         loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step} "
-                                     f"(batch {batch_idx})")
+        self._watch.step(loss, self.current_epoch, self.global_step, batch_idx)
         self._loss.append(loss.detach())
         self._n += len(images)
         return loss
 
     def on_train_epoch_end(self):
+        self._watch.check()
         self.log_dict({"train_loss": torch.stack(self._loss).mean().item() if self._loss else float("nan"),
                        "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
                        "images_per_s": self._n / max(time.perf_counter() - self._t, 1e-9)})

@@ -1,6 +1,8 @@
 """The classification LightningModule: an AA network from aa_modules, SGD + warm-up + cosine, honest logging."""
 from __future__ import annotations
 
+from typing import Optional
+
 import math
 import time
 from dataclasses import dataclass, fields
@@ -49,6 +51,42 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+class NonFiniteWatch:
+    """Stops a fit at a NaN or inf loss, naming the epoch and step where it first appeared.
+
+    On a GPU, `torch.isfinite(loss)` read on the host every step would make the host wait for the GPU each step
+    (no kernel queued ahead: trials sharing a GPU starve). There the first non-finite loss is recorded on the
+    device and read every `every` steps and at the epoch's end; the error still names the exact step."""
+
+    def __init__(self, every: int = 32, defer: Optional[bool] = None):
+        self.every, self.defer = every, defer
+        self.state, self.steps = None, []  # state: [index into steps of the first bad loss, its value]
+
+    def step(self, loss, epoch: int, step: int, batch: int):
+        loss = loss.detach()
+        if not (self.defer if self.defer is not None else loss.device.type == "cuda"):
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch}, step {step} (batch {batch})")
+            return
+        if self.state is None:
+            self.state = torch.full((2,), -1.0, dtype=torch.float64, device=loss.device)
+        bad = ~torch.isfinite(loss) & (self.state[0] < 0)
+        self.state.copy_(torch.where(bad, torch.stack([torch.full_like(self.state[0], len(self.steps)),
+                                                       loss.to(torch.float64)]), self.state))
+        self.steps.append((epoch, step, batch))
+        if len(self.steps) >= self.every:
+            self.check()
+
+    def check(self):
+        if self.state is None or not self.steps:
+            return
+        index, value = self.state.tolist()
+        if index >= 0:
+            epoch, step, batch = self.steps[int(index)]
+            raise NonFiniteLossError(f"loss is {value} at epoch {epoch}, step {step} (batch {batch})")
+        self.steps.clear()
+
+
 def build_model(arch: str, num_classes: int, in_channels: int, image_size, **arch_kwargs):
     if arch not in aa_modules.ARCHITECTURES:
         raise ValueError(f"architecture must be one of {sorted(aa_modules.ARCHITECTURES)}; got {arch!r}")
@@ -78,6 +116,7 @@ class ClassificationModule(pl.LightningModule):
         self._epoch_images = 0
         self._epoch_start = None
         self._train_loss_sum = None
+        self._watch = NonFiniteWatch()
         self._train_batches = 0
 
     def forward(self, x):
@@ -100,15 +139,14 @@ class ClassificationModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = F.cross_entropy(self(x), y, label_smoothing=self.optim.label_smoothing)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step} (batch {batch_idx})")
+        self._watch.step(loss, self.current_epoch, self.global_step, batch_idx)
         self._train_loss_sum += loss.detach()
         self._train_batches += 1
         self._epoch_images += x.shape[0]
         return loss
 
     def on_train_epoch_end(self):
+        self._watch.check()
         seconds = time.perf_counter() - self._epoch_start
         metrics = {
             "train_loss": (self._train_loss_sum / max(1, self._train_batches)).item(),

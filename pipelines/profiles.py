@@ -17,10 +17,15 @@ def choose_profile(raw: Dict[str, Any], profile: Optional[str] = None) -> Option
 
 def merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
     """A profile's overrides on the study: mappings merge deeply, except that a profile replaces whole
-    grid axes; everything else is replaced."""
+    grid axes, an empty mapping clears (``optim: {}``: the recipe's own values), and a profile that names
+    another ``dataset`` replaces ``data`` (data options belong to their dataset); everything else is replaced."""
     out = copy.deepcopy(base)
+    if "dataset" in over and over["dataset"] != out.get("dataset"):
+        out.pop("data", None)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "grid":
+        if isinstance(v, dict) and not v:
+            out[k] = {}
+        elif isinstance(v, dict) and isinstance(out.get(k), dict) and k != "grid":
             out[k] = merge(out[k], v)
         elif k == "grid" and isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = {**out[k], **v}

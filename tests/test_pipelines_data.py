@@ -203,3 +203,22 @@ def test_device_batches_epoch_against_a_per_image_reference():
         assert torch.equal(torch.cat([b[1] for b in val]), labels)
     finally:
         DeviceBatches.CHUNK = 8192
+
+
+def test_deferred_non_finite_check_names_the_first_bad_step():
+    """The GPU path (read every few steps, no host sync per step) names the same step as an immediate check."""
+    from pipelines.model import NonFiniteWatch
+
+    w = NonFiniteWatch(every=4, defer=True)
+    losses = [1.0, 0.9, 0.8, 0.7, 0.6, float("inf"), float("nan"), 0.5]
+    w.step(torch.tensor(losses[0]), 0, 0, 0)
+    for i in range(1, 5):  # a full window of finite losses passes
+        w.step(torch.tensor(losses[i]), 0, i, i)
+    w.step(torch.tensor(losses[5]), 1, 5, 0)  # the first bad one: epoch 1, step 5, batch 0
+    w.step(torch.tensor(losses[6]), 1, 6, 1)
+    with pytest.raises(NonFiniteLossError, match=r"loss is inf at epoch 1, step 5 \(batch 0\)"):
+        w.step(torch.tensor(losses[7]), 1, 7, 2)  # the window fills: read, raised
+    w = NonFiniteWatch(every=100, defer=True)
+    w.step(torch.tensor(float("nan")), 2, 9, 3)
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 2, step 9 \(batch 3\)"):
+        w.check()  # the epoch's end reads it too

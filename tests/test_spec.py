@@ -2,9 +2,13 @@
 import pytest
 import yaml
 
+from pathlib import Path
+
 from conftest import TINY_STUDY, store_files
 from pipelines.cli import main
 from pipelines.spec import cell_key, load_study, parse_study
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BASE = yaml.safe_load(TINY_STUDY)
 
@@ -175,3 +179,17 @@ def test_figure5_shares_table5_runs(profile):
     assert f5.experiment == t5.experiment
     assert set(t5.cells) < set(f5.cells)  # every Table 5 cell is a Figure 5 cell: run once, used twice
     assert {c["pos_enc"] for k, c in f5.cells.items() if k not in t5.cells} == {"none"}
+
+
+def test_paper_profiles_replace_data_of_another_dataset_and_clear_optim():
+    """A profile naming another dataset must not inherit the base's data options (a synthetic `task` passed
+    to ImageNet), and `optim: {}` leaves the recipe's own learning rate."""
+    from pipelines.spec import load_study
+
+    s = load_study(ROOT / "studies/table5.yaml", "paper", check_data=False)
+    assert s.train["dataset"] == "imagenet" and "task" not in s.train["data"]
+    assert s.train["data"]["image_size"] == 224 and s.train["optim"] == {}
+    s = load_study(ROOT / "studies/table7.yaml", "paper", check_data=False)
+    assert set(s.train["data"]) == {"root", "min_size", "num_workers"}
+    s = load_study(ROOT / "studies/table5.yaml", "gpu", check_data=False)  # same dataset: data still merges
+    assert s.train["data"]["task"] == "same_corners" and s.train["optim"] == {"base_lr": 0.03}
