@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run (or continue) gpu-profile studies on the lent GPU host exactly as a user would, bringing the MLflow
+# Run (or continue) gpu-profile studies (PROFILE=NAME for another profile) on the lent GPU host exactly as a user would, bringing the MLflow
 # store back. Usage (on the GPU host, from the repo root): bash benchmarks/gpu_proxy.sh SECONDS STUDY...
 # A study cut off by SECONDS is continued by the next call (`aa-study resume` semantics: what FINISHED is
 # kept; unfinished trials start again, their checkpoints stayed on the previous machine).
@@ -16,12 +16,12 @@ for study in "$@"; do
   left=$(( end - $(date +%s) ))
   [ "$left" -gt 30 ] || break
   echo "== $study ($left s left)"
-  /usr/bin/time -f "$study wall %e s" timeout -s INT -k 20 "$left" python3 -m pipelines.cli run "$spec" --profile gpu --quiet 2>&1 \
+  /usr/bin/time -f "$study wall %e s" timeout -s INT -k 20 "$left" python3 -m pipelines.cli run "$spec" --profile ${PROFILE:-gpu} --quiet 2>&1 \
     | grep -v "Warning\|warn(" | grep "^done\|^study\|wall\|FAILED\|rror" 
 done
 kill $sampler
 for study in "$@"; do
   spec=studies/$study.yaml; [ -f "$study" ] && spec=$study
-  python3 -m pipelines.cli status "$spec" --profile gpu
+  python3 -m pipelines.cli status "$spec" --profile ${PROFILE:-gpu}
 done
 tar -C /tmp/runs -cf "$OUT/store.tar" mlflow.db artifacts
