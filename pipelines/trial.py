@@ -50,7 +50,7 @@ class TuneReport(pl.callbacks.Checkpoint):
         last = epoch >= trainer.max_epochs
         if self.every and (epoch % self.every == 0 or last):
             with tempfile.TemporaryDirectory() as d:
-                trainer.save_checkpoint(os.path.join(d, "last.ckpt"))
+                trainer.save_checkpoint(os.path.join(d, "last.ckpt"), weights_only=False)  # optimizer too: resumable
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         else:
             tune.report(metrics)
