@@ -203,3 +203,28 @@ def test_same_runs_same_files_figure_series_and_html_in_chromium(tiny_study, wor
     dom = chromium_dom((workdir / "a" / "index.html").as_uri(), tmp_path / "chr")
     assert "Table 6: positional encodings" in dom and "Figure 5" in dom and "60.50 ±" in dom
     assert re.search(r'<img src="figure5.svg"', dom) and (workdir / "a" / "figure5.svg").exists()
+
+
+def test_a_study_sharing_an_experiment_reports_its_own_cells_only(tiny_study, workdir, capsys):
+    """figure5 and table6 share table5's runs: a study's report shows the cells its spec defines and says how
+    many runs of other cells it left out (another study's, or an older code version's keys)."""
+    from pipelines.cli import main
+
+    values = {(k, e, s): 0.5 + k / 10 + (e == "relative") / 10 + s / 100
+              for k in (0.25, 0.5) for e in ("none", "relative") for s in (0, 1)}
+    uri, study = _crafted(tiny_study, workdir, values)
+    sub = yaml.safe_load(tiny_study.read_text())
+    sub.update(name="sub", experiment="tiny-cpu", report="table6")
+    sub["grid"]["kappa"] = [0.5]
+    path = workdir / "sub.yaml"
+    path.write_text(yaml.safe_dump(sub))
+    out = workdir / "rep-sub"
+    assert main(["report", str(path), "--tracking-uri", uri, "--out", str(out), "--no-log"]) == 0
+    md = (out / "report.md").read_text()
+    assert "Report: sub (experiment tiny-cpu)" in md and "Runs: 4 (4 FINISHED); 4 runs of cells outside" in md
+    cells = (out / "cells.md").read_text()
+    assert cells.count("| aa_resnet18 | 0.50 |") == 2 and "| 0.25 |" not in cells
+    assert "65.50" in (out / "table6.md").read_text()  # relative at kappa 0.5: mean of 0.65 and 0.66
+    assert main(["report", "--experiment", "tiny-cpu", "--tracking-uri", uri, "--out", str(workdir / "all"),
+                 "--no-log"]) == 0  # the experiment as a whole still shows every cell
+    assert (workdir / "all" / "cells.md").read_text().count("| aa_resnet18 |") == 4
