@@ -326,7 +326,7 @@ def _run_tune(study: Study, pending: List[Trial], reuse: Dict[tuple, Any], track
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(trials)},
-        tune_config=tune.TuneConfig(num_samples=1, scheduler=scheduler,
+        tune_config=tune.TuneConfig(num_samples=1, scheduler=scheduler, reuse_actors=True,
                                     trial_name_creator=lambda tr: tr.config["trial"]["name"],
                                     trial_dirname_creator=lambda tr: f"{tr.config['trial']['name']}-{tr.trial_id}"),
         run_config=tune.RunConfig(
