@@ -4,6 +4,7 @@
 # A study cut off by SECONDS is continued by the next call (`aa-study resume` semantics: what FINISHED is
 # kept; unfinished trials start again, their checkpoints stayed on the previous machine).
 set -uo pipefail
+spec_of() { if [ -f "$1" ]; then echo "$1"; else echo "studies/$1.yaml"; fi; }  # a path, or a name under studies/
 budget=$1; shift
 source scripts/gpu-host-env.sh
 # a warm machine keeps its newer store (and the Ray checkpoints); a fresh one starts from the carried store
@@ -12,7 +13,7 @@ nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -l 1 > "$OU
 sampler=$!
 end=$(( $(date +%s) + budget ))
 for study in "$@"; do
-  spec=studies/$study.yaml; [ -f "$study" ] && spec=$study
+  spec=$(spec_of "$study")
   left=$(( end - $(date +%s) ))
   [ "$left" -gt 30 ] || break
   echo "== $study ($left s left)"
@@ -21,7 +22,6 @@ for study in "$@"; do
 done
 kill $sampler
 for study in "$@"; do
-  spec=studies/$study.yaml; [ -f "$study" ] && spec=$study
-  python3 -m pipelines.cli status "$spec" --profile ${PROFILE:-gpu}
+  python3 -m pipelines.cli status "$(spec_of "$study")" --profile ${PROFILE:-gpu}
 done
 tar -C /tmp/runs -cf "$OUT/store.tar" mlflow.db artifacts

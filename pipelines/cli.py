@@ -170,24 +170,23 @@ def _ui(a) -> int:
 def _report(a) -> int:
     from pathlib import Path
 
-    from reports.build import make_report, study_target
+    from reports.build import make_report
     from reports.runs import ReportError
 
+    from .profiles import experiment_name
+    from .spec import SpecError, load_study
     from .tracking import (TrackingError, check_tracking_uri, default_home, resolve_tracking_uri, sqlite_path,
                            store_exists)
 
     try:
         if bool(a.study) == bool(a.experiment):
             raise ReportError("give a study YAML or --experiment NAME (one of them)")
-        experiment, layouts, study, name = study_target(a.study, a.profile) if a.study else (
-            a.experiment, None, None, a.experiment)
-        cells = None
-        if a.study:  # the study's cells as this code version keys them (no data check: MLflow only)
-            from .spec import SpecError, load_study
-            try:
-                cells = load_study(a.study, a.profile, check_data=False).cells
-            except SpecError as e:
-                raise ReportError(str(e)) from None
+        experiment, layouts, study, name, cells = a.experiment, None, None, a.experiment, None
+        if a.study:  # its experiment, layouts and cells as this code version keys them (no data check)
+            s = load_study(a.study, a.profile, check_data=False)
+            experiment, study, cells = s.experiment, s.name, s.cells
+            layouts = s.report.split(",") if s.report else []
+            name = experiment_name(s.name, {}, s.profile or None)  # NAME-PROFILE even on a shared experiment
         uri = resolve_tracking_uri(a.tracking_uri)
         check_tracking_uri(uri)
         if not store_exists(uri):
@@ -195,7 +194,7 @@ def _report(a) -> int:
         out = Path(a.out) if a.out else default_home() / "reports" / name
         res = make_report(uri, experiment, out, layouts, log_to_mlflow=not a.no_log, study=study,
                           cells=cells)
-    except (ReportError, TrackingError) as e:
+    except (ReportError, TrackingError, SpecError) as e:
         return _fail("report", e)
     print(f"report of {experiment}: {res['runs']} runs, tables {', '.join(res['tables']) or 'none'} -> "
           f"{res['out']}/report.md, index.html" + (f" (logged to run {res['logged_to']})" if res["logged_to"] else ""))

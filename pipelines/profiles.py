@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict, Optional
 
+REPORT_LAYOUTS = ("table5", "table6", "table7", "figure5")  # what a study's `report:` may name
+
 
 def choose_profile(raw: Dict[str, Any], profile: Optional[str] = None) -> Optional[str]:
     """The profile asked for, else the study's default_profile, else cpu, else the first by name."""

@@ -25,7 +25,7 @@ import yaml
 from aa_modules import ARCHITECTURES, POS_ENCODINGS
 
 from .model import RECIPES
-from .profiles import choose_profile, experiment_name, merge
+from .profiles import REPORT_LAYOUTS, choose_profile, experiment_name, merge
 from .train import DEFAULTS as TRAIN_DEFAULTS
 
 AXES = ("arch", "kappa", "upsilon", "num_heads", "pos_enc")
@@ -196,10 +196,9 @@ def _parse_study(raw: Dict[str, Any], profile: Optional[str] = None, check_data:
     if not isinstance(experiment, str):
         _fail("experiment", "must be a string")
     report = spec.get("report")
-    layouts = ("table5", "table6", "table7", "figure5")
     names = [report] if isinstance(report, str) else report
-    if report is not None and (not isinstance(names, list) or not all(n in layouts for n in names)):
-        _fail("report", f"must name report layouts among {', '.join(layouts)}; got {report!r}")
+    if report is not None and (not isinstance(names, list) or not all(n in REPORT_LAYOUTS for n in names)):
+        _fail("report", f"must name report layouts among {', '.join(REPORT_LAYOUTS)}; got {report!r}")
     report = ",".join(names) if names else None
 
     axes = _parse_grid(spec.get("grid"))

@@ -7,48 +7,13 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import yaml
-
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-from pipelines.profiles import choose_profile, experiment_name, merge
+from pipelines.profiles import REPORT_LAYOUTS as LAYOUTS
 from pipelines.tracking import search_runs
 
 from . import runs as R
 from . import tables as T
-
-LAYOUTS = ("table5", "table6", "table7", "figure5")
-
-
-def study_target(path: str, profile: Optional[str]) -> tuple:
-    """(experiment name, layouts, study name, report name) from a study YAML, without the model code (a report
-    needs MLflow only). The report name is NAME-PROFILE even where the study shares another's experiment."""
-    p = Path(path)
-    if not p.is_file():
-        raise R.ReportError(f"study file {path} does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise R.ReportError(f"{path}: not valid YAML ({type(e).__name__})") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-        raise R.ReportError(f"{path}: not a study (a mapping with name:)")
-    profiles = raw.get("profiles") or {}
-    chosen = choose_profile(raw, profile)
-    if chosen is not None and (not isinstance(profiles, dict) or chosen not in profiles):
-        raise R.ReportError(f"profile: {chosen!r} is not defined in {path}")
-    over = (profiles.get(chosen) or {}) if chosen else {}
-    spec = merge({k: v for k, v in raw.items() if k not in ("profiles", "default_profile")},
-                 over if isinstance(over, dict) else {})
-    return (experiment_name(raw["name"], spec, chosen), _layouts(spec.get("report")), raw["name"],
-            experiment_name(raw["name"], {}, chosen))
-
-
-def _layouts(report) -> List[str]:
-    names = [report] if isinstance(report, str) else list(report or [])
-    bad = [n for n in names if n not in LAYOUTS]
-    if bad:
-        raise R.ReportError(f"report: unknown layout {bad[0]!r} (layouts: {', '.join(LAYOUTS)})")
-    return names
 
 
 def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str]] = None,

@@ -204,7 +204,6 @@ def figure5(cells: pd.DataFrame, caption: str, out: Path) -> Table:
     series = {}
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     styles = {"relative": dict(marker="o", color="C0"), "none": dict(marker="s", color="C1", linestyle="--")}
-    plotted = series
     for (arch, series_name), g in pts.groupby(["arch", "series"], sort=True):
         label = ("with relative embeddings" if series_name == "relative" else "without position encoding")
         if pts["arch"].nunique() > 1:
@@ -212,7 +211,7 @@ def figure5(cells: pd.DataFrame, caption: str, out: Path) -> Table:
         drawn = ax.errorbar(g["kappa"], g["top1"], yerr=g["ci95"].fillna(0), capsize=3, label=label,
                              **styles[series_name])
         line = drawn.lines[0]  # the data line (the others are caps and bars)
-        plotted[label] = (list(line.get_xdata()), list(line.get_ydata()))
+        series[label] = (list(line.get_xdata()), list(line.get_ydata()))
     ax.set_xlabel("fraction of attentional channels κ = υ")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("Figure 5: relative embeddings vs none as κ grows", fontsize=10)
@@ -226,10 +225,9 @@ def figure5(cells: pd.DataFrame, caption: str, out: Path) -> Table:
     plt.close(fig)
     disp = pts.assign(kappa=pts["kappa"].map(lambda v: f"{v:g}"), top1=[
         pm(t / 100, c / 100, n) for t, c, n in zip(pts["top1"], pts["ci95"], pts["n"])]).drop(columns=["ci95"])
-    t = Table("figure5", "Figure 5: top-1 against κ, relative embeddings vs none",
-              caption + " Error bars: 95% CI. Paper points: not known to us (blank).", disp, pts)
-    t.series = series  # label -> (x, y) as drawn, for tests
-    return t
+    return Table("figure5", "Figure 5: top-1 against κ, relative embeddings vs none",
+                 caption + " Error bars: 95% CI. Paper points: not known to us (blank).", disp, pts,
+                 series=series)  # label -> (x, y) as drawn, for tests
 
 
 # ------------------------------------------------------------------------------------------ renderers
