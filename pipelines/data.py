@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from .synthetic import SYNTHETIC_TASKS, make_synthetic
+from .synthetic import SYNTHETIC_TASKS, check_options, make_synthetic
 
 FASHION_MNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_FILES = {
@@ -239,16 +239,19 @@ class SyntheticDataModule(TensorDataModule):
     flip = False  # a flip changes left/right answers
 
     def __init__(self, task: str = "same_corners", image_size: int = 32, train_samples: int = 8192,
-                 val_samples: int = 2048, data_seed: int = 0, **kw):
+                 val_samples: int = 2048, data_seed: int = 0, min_gap: Optional[int] = None, **kw):
         super().__init__(augment=False, **{k: v for k, v in kw.items() if k != "augment"})
-        if task not in SYNTHETIC_TASKS:
-            raise DataError(f"synthetic task must be one of {sorted(SYNTHETIC_TASKS)}; got {task!r}")
+        try:
+            check_options(task, image_size, min_gap)
+        except ValueError as e:
+            raise DataError(str(e)) from None
         self.task, self.size, self.n_train, self.n_val, self.data_seed = task, image_size, train_samples, val_samples, data_seed
+        self.min_gap = min_gap
         self.num_classes = SYNTHETIC_TASKS[task].num_classes
 
     def load(self, split):
         n, offset = (self.n_train, 0) if split == "train" else (self.n_val, 1)
-        return make_synthetic(self.task, n, self.size, seed=2 * self.data_seed + offset)
+        return make_synthetic(self.task, n, self.size, seed=2 * self.data_seed + offset, min_gap=self.min_gap)
 
 
 class ImageFolderDataModule(pl.LightningDataModule):

@@ -18,7 +18,10 @@ bank of `NUM_GLYPHS` random binary g x g patterns (g = size // 8), the same for 
   pair (same row, columns at least two cells apart) and a vertical pair (same column). One pair shows the
   same pattern twice, the other two different patterns. Label 1 when the matching pair is the vertical
   one. Both orientations are always present, so the label needs content matched across the image
-  (which pair matches) and the relative offset between the matches (its orientation).
+  (which pair matches) and the relative offset between the matches (its orientation). Option ``min_gap``
+  (cells, default 2) sets how far apart the two glyphs of each pair are at least: at ``min_gap`` = half the
+  cells per side the matches are too far apart for a convolutional network to compare (see the study
+  benchmarks/studies/relative_vs_none.yaml).
 """
 from __future__ import annotations
 
@@ -59,12 +62,26 @@ def _draw(img, glyph, y, x):
     img[y:y + g, x:x + g][glyph] = 255
 
 
-def make_synthetic(task: str, n: int, size: int, seed: int = 0):
-    """(uint8 images (n, 1, size, size), int64 labels (n,)) for ``task``."""
+def check_options(task: str, size: int, min_gap=None) -> None:
+    """Raise ValueError (one line) for a task, image size or option that cannot make data."""
     if task not in SYNTHETIC_TASKS:
         raise ValueError(f"synthetic task must be one of {sorted(SYNTHETIC_TASKS)}; got {task!r}")
-    if size < 16:
-        raise ValueError(f"synthetic image size must be >= 16; got {size}")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 16:
+        raise ValueError(f"synthetic image size must be an integer >= 16; got {size!r}")
+    if min_gap is not None:
+        if task != "pair_orientation":
+            raise ValueError(f"synthetic option min_gap applies to pair_orientation only, not {task}")
+        cells = size // max(3, size // 8)
+        if not isinstance(min_gap, int) or isinstance(min_gap, bool) or not 1 <= min_gap <= cells - 1:
+            raise ValueError(f"synthetic min_gap must be an integer in 1..{cells - 1} (cells per side - 1) "
+                             f"at image size {size}; got {min_gap!r}")
+
+
+def make_synthetic(task: str, n: int, size: int, seed: int = 0, min_gap=None):
+    """(uint8 images (n, 1, size, size), int64 labels (n,)) for ``task``; ``min_gap``: pair_orientation's
+    least distance, in glyph cells, between the two glyphs of a pair (default 2)."""
+    check_options(task, size, min_gap)
+    gap = 2 if min_gap is None else min_gap
     rng = np.random.default_rng(seed)
     g = max(3, size // 8)
     bank = glyph_bank(g)
@@ -88,7 +105,7 @@ def make_synthetic(task: str, n: int, size: int, seed: int = 0):
                 r, c1, c2 = rng.integers(cells), *rng.choice(cells, size=2, replace=False)
                 c, r1, r2 = rng.integers(cells), *rng.choice(cells, size=2, replace=False)
                 spots = {(r, c1), (r, c2), (r1, c), (r2, c)}
-                if abs(c1 - c2) >= 2 and abs(r1 - r2) >= 2 and len(spots) == 4:
+                if abs(c1 - c2) >= gap and abs(r1 - r2) >= gap and len(spots) == 4:
                     break
             a, b, d = rng.choice(NUM_GLYPHS, size=3, replace=False)
             horiz, vert = ((a, a), (b, d)) if label == 0 else ((b, d), (a, a))

@@ -16,7 +16,7 @@ from pipelines.tracking import search_runs  # MLflow only: that module imports n
 AXES = ["arch", "kappa", "upsilon", "num_heads", "pos_enc"]
 METRICS = ["val_top1", "val_top5", "val_loss", "train_loss", "params", "gflops", "images_per_s", "epoch",
            "map", "ap50", "ap75", "aps", "apm", "apl"]
-CONTEXT = ["dataset", "data.task", "data.image_size", "epochs", "batch_size"]
+CONTEXT = ["dataset", "data.task", "data.min_gap", "data.image_size", "epochs", "batch_size"]
 
 
 class ReportError(ValueError):

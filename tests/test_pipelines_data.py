@@ -129,6 +129,42 @@ def test_relative_position_labels_match_glyph_positions():
         assert int(label) == 2 * (ya > yb) + (xa > xb)
 
 
+@pytest.mark.parametrize("min_gap", [None, 4])
+def test_pair_orientation_labels_match_the_matching_pairs_orientation_and_gap(min_gap):
+    from pipelines.synthetic import glyph_bank
+    size, g = 64, 8
+    x, y = make_synthetic("pair_orientation", 24, size, seed=1, min_gap=min_gap)
+    bank = torch.from_numpy(glyph_bank(g))
+    least = 2 if min_gap is None else min_gap
+    for img, label in zip(x[:, 0], y):
+        glyphs = {}  # (row, col) cell -> bank index
+        for r in range(size // g):
+            for c in range(size // g):
+                on = img[r * g:(r + 1) * g, c * g:(c + 1) * g] == 255
+                if on.any():
+                    glyphs[(r, c)] = next(k for k in range(len(bank)) if torch.equal(on, bank[k]))
+        assert len(glyphs) == 4
+        cells = list(glyphs)
+        same = [(a, b) for i, a in enumerate(cells) for b in cells[i + 1:] if glyphs[a] == glyphs[b]]
+        assert len(same) == 1, "exactly one pair shows the same pattern twice"
+        (r1, c1), (r2, c2) = same[0]
+        vertical = c1 == c2
+        assert vertical == bool(label) and (r1 == r2) != vertical
+        assert max(abs(r1 - r2), abs(c1 - c2)) >= least
+        others = [p for p in cells if p not in same[0]]
+        (s1, d1), (s2, d2) = others
+        assert (d1 == d2) != vertical and max(abs(s1 - s2), abs(d1 - d2)) >= least  # the other pair, other way
+
+
+def test_synthetic_options_are_checked_in_one_line():
+    with pytest.raises(DataError, match="min_gap applies to pair_orientation only"):
+        make_datamodule("synthetic", batch_size=8, task="same_corners", min_gap=3)
+    with pytest.raises(DataError, match=r"min_gap must be an integer in 1\.\.7"):
+        make_datamodule("synthetic", batch_size=8, task="pair_orientation", image_size=64, min_gap=8)
+    with pytest.raises(DataError, match="image size must be an integer >= 16"):
+        make_datamodule("synthetic", batch_size=8, task="pair_orientation", image_size=8)
+
+
 def test_top_k_metrics_on_crafted_logits():
     from torchmetrics.classification import MulticlassAccuracy
     logits = torch.tensor([[5., 4, 3, 2, 1, 0], [0, 5, 4, 3, 2, 1], [1, 2, 3, 4, 5, 6]])
