@@ -365,9 +365,10 @@ def status(spec_path: str, profile: Optional[str], tracking_uri: Optional[str]) 
     if exp_id is not None:
         best: Dict[tuple, str] = {}
         rank = {"FINISHED": 3, "RUNNING": 2, "FAILED": 1, "KILLED": 0, "SCHEDULED": 0}
+        seeds = set(study.seeds)  # a cell's runs of other seeds (a study sharing the experiment) are not this study's
         for r in tracker.runs(exp_id):
             key = (r.data.tags.get("cell"), int(r.data.tags.get("seed", -1)))
-            if key[0] in rows and rank.get(r.info.status, 0) >= rank.get(best.get(key, "KILLED"), -1):
+            if key[0] in rows and key[1] in seeds and rank.get(r.info.status, 0) >= rank.get(best.get(key, "KILLED"), -1):
                 best[key] = r.info.status
         for (cell, _), st in best.items():
             rows[cell][st.lower() if st.lower() in rows[cell] else "killed"] += 1

@@ -75,6 +75,11 @@ def test_study_runs_once_resumes_failed_cells_and_reports(tiny_study, workdir, c
     _, _, trials_after = _runs(workdir)
     _, _, launches = _runs(workdir, "launch")
     assert len(trials_after) == 8 and len(launches) == 2
+    # the same cells with fewer seeds (a study sharing the experiment): status counts this study's seeds only
+    fewer = workdir / "fewer.yaml"
+    fewer.write_text(tiny_study.read_text().replace("seeds: 2", "seeds: 1"))
+    assert main(["status", str(fewer)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split()[1:] == ["4", "0", "0", "0", "0"]
 
     # 5. the report reads MLflow only
     assert main(["report", str(tiny_study), "--out", str(workdir / "report")]) == 0
