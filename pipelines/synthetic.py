@@ -57,6 +57,11 @@ def glyph_bank(g: int) -> np.ndarray:
     return np.stack(bank)
 
 
+def glyph_size(size: int) -> int:
+    """The side of a glyph (and of a grid cell) in a size x size image."""
+    return max(3, size // 8)
+
+
 def _draw(img, glyph, y, x):
     g = glyph.shape[0]
     img[y:y + g, x:x + g][glyph] = 255
@@ -71,7 +76,7 @@ def check_options(task: str, size: int, min_gap=None) -> None:
     if min_gap is not None:
         if task != "pair_orientation":
             raise ValueError(f"synthetic option min_gap applies to pair_orientation only, not {task}")
-        cells = size // max(3, size // 8)
+        cells = size // glyph_size(size)
         if not isinstance(min_gap, int) or isinstance(min_gap, bool) or not 1 <= min_gap <= cells - 1:
             raise ValueError(f"synthetic min_gap must be an integer in 1..{cells - 1} (cells per side - 1) "
                              f"at image size {size}; got {min_gap!r}")
@@ -83,7 +88,7 @@ def make_synthetic(task: str, n: int, size: int, seed: int = 0, min_gap=None):
     check_options(task, size, min_gap)
     gap = 2 if min_gap is None else min_gap
     rng = np.random.default_rng(seed)
-    g = max(3, size // 8)
+    g = glyph_size(size)
     bank = glyph_bank(g)
     classes = SYNTHETIC_TASKS[task].num_classes
     labels = rng.permutation(np.arange(n) % classes)

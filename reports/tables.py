@@ -64,7 +64,7 @@ def context_caption(runs: pd.DataFrame) -> str:
     archs = ", ".join(sorted(runs["arch"].dropna().unique()))
     epochs = ", ".join(sorted(runs["epochs"].dropna().unique(), key=float))
     seeds = ", ".join(map(str, sorted(runs["seed"].unique())))
-    gap = ", ".join(sorted(runs["data.min_gap"].dropna().unique())) if "data.min_gap" in runs else ""
+    gap = ", ".join(sorted(runs["data.min_gap"].dropna().unique()))
     data = ds + (f" ({task}" + (f", min_gap {gap}" if gap else "") + (f", {size} px" if size else "") + ")" if task else "")
     proxy = not set(runs["dataset"].dropna().unique()) <= set(FULL_SCALE)
     head = ("PROXY study, not the paper's setting: " if proxy else "") + f"dataset {data}; {archs}; " \
