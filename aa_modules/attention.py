@@ -9,7 +9,7 @@ For a query at pixel i = (y_i, x_i) and a key at j = (y_j, x_j), positions flatt
 
 with learned tables r^W (2W - 1, d_kh) and r^H (2H - 1, d_kh), row m holding offset m - (W - 1).
 
-Two implementations of `relative_attention`, which compute the same function:
+Three implementations of `relative_attention`, which compute the same function:
 
 * ``reference``: builds the (H*W) x (H*W) relative logits by gathering q @ r^T at the offset of every
   (query, key) pair, adds them to q @ k^T and runs a plain softmax. Memory grows as (H*W)^2.
@@ -20,6 +20,9 @@ Two implementations of `relative_attention`, which compute the same function:
   its fused (flash / memory-efficient / cuDNN) kernels. The per-query vectors are computed directly as
   a batched product of q with the W x W (resp. H x H) windows of r^W (r^H), so the (2W - 1) wide
   intermediate of the rel_to_abs trick is never built either.
+* ``triton``: the same per-query tables, fed to our Triton kernel pair (`aa_modules.flash_relative`),
+  which adds them inside each score tile, forward and backward, with no atomics: bitwise deterministic,
+  no (H*W)^2 tensor, and no one-hot columns widening the dot products. The default on CUDA.
 """
 from __future__ import annotations
 
@@ -29,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-IMPLEMENTATIONS = ("auto", "reference", "fused")
+from . import flash_relative
+
+IMPLEMENTATIONS = ("auto", "reference", "fused", "triton")
 
 
 def _check_shapes(q, k, v, rel_width, rel_height, height, width):
@@ -100,18 +105,27 @@ def _sdpa_aligned(q, k, v, scale):
     return out[..., :dvh] if out.shape[-1] != dvh else out
 
 
+def relative_tables(q, rel_width, rel_height, height, width):
+    """Per-query relative logits at every key column and row: a (B, N, H*W, W), b (B, N, H*W, H).
+
+    a[..., i, x] = q_i . r^W[x - x_i + W - 1]; computed as a product batched over x_i (resp. y_i) with
+    the W x W (H x H) windows of r^W (r^H), so the (2W - 1) wide intermediate of rel_to_abs never exists.
+    """
+    B, N, L, dkh = q.shape
+    windows_w = rel_width[relative_offsets(width, q.device)].to(q.dtype)  # (W, W, d)
+    windows_h = rel_height[relative_offsets(height, q.device)].to(q.dtype)  # (H, H, d)
+    q5 = q.reshape(B, N, height, width, dkh)
+    a = torch.einsum("bnyxd,xjd->bnyxj", q5, windows_w).reshape(B, N, L, width)
+    b = torch.einsum("bnyxd,yid->bnyxi", q5, windows_h).reshape(B, N, L, height)
+    return a, b
+
+
 def _attention_fused(q, k, v, rel_width, rel_height, height, width):
     B, N, L, dkh = q.shape
     scale = dkh ** -0.5
     if rel_width is None:
         return _sdpa_aligned(q, k, v, scale)
-    # Per-query relative logits at every key column / row: (B, N, H, W, W) and (B, N, H, W, H).
-    # windows_w[x_i, x_j] = r^W[x_j - x_i + W - 1]; the product is batched over x_i (resp. y_i).
-    windows_w = rel_width[relative_offsets(width, q.device)].to(q.dtype)  # (W, W, d)
-    windows_h = rel_height[relative_offsets(height, q.device)].to(q.dtype)  # (H, H, d)
-    q5 = q.reshape(B, N, height, width, dkh)
-    gw = torch.einsum("bnyxd,xjd->bnyxj", q5, windows_w).reshape(B, N, L, width)
-    gh = torch.einsum("bnyxd,yid->bnyxi", q5, windows_h).reshape(B, N, L, height)
+    gw, gh = relative_tables(q, rel_width, rel_height, height, width)
     # Key side: one-hot of each key's column and row, shared by every batch element and head.
     eye_w = torch.eye(width, dtype=k.dtype, device=k.device)
     eye_h = torch.eye(height, dtype=k.dtype, device=k.device)
@@ -119,6 +133,13 @@ def _attention_fused(q, k, v, rel_width, rel_height, height, width):
     q_aug = torch.cat([q, gw.to(q.dtype), gh.to(q.dtype)], dim=-1)
     k_aug = torch.cat([k, onehot.expand(B, N, L, width + height)], dim=-1)
     return _sdpa_aligned(q_aug, k_aug, v, scale)
+
+
+def _attention_triton(q, k, v, rel_width, rel_height, height, width):
+    a = b = None
+    if rel_width is not None:
+        a, b = relative_tables(q, rel_width, rel_height, height, width)
+    return flash_relative.flash_relative_attention(q, k, v, a, b, height, width, q.shape[-1] ** -0.5)
 
 
 def relative_attention(q, k, v, rel_width, rel_height, height, width, *, implementation="auto"):
@@ -132,7 +153,9 @@ def relative_attention(q, k, v, rel_width, rel_height, height, width, *, impleme
         rel_height: (2H - 1, d_kh), likewise for y.
         height, width: the map's size.
         implementation: ``"reference"`` (materialised logits), ``"fused"`` (never materialises an
-            (H*W)^2 tensor) or ``"auto"`` (fused on CUDA, reference elsewhere).
+            (H*W)^2 tensor; stock SDPA on one-hot-augmented keys), ``"triton"`` (our fused kernel pair,
+            `aa_modules.flash_relative`: deterministic, no (H*W)^2 tensor in forward or backward; CUDA,
+            or the CPU under ``TRITON_INTERPRET=1``) or ``"auto"`` (triton on CUDA, reference elsewhere).
 
     Returns:
         (B, N_h, H*W, d_vh): softmax_j(l_ij) v_j with l_ij as in the module docstring.
@@ -143,7 +166,9 @@ def relative_attention(q, k, v, rel_width, rel_height, height, width, *, impleme
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; got {implementation!r}")
     if implementation == "auto":
-        implementation = "fused" if q.is_cuda else "reference"
+        implementation = "triton" if q.is_cuda and flash_relative.available(q.device) else "reference"
+    if implementation == "triton":
+        return _attention_triton(q, k, v, rel_width, rel_height, height, width)
     if implementation == "fused":
         return _attention_fused(q, k, v, rel_width, rel_height, height, width)
     return _attention_reference(q, k, v, rel_width, rel_height, height, width)
