@@ -27,8 +27,8 @@ is fixed, so two backward passes on the same inputs are bitwise equal, whatever 
 No (HW)^2 tensor exists in forward or backward. Head dims are zero-padded inside the kernel (masked
 loads) to a power of two >= 16; bf16/fp16 inputs accumulate in fp32; fp32 inputs use IEEE fp32 dots.
 
-On the CPU the kernels run through Triton's interpreter (``TRITON_INTERPRET=1`` set before this module is
-imported): that is how CI checks them against the reference.
+On a machine without CUDA the same kernels run through Triton's interpreter (numpy, slow: tests on small
+shapes; see `aa_modules._flash_kernels`): that is how CI checks them against the reference.
 
 `flash_relative_attention` is a PyTorch custom op (``aa_study::flash_rel_fwd`` / ``flash_rel_bwd``) with a
 fake implementation and a registered autograd formula, so ``torch.compile`` traces through it without a
@@ -36,218 +36,60 @@ graph break.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from typing import Optional, Tuple
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-    HAVE_TRITON = True
-except ImportError:  # pragma: no cover - platforms without a Triton wheel
-    HAVE_TRITON = False
+# Without CUDA, Triton can only interpret: switch its interpreter on before anything imports Triton
+# (torch's custom-op machinery below does). Triton wraps its own library functions for one mode or the
+# other when it loads, so this cannot be decided later, per call.
+if "triton" not in sys.modules and not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+_K = None
+
+
+def _kernels():
+    """The kernel module, imported on first use (it chooses compiled or interpreted Triton)."""
+    global _K
+    if _K is None:
+        from . import _flash_kernels
+        _K = _flash_kernels
+    return _K
 
 
 def available(device: torch.device) -> bool:
-    """Can the kernels run on tensors of this device (CUDA, or the CPU through the interpreter)?"""
+    """Can the kernels run on tensors of this device? CUDA compiled, or the CPU through Triton's
+    interpreter (on machines without CUDA, or with ``TRITON_INTERPRET=1`` set before Triton's import)."""
     if not HAVE_TRITON:
         return False
-    return device.type == "cuda" or (device.type == "cpu" and INTERPRET)
+    interpret = _kernels().INTERPRET
+    return (device.type == "cuda" and not interpret) or (device.type == "cpu" and interpret)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
 
 
 def _pow2(n: int, least: int = 16) -> int:
-    return max(least, triton.next_power_of_2(n))
+    return max(least, _next_pow2(n))
 
 
-if HAVE_TRITON:
-
-    @triton.jit
-    def _fwd_kernel(
-        Q, K, V, A, Bt, O, LSE,
-        sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd,
-        sab, sah, sal, sax, sbb, sbh, sbl, sby, sob, soh, sol, sod,
-        NH, L, H, W, DK, DV, qk_scale,
-        HAS_REL: tl.constexpr, BLOCK_M: tl.constexpr, BW: tl.constexpr, R: tl.constexpr,
-        BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr,
-    ):
-        BLOCK_N: tl.constexpr = R * BW
-        pid_m = tl.program_id(0)
-        pid_bh = tl.program_id(1)
-        ib = pid_bh // NH
-        ih = pid_bh % NH
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_c = tl.arange(0, BLOCK_N)
-        col_x = offs_c % BW
-        col_r = offs_c // BW
-        offs_dk = tl.arange(0, BLOCK_DK)
-        offs_dv = tl.arange(0, BLOCK_DV)
-        m_ok = offs_m < L
-        q = tl.load(Q + ib * sqb + ih * sqh + offs_m[:, None] * sql + offs_dk[None, :] * sqd,
-                    mask=m_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-        k_base = K + ib * skb + ih * skh
-        v_base = V + ib * svb + ih * svh
-        if HAS_REL:
-            a = tl.load(A + ib * sab + ih * sah + offs_m[:, None] * sal + col_x[None, :] * sax,
-                        mask=m_ok[:, None] & (col_x[None, :] < W), other=0.0).to(tl.float32)
-            b_base = Bt + ib * sbb + ih * sbh + offs_m[:, None] * sbl
-        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_M], tl.float32)
-        acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
-        for y0 in range(0, H, R):
-            rows = y0 + col_r
-            offs_n = rows * W + col_x
-            n_ok = (col_x < W) & (rows < H) & (offs_n < L)
-            kt = tl.load(k_base + offs_n[None, :] * skl + offs_dk[:, None] * skd,
-                         mask=n_ok[None, :] & (offs_dk[:, None] < DK), other=0.0)
-            s = tl.dot(q, kt, input_precision=PRECISION)
-            if HAS_REL:
-                bb = tl.load(b_base + rows[None, :] * sby, mask=m_ok[:, None] & n_ok[None, :], other=0.0)
-                s = s + a + bb.to(tl.float32)
-            s = tl.where(n_ok[None, :], s * qk_scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.math.exp2(s - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(v_base + offs_n[:, None] * svl + offs_dv[None, :] * svd,
-                        mask=n_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-            m_i = m_new
-        acc = acc / l_i[:, None]
-        tl.store(O + ib * sob + ih * soh + offs_m[:, None] * sol + offs_dv[None, :] * sod,
-                 acc.to(O.dtype.element_ty), mask=m_ok[:, None] & (offs_dv[None, :] < DV))
-        tl.store(LSE + pid_bh * L + offs_m, m_i + tl.math.log2(l_i), mask=m_ok)
-
-    @triton.jit
-    def _bwd_dq_kernel(
-        Q, K, V, A, Bt, DO, LSE, DELTA, DQ, DA, DB,
-        sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd,
-        sab, sah, sal, sax, sbb, sbh, sbl, sby, sdob, sdoh, sdol, sdod,
-        NH, L, H, W, DK, DV, qk_scale, sm_scale,
-        HAS_REL: tl.constexpr, BLOCK_M: tl.constexpr, BW: tl.constexpr, R: tl.constexpr,
-        BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr,
-    ):
-        BLOCK_N: tl.constexpr = R * BW
-        pid_m = tl.program_id(0)
-        pid_bh = tl.program_id(1)
-        ib = pid_bh // NH
-        ih = pid_bh % NH
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_c = tl.arange(0, BLOCK_N)
-        col_x = offs_c % BW
-        col_r = offs_c // BW
-        offs_dk = tl.arange(0, BLOCK_DK)
-        offs_dv = tl.arange(0, BLOCK_DV)
-        m_ok = offs_m < L
-        q = tl.load(Q + ib * sqb + ih * sqh + offs_m[:, None] * sql + offs_dk[None, :] * sqd,
-                    mask=m_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-        do = tl.load(DO + ib * sdob + ih * sdoh + offs_m[:, None] * sdol + offs_dv[None, :] * sdod,
-                     mask=m_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-        lse = tl.load(LSE + pid_bh * L + offs_m, mask=m_ok, other=0.0)
-        delta = tl.load(DELTA + pid_bh * L + offs_m, mask=m_ok, other=0.0)
-        k_base = K + ib * skb + ih * skh
-        v_base = V + ib * svb + ih * svh
-        dq = tl.zeros([BLOCK_M, BLOCK_DK], tl.float32)
-        if HAS_REL:
-            a = tl.load(A + ib * sab + ih * sah + offs_m[:, None] * sal + col_x[None, :] * sax,
-                        mask=m_ok[:, None] & (col_x[None, :] < W), other=0.0).to(tl.float32)
-            b_base = Bt + ib * sbb + ih * sbh + offs_m[:, None] * sbl
-            da = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-            offs_r = tl.arange(0, R)
-            db_base = DB + pid_bh * L * H + offs_m[:, None] * H
-        for y0 in range(0, H, R):
-            rows = y0 + col_r
-            offs_n = rows * W + col_x
-            n_ok = (col_x < W) & (rows < H) & (offs_n < L)
-            k = tl.load(k_base + offs_n[:, None] * skl + offs_dk[None, :] * skd,
-                        mask=n_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-            vt = tl.load(v_base + offs_n[None, :] * svl + offs_dv[:, None] * svd,
-                         mask=n_ok[None, :] & (offs_dv[:, None] < DV), other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-            if HAS_REL:
-                bb = tl.load(b_base + rows[None, :] * sby, mask=m_ok[:, None] & n_ok[None, :], other=0.0)
-                s = s + a + bb.to(tl.float32)
-            p = tl.math.exp2(s * qk_scale - lse[:, None])
-            p = tl.where(n_ok[None, :] & m_ok[:, None], p, 0.0)
-            dp = tl.dot(do, vt, input_precision=PRECISION)
-            ds = p * (dp - delta[:, None]) * sm_scale  # d loss / d (q.k + a + b)
-            dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-            if HAS_REL:
-                da += ds
-                db_rows = tl.sum(tl.reshape(ds, (BLOCK_M, R, BW)), 2)  # (BLOCK_M, R)
-                r_ok = (y0 + offs_r) < H
-                tl.store(db_base + (y0 + offs_r)[None, :], db_rows, mask=m_ok[:, None] & r_ok[None, :])
-        tl.store(DQ + pid_bh * L * DK + offs_m[:, None] * DK + offs_dk[None, :], dq.to(DQ.dtype.element_ty),
-                 mask=m_ok[:, None] & (offs_dk[None, :] < DK))
-        if HAS_REL:
-            da_x = tl.sum(tl.reshape(da, (BLOCK_M, R, BW)), 1)  # fold the R rows: (BLOCK_M, BW)
-            offs_x = tl.arange(0, BW)
-            tl.store(DA + pid_bh * L * W + offs_m[:, None] * W + offs_x[None, :], da_x,
-                     mask=m_ok[:, None] & (offs_x[None, :] < W))
-
-    @triton.jit
-    def _bwd_dkdv_kernel(
-        Q, K, V, A, Bt, DO, LSE, DELTA, DK_, DV_,
-        sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd,
-        sab, sah, sal, sax, sbb, sbh, sbl, sby, sdob, sdoh, sdol, sdod,
-        NH, L, H, W, DK, DV, qk_scale, sm_scale,
-        HAS_REL: tl.constexpr, BLOCK_M: tl.constexpr, BW: tl.constexpr, R: tl.constexpr,
-        BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr,
-    ):
-        BLOCK_N: tl.constexpr = R * BW
-        pid_n = tl.program_id(0)
-        pid_bh = tl.program_id(1)
-        ib = pid_bh // NH
-        ih = pid_bh % NH
-        offs_c = tl.arange(0, BLOCK_N)
-        col_x = offs_c % BW
-        rows = pid_n * R + offs_c // BW
-        offs_n = rows * W + col_x
-        n_ok = (col_x < W) & (rows < H) & (offs_n < L)
-        offs_dk = tl.arange(0, BLOCK_DK)
-        offs_dv = tl.arange(0, BLOCK_DV)
-        k = tl.load(K + ib * skb + ih * skh + offs_n[:, None] * skl + offs_dk[None, :] * skd,
-                    mask=n_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-        v = tl.load(V + ib * svb + ih * svh + offs_n[:, None] * svl + offs_dv[None, :] * svd,
-                    mask=n_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-        q_base = Q + ib * sqb + ih * sqh
-        do_base = DO + ib * sdob + ih * sdoh
-        if HAS_REL:
-            a_base = A + ib * sab + ih * sah + col_x[:, None] * sax
-            b_base = Bt + ib * sbb + ih * sbh + rows[:, None] * sby
-        dk = tl.zeros([BLOCK_N, BLOCK_DK], tl.float32)
-        dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
-        for m0 in range(0, L, BLOCK_M):
-            offs_m = m0 + tl.arange(0, BLOCK_M)
-            m_ok = offs_m < L
-            q = tl.load(q_base + offs_m[:, None] * sql + offs_dk[None, :] * sqd,
-                        mask=m_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-            do = tl.load(do_base + offs_m[:, None] * sdol + offs_dv[None, :] * sdod,
-                         mask=m_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-            lse = tl.load(LSE + pid_bh * L + offs_m, mask=m_ok, other=0.0)
-            delta = tl.load(DELTA + pid_bh * L + offs_m, mask=m_ok, other=0.0)
-            st = tl.dot(k, tl.trans(q), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
-            if HAS_REL:
-                both = n_ok[:, None] & m_ok[None, :]
-                at = tl.load(a_base + offs_m[None, :] * sal, mask=both, other=0.0)
-                bt = tl.load(b_base + offs_m[None, :] * sbl, mask=both, other=0.0)
-                st = st + at.to(tl.float32) + bt.to(tl.float32)
-            pt = tl.math.exp2(st * qk_scale - lse[None, :])
-            pt = tl.where(n_ok[:, None] & m_ok[None, :], pt, 0.0)
-            dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
-            dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
-            dst = pt * (dpt - delta[None, :]) * sm_scale
-            dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
-        base = pid_bh * L
-        tl.store(DK_ + (base + offs_n[:, None]) * DK + offs_dk[None, :], dk.to(DK_.dtype.element_ty),
-                 mask=n_ok[:, None] & (offs_dk[None, :] < DK))
-        tl.store(DV_ + (base + offs_n[:, None]) * DV + offs_dv[None, :], dv.to(DV_.dtype.element_ty),
-                 mask=n_ok[:, None] & (offs_dv[None, :] < DV))
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 LOG2E = 1.4426950408889634
+
+
+# Launch parameters (benchmarks/attention.py --explore sweeps them on the GPU). block_n: keys per block
+# (whole rows, so the real count is R * BW); fwd and bwd may differ.
+TUNING = {"fwd": dict(block_m=64, block_n=64, num_warps=4, num_stages=2),
+          "bwd": dict(block_m=64, block_n=64, num_warps=4, num_stages=2)}
 
 
 def _geometry(L: int, height: int, width: int, has_rel: bool, block_n: int = 64):
@@ -256,7 +98,7 @@ def _geometry(L: int, height: int, width: int, has_rel: bool, block_n: int = 64)
     Content-only attention has no row structure to respect: the keys are cut into rows of ``block_n``.
     """
     if not has_rel:
-        width = min(block_n, triton.next_power_of_2(L))
+        width = min(block_n, _next_pow2(L))
         height = -(-L // width)
     bw = _pow2(width, least=8)
     rows = max(1, block_n // bw) if bw < block_n else 1
@@ -264,12 +106,14 @@ def _geometry(L: int, height: int, width: int, has_rel: bool, block_n: int = 64)
     return height, width, bw, rows
 
 
-def _config(q: torch.Tensor, L: int, height: int, width: int, has_rel: bool):
-    h, w, bw, r = _geometry(L, height, width, has_rel)
-    block_m = min(64, _pow2(L))
-    if INTERPRET and not q.is_cuda:
-        block_m = min(block_m, 32)  # the interpreter runs blocks as numpy arrays: smaller is faster
-    return dict(H=h, W=w, BW=bw, R=r, BLOCK_M=block_m)
+def _config(q: torch.Tensor, L: int, height: int, width: int, has_rel: bool, phase: str):
+    tune = TUNING[phase]
+    h, w, bw, r = _geometry(L, height, width, has_rel, tune["block_n"])
+    block_m = min(tune["block_m"], _pow2(L))
+    launch = dict(num_warps=tune["num_warps"], num_stages=tune["num_stages"])
+    if not q.is_cuda:  # the interpreter runs blocks as numpy arrays: smaller is faster
+        block_m, launch = min(block_m, 32), {}
+    return dict(H=h, W=w, BW=bw, R=r, BLOCK_M=block_m), launch
 
 
 def _strides(t: Optional[torch.Tensor], fallback: torch.Tensor):
@@ -280,24 +124,20 @@ def _precision(q: torch.Tensor) -> str:
     return "ieee" if q.dtype == torch.float32 else "tf32"
 
 
-def _launch_opts(q: torch.Tensor) -> dict:
-    return {} if not q.is_cuda else dict(num_warps=4, num_stages=2)
-
-
 def _forward(q, k, v, a, b, height, width, scale):
     B, NH, L, DK = q.shape
     DV = v.shape[-1]
     has_rel = a is not None
-    cfg = _config(q, L, height, width, has_rel)
+    cfg, launch = _config(q, L, height, width, has_rel, "fwd")
     o = torch.empty((B, NH, L, DV), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, NH, L), dtype=torch.float32, device=q.device)
-    grid = (triton.cdiv(L, cfg["BLOCK_M"]), B * NH)
-    _fwd_kernel[grid](
+    grid = (_cdiv(L, cfg["BLOCK_M"]), B * NH)
+    _kernels()._fwd_kernel[grid](
         q, k, v, a if has_rel else q, b if has_rel else q, o, lse,
         *q.stride(), *k.stride(), *v.stride(), *_strides(a, q), *_strides(b, q), *o.stride(),
         NH, L, cfg["H"], cfg["W"], DK, DV, scale * LOG2E,
         HAS_REL=has_rel, BLOCK_M=cfg["BLOCK_M"], BW=cfg["BW"], R=cfg["R"],
-        BLOCK_DK=_pow2(DK), BLOCK_DV=_pow2(DV), PRECISION=_precision(q), **_launch_opts(q),
+        BLOCK_DK=_pow2(DK), BLOCK_DV=_pow2(DV), PRECISION=_precision(q), **launch,
     )
     return o, lse
 
@@ -306,7 +146,7 @@ def _backward(do, q, k, v, a, b, o, lse, height, width, scale):
     B, NH, L, DK = q.shape
     DV = v.shape[-1]
     has_rel = a is not None
-    cfg = _config(q, L, height, width, has_rel)
+    cfg, launch = _config(q, L, height, width, has_rel, "bwd")
     do = do.to(q.dtype)
     delta = (o.float() * do.float()).sum(-1)  # (B, NH, L), contiguous
     dq = torch.empty((B, NH, L, DK), dtype=q.dtype, device=q.device)
@@ -320,11 +160,11 @@ def _backward(do, q, k, v, a, b, o, lse, height, width, scale):
     common = (*q.stride(), *k.stride(), *v.stride(), *_strides(a, q), *_strides(b, q), *do.stride(),
               NH, L, cfg["H"], cfg["W"], DK, DV, scale * LOG2E, scale)
     meta = dict(HAS_REL=has_rel, BLOCK_M=cfg["BLOCK_M"], BW=cfg["BW"], R=cfg["R"],
-                BLOCK_DK=_pow2(DK), BLOCK_DV=_pow2(DV), PRECISION=_precision(q), **_launch_opts(q))
+                BLOCK_DK=_pow2(DK), BLOCK_DV=_pow2(DV), PRECISION=_precision(q), **launch)
     aa, bb = (a, b) if has_rel else (q, q)
-    _bwd_dq_kernel[(triton.cdiv(L, cfg["BLOCK_M"]), B * NH)](
+    _kernels()._bwd_dq_kernel[(_cdiv(L, cfg["BLOCK_M"]), B * NH)](
         q, k, v, aa, bb, do, lse, delta, dq, da if has_rel else q, db if has_rel else q, *common, **meta)
-    _bwd_dkdv_kernel[(triton.cdiv(cfg["H"], cfg["R"]), B * NH)](
+    _kernels()._bwd_dkdv_kernel[(_cdiv(cfg["H"], cfg["R"]), B * NH)](
         q, k, v, aa, bb, do, lse, delta, dk, dv, *common, **meta)
     if has_rel:
         da, db = da.to(a.dtype), db.to(b.dtype)
@@ -386,8 +226,7 @@ def flash_relative_attention(q, k, v, a=None, b=None, height=None, width=None, s
     if (a is None) != (b is None):
         raise ValueError("a and b must be given together (or both None)")
     if not available(q.device):
-        raise RuntimeError("flash_relative_attention needs a CUDA device, or TRITON_INTERPRET=1 set before "
-                           "aa_modules is imported (CPU, for tests)")
+        raise RuntimeError(f"flash_relative_attention needs Triton and a CUDA or CPU tensor; got {q.device}")
     L = q.shape[2]
     if height is None or width is None:
         height, width = 1, L

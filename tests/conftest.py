@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# Before anything imports Triton (Lightning, torch.compile): on a machine without CUDA aa_modules switches
+# Triton's interpreter on, so tests/test_flash_relative.py runs the GPU kernels on the CPU.
+import aa_modules  # noqa: F401,E402
+
 TINY_STUDY = """
 name: tiny
 description: a 4-cell x 2-seed study small enough for CI

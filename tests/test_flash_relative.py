@@ -1,0 +1,115 @@
+"""The Triton relative-attention kernel pair (aa_modules.flash_relative), run on the CPU through Triton's
+interpreter: the same kernel source the GPU compiles, checked against the reference and a brute-force loop."""
+import pytest
+import torch
+
+from aa_modules import AugmentedConv2d
+from aa_modules import flash_relative
+from aa_modules.attention import brute_force_attention, relative_attention
+
+pytestmark = pytest.mark.skipif(not flash_relative.available(torch.device("cpu")),
+                                reason="Triton's interpreter is not active in this process (CUDA machine?)")
+
+
+def _inputs(B, N, H, W, dkh, dvh, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=dtype).requires_grad_()
+    return mk(B, N, H * W, dkh), mk(B, N, H * W, dkh), mk(B, N, H * W, dvh), mk(2 * W - 1, dkh), mk(2 * H - 1, dkh)
+
+
+def _grads(out, inputs, upstream):
+    return torch.autograd.grad(out, inputs, upstream)
+
+
+# (B, N_h, H, W, d_kh, d_vh): non-square maps; HW not a multiple of the query block (32 here) nor of the
+# key block; W from 1 (R = 8 rows per key block) to 40 (one row of 64 columns); head dims 3, 5, 12, 17, 20.
+SHAPES = [(2, 2, 3, 5, 4, 3), (1, 3, 7, 9, 5, 12), (2, 1, 3, 40, 17, 5), (1, 2, 11, 2, 3, 20), (1, 1, 6, 1, 8, 8),
+          (1, 2, 5, 17, 12, 4)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("rel", [True, False], ids=["relative", "content"])
+def test_forward_and_five_gradients_match_the_reference(shape, rel):
+    B, N, H, W, dk, dv = shape
+    q, k, v, rw, rh = _inputs(B, N, H, W, dk, dv, seed=sum(shape))
+    tables = (rw, rh) if rel else (None, None)
+    ref = relative_attention(q, k, v, *tables, H, W, implementation="reference")
+    out = relative_attention(q, k, v, *tables, H, W, implementation="triton")
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    inputs = (q, k, v, rw, rh) if rel else (q, k, v)
+    up = torch.randn_like(ref)
+    for name, got, exp in zip("q k v rel_width rel_height".split(), _grads(out, inputs, up), _grads(ref, inputs, up)):
+        torch.testing.assert_close(got, exp, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
+
+
+def test_kernel_gradients_of_the_tables_match_autograd_of_the_dense_logits():
+    """da, db straight from the kernel (not through the einsums) against autograd of a dense formula."""
+    B, N, H, W, d = 1, 2, 4, 6, 5
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(B, N, H * W, d, generator=g).requires_grad_() for _ in range(3))
+    a = torch.randn(B, N, H * W, W, generator=g).requires_grad_()
+    b = torch.randn(B, N, H * W, H, generator=g).requires_grad_()
+    xs, ys = torch.arange(W).repeat(H), torch.arange(H).repeat_interleave(W)
+    logits = (q @ k.transpose(-1, -2) + a[..., xs] + b[..., ys]) * d ** -0.5
+    ref = torch.softmax(logits, -1) @ v
+    out = flash_relative.flash_relative_attention(q, k, v, a, b, H, W)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    up = torch.randn_like(ref)
+    for name, got, exp in zip("q k v a b".split(), _grads(out, (q, k, v, a, b), up), _grads(ref, (q, k, v, a, b), up)):
+        torch.testing.assert_close(got, exp, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
+
+
+def test_matches_the_brute_force_loop_on_a_non_square_map():
+    q, k, v, rw, rh = _inputs(1, 2, 3, 5, 3, 2, seed=3)
+    expected = brute_force_attention(q, k, v, rw, rh, 3, 5)
+    got = relative_attention(q, k, v, rw, rh, 3, 5, implementation="triton")
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    up = torch.randn_like(expected)
+    for got_g, exp_g in zip(_grads(got, (q, k, v, rw, rh), up), _grads(expected, (q, k, v, rw, rh), up)):
+        torch.testing.assert_close(got_g, exp_g, rtol=1e-4, atol=1e-5)
+
+
+def test_backward_twice_gives_bitwise_equal_gradients():
+    q, k, v, rw, rh = _inputs(2, 2, 7, 9, 5, 6, seed=11)
+    up = torch.randn(2, 2, 63, 6)
+    runs = [_grads(relative_attention(q, k, v, rw, rh, 7, 9, implementation="triton"), (q, k, v, rw, rh), up)
+            for _ in range(2)]
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_custom_op_passes_opcheck():
+    """Schema, fake (meta) implementation, autograd registration and AOT dispatch of the custom op."""
+    B, N, H, W, d = 1, 2, 3, 4, 4
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(B, N, H * W, d, generator=g, requires_grad=True) for _ in range(3))
+    a = torch.randn(B, N, H * W, W, generator=g, requires_grad=True)
+    b = torch.randn(B, N, H * W, H, generator=g, requires_grad=True)
+    for args in ((q, k, v, a, b, H, W, 0.5), (q, k, v, None, None, H, W, 0.5)):
+        torch.library.opcheck(flash_relative._fwd_op, args)
+
+
+def test_augmented_conv_compiles_without_a_graph_break():
+    layer = AugmentedConv2d(6, 8, 3, kappa=0.5, upsilon=0.5, num_heads=2, pos_enc="relative",
+                            feature_size=(5, 7), attention_impl="triton")
+    x = torch.randn(2, 6, 5, 7)
+    explanation = torch._dynamo.explain(layer)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+@pytest.mark.parametrize("pos_enc", ["relative", "none", "sine2d"])
+def test_augmented_conv_triton_equals_reference(pos_enc):
+    torch.manual_seed(0)
+    ref_layer = AugmentedConv2d(6, 8, 3, kappa=0.5, upsilon=0.5, num_heads=2, pos_enc=pos_enc, feature_size=(5, 7),
+                                attention_impl="reference")
+    tri_layer = AugmentedConv2d(6, 8, 3, kappa=0.5, upsilon=0.5, num_heads=2, pos_enc=pos_enc, feature_size=(5, 7),
+                                attention_impl="triton")
+    tri_layer.load_state_dict(ref_layer.state_dict())
+    x = torch.randn(2, 6, 5, 7)
+    ref, out = ref_layer(x), tri_layer(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    ref.square().sum().backward()
+    out.square().sum().backward()
+    for (name, p_ref), p_tri in zip(ref_layer.named_parameters(), tri_layer.parameters()):
+        torch.testing.assert_close(p_tri.grad, p_ref.grad, rtol=1e-4, atol=1e-5, msg=name)
