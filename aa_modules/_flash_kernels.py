@@ -127,13 +127,13 @@ def _bwd_dq_kernel(
             da += ds
             db_rows = tl.sum(tl.reshape(ds, (BLOCK_M, R, BW)), 2)  # (BLOCK_M, R)
             r_ok = (y0 + offs_r) < H
-            tl.store(db_base + (y0 + offs_r)[None, :], db_rows, mask=m_ok[:, None] & r_ok[None, :])
+            tl.store(db_base + (y0 + offs_r)[None, :], db_rows.to(DB.dtype.element_ty), mask=m_ok[:, None] & r_ok[None, :])
     tl.store(DQ + pid_bh * L * DK + offs_m[:, None] * DK + offs_dk[None, :], dq.to(DQ.dtype.element_ty),
              mask=m_ok[:, None] & (offs_dk[None, :] < DK))
     if HAS_REL:
         da_x = tl.sum(tl.reshape(da, (BLOCK_M, R, BW)), 1)  # fold the R rows: (BLOCK_M, BW)
         offs_x = tl.arange(0, BW)
-        tl.store(DA + pid_bh * L * W + offs_m[:, None] * W + offs_x[None, :], da_x,
+        tl.store(DA + pid_bh * L * W + offs_m[:, None] * W + offs_x[None, :], da_x.to(DA.dtype.element_ty),
                  mask=m_ok[:, None] & (offs_x[None, :] < W))
 
 @triton.jit

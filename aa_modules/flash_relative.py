@@ -153,8 +153,9 @@ def _backward(do, q, k, v, a, b, o, lse, height, width, scale):
     dk = torch.empty((B, NH, L, DK), dtype=q.dtype, device=q.device)
     dv = torch.empty((B, NH, L, DV), dtype=q.dtype, device=q.device)
     if has_rel:
-        da = torch.empty((B, NH, L, width), dtype=torch.float32, device=q.device)
-        db = torch.empty((B, NH, L, height), dtype=torch.float32, device=q.device)
+        # written in the tables' own dtype (the kernel accumulates in fp32 and rounds once on store)
+        da = torch.empty((B, NH, L, width), dtype=a.dtype, device=q.device)
+        db = torch.empty((B, NH, L, height), dtype=b.dtype, device=q.device)
     else:
         da, db = q.new_empty(0), q.new_empty(0)
     common = (*q.stride(), *k.stride(), *v.stride(), *_strides(a, q), *_strides(b, q), *do.stride(),
@@ -166,8 +167,6 @@ def _backward(do, q, k, v, a, b, o, lse, height, width, scale):
         q, k, v, aa, bb, do, lse, delta, dq, da if has_rel else q, db if has_rel else q, *common, **meta)
     _kernels()._bwd_dkdv_kernel[(_cdiv(cfg["H"], cfg["R"]), B * NH)](
         q, k, v, aa, bb, do, lse, delta, dk, dv, *common, **meta)
-    if has_rel:
-        da, db = da.to(a.dtype), db.to(b.dtype)
     return dq, dk, dv, da, db
 
 

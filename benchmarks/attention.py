@@ -1,4 +1,5 @@
-"""Relative attention, forward + backward: reference vs fused vs plain SDPA without positions (the floor).
+"""Relative attention, forward + backward: reference, fused (SDPA on one-hot keys), triton (our kernel pair),
+FlexAttention with a score_mod over the same per-query tables, against SDPA without positions (the floor).
 
     python benchmarks/attention.py [--sizes 7 14 28 56] [--batch 32] [--heads 4] [--dk 64] [--dv 64]
 
@@ -27,10 +28,32 @@ def variants():
     def fused(q, k, v, rw, rh, h, w):
         return relative_attention(q, k, v, rw, rh, h, w, implementation="fused")
 
+    def triton(q, k, v, rw, rh, h, w):
+        return relative_attention(q, k, v, rw, rh, h, w, implementation="triton")
+
+    def triton_content(q, k, v, rw, rh, h, w):
+        return relative_attention(q, k, v, None, None, h, w, implementation="triton")
+
     def no_positions(q, k, v, rw, rh, h, w):
         return F.scaled_dot_product_attention(q, k, v, scale=q.shape[-1] ** -0.5)
 
-    return {"reference": reference, "fused": fused, "no positions (floor)": no_positions}
+    flex_compiled = {}
+
+    def flex(q, k, v, rw, rh, h, w):
+        from torch.nn.attention.flex_attention import flex_attention
+        from aa_modules.attention import relative_tables
+        if "fn" not in flex_compiled:
+            flex_compiled["fn"] = torch.compile(flex_attention, dynamic=False)
+        a, b = relative_tables(q, rw, rh, h, w)
+        scale = q.shape[-1] ** -0.5
+
+        def score_mod(score, bi, hi, qi, kvi):
+            return score + (a[bi, hi, qi, kvi % w] + b[bi, hi, qi, kvi // w]).to(score.dtype) * scale
+
+        return flex_compiled["fn"](q, k.to(q.dtype), v.to(q.dtype), score_mod=score_mod, scale=scale)
+
+    return {"reference": reference, "fused": fused, "flex (score_mod on the tables)": flex, "triton": triton,
+            "triton, no positions": triton_content, "no positions (floor)": no_positions}
 
 
 def explore_variants():
@@ -60,7 +83,23 @@ def explore_variants():
                 for t in zip(q.chunk(chunks), k.chunk(chunks), v.chunk(chunks))]
         return torch.cat(outs)
 
+    from aa_modules import flash_relative
+
+    def tuned(phase, **cfg):
+        def fn(q, k, v, rw, rh, h, w):
+            saved = dict(flash_relative.TUNING[phase])
+            flash_relative.TUNING[phase].update(cfg)
+            try:
+                return relative_attention(q, k, v, rw, rh, h, w, implementation="triton")
+            finally:
+                flash_relative.TUNING[phase].update(saved)
+        return fn
+
+    sweeps = {f"triton {ph} {k}={v}": tuned(ph, **{k: v}) for ph in ("fwd", "bwd") for k, v in
+              [("block_m", 32), ("block_m", 128), ("block_n", 32), ("block_n", 128), ("num_warps", 8),
+               ("num_stages", 3), ("num_stages", 1)]}
     return {
+        **sweeps,
         "fused, efficient kernel": with_backend(SDPBackend.EFFICIENT_ATTENTION),
         "fused, cuDNN kernel": with_backend(SDPBackend.CUDNN_ATTENTION),
         "fused, v padded, flash": padded_v_flash,

@@ -45,15 +45,19 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument("--impls", nargs="+", default=["triton", "fused"],
+                   help="attention implementations to time (relative_attention's implementation=)")
     a = p.parse_args(argv)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    configs = [
-        ("torchvision resnet50", lambda: torchvision.models.resnet50(), a.batch),
-        ("aa_resnet50 relative k=v=0.25 N_h=8, stages 2-4", lambda: A.aa_resnet50(
-            kappa=0.25, num_heads=8, pos_enc="relative", input_size=a.size), a.batch),
-        ("aa_resnet50 relative k=v=0.25 N_h=8, stages 1-4", lambda: A.aa_resnet50(
-            kappa=0.25, num_heads=8, pos_enc="relative", stages=(1, 2, 3, 4), input_size=a.size), 64),
-    ]
+    configs = [("torchvision resnet50", lambda: torchvision.models.resnet50(), a.batch)]
+    for impl in a.impls:
+        configs.append((f"aa_resnet50 relative k=v=0.25 N_h=8, stages 2-4, {impl}", lambda impl=impl: A.aa_resnet50(
+            kappa=0.25, num_heads=8, pos_enc="relative", input_size=a.size, attention_impl=impl), a.batch))
+    configs.append(("torchvision resnet50", lambda: torchvision.models.resnet50(), 64))
+    for impl in a.impls:
+        configs.append((f"aa_resnet50 relative k=v=0.25 N_h=8, stages 1-4, {impl}", lambda impl=impl: A.aa_resnet50(
+            kappa=0.25, num_heads=8, pos_enc="relative", stages=(1, 2, 3, 4), input_size=a.size,
+            attention_impl=impl), 64))
     rows, base = [], None
     for name, build, batch in configs:
         model = build()
@@ -65,7 +69,8 @@ def main(argv=None):
             torch.cuda.empty_cache()
             continue
         ips = batch / t
-        base = base or ips
+        if name.startswith("torchvision"):
+            base = ips  # ratios are to torchvision's ResNet-50 at the same batch
         mem = f"{peak / 2**30:.1f}" if peak is not None else "n/a"
         rows.append([name, batch, f"{prof.params_m:.1f}", f"{prof.gflops:.2f}", f"{ips:.0f}", f"{ips / base:.2f}x", mem])
         del model
