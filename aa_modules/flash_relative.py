@@ -121,7 +121,16 @@ def _strides(t: Optional[torch.Tensor], fallback: torch.Tensor):
 
 
 def _precision(q: torch.Tensor) -> str:
-    return "ieee" if q.dtype == torch.float32 else "tf32"
+    """fp32 dots follow PyTorch's own matmul setting: IEEE fp32 unless TF32 was allowed."""
+    if q.dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
+        return "ieee"
+    return "tf32"
+
+
+def _output(q, B, NH, L, DV):
+    """o as (B, N_h, L, d_v) over (B, L, N_h, d_v) memory: the heads-concatenated, channels-last layout the AA
+    layer reshapes it to next, so that reshape is free (no transpose copy after the kernel)."""
+    return torch.empty((B, L, NH, DV), dtype=q.dtype, device=q.device).permute(0, 2, 1, 3)
 
 
 def _forward(q, k, v, a, b, height, width, scale):
@@ -129,7 +138,7 @@ def _forward(q, k, v, a, b, height, width, scale):
     DV = v.shape[-1]
     has_rel = a is not None
     cfg, launch = _config(q, L, height, width, has_rel, "fwd")
-    o = torch.empty((B, NH, L, DV), dtype=q.dtype, device=q.device)
+    o = _output(q, B, NH, L, DV)
     lse = torch.empty((B, NH, L), dtype=torch.float32, device=q.device)
     grid = (_cdiv(L, cfg["BLOCK_M"]), B * NH)
     _kernels()._fwd_kernel[grid](
@@ -148,7 +157,7 @@ def _backward(do, q, k, v, a, b, o, lse, height, width, scale):
     has_rel = a is not None
     cfg, launch = _config(q, L, height, width, has_rel, "bwd")
     do = do.to(q.dtype)
-    delta = (o.float() * do.float()).sum(-1)  # (B, NH, L), contiguous
+    delta = (o.float() * do.float()).sum(-1).contiguous()  # (B, NH, L); the kernels index it densely
     dq = torch.empty((B, NH, L, DK), dtype=q.dtype, device=q.device)
     dk = torch.empty((B, NH, L, DK), dtype=q.dtype, device=q.device)
     dv = torch.empty((B, NH, L, DV), dtype=q.dtype, device=q.device)
@@ -179,7 +188,7 @@ def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: Optional[torch
 @_fwd_op.register_fake
 def _(q, k, v, a, b, height, width, scale):
     B, NH, L, _ = q.shape
-    return q.new_empty((B, NH, L, v.shape[-1])), q.new_empty((B, NH, L), dtype=torch.float32)
+    return _output(q, B, NH, L, v.shape[-1]), q.new_empty((B, NH, L), dtype=torch.float32)
 
 
 @torch.library.custom_op("aa_study::flash_rel_bwd", mutates_args=())
@@ -207,7 +216,7 @@ def _setup_context(ctx, inputs, output):
 def _backward_formula(ctx, do, _dlse):
     q, k, v, a, b, o, lse = ctx.saved_tensors
     height, width, scale = ctx.geometry
-    dq, dk, dv, da, db = _bwd_op(do.contiguous(), q, k, v, a, b, o, lse, height, width, scale)
+    dq, dk, dv, da, db = _bwd_op(do, q, k, v, a, b, o, lse, height, width, scale)
     if not ctx.has_rel:
         da = db = None
     return dq, dk, dv, da, db, None, None, None
@@ -230,6 +239,8 @@ def flash_relative_attention(q, k, v, a=None, b=None, height=None, width=None, s
     if height is None or width is None:
         height, width = 1, L
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if torch.is_autocast_enabled(q.device.type):  # as SDPA: attention runs in autocast's lower precision
+        q = q.to(torch.get_autocast_dtype(q.device.type))
     k, v = k.to(q.dtype), v.to(q.dtype)
     o, _ = _fwd_op(q, k, v, a, b, int(height), int(width), scale)
     return o
