@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the lent GPU host: the relative-attention kernel's correctness, determinism and speed, in one call.
-#   bash benchmarks/gpu_kernel.sh [attention|train|all]   (results under $OUT, else ./gpu-kernel-results)
+#   bash benchmarks/gpu_kernel.sh [attention|explore|compile|train|all]   (results under $OUT, else ./gpu-kernel-results)
 set -uo pipefail
 out=${OUT:-gpu-kernel-results}; mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -9,11 +9,16 @@ nvidia-smi --query-gpu=name,driver_version,memory.used,utilization.gpu --format=
 if [ "$what" = attention ] || [ "$what" = all ]; then
   python3 benchmarks/determinism.py 2>&1 | tee "$out/determinism.md"
   python3 benchmarks/attention.py --sizes 7 14 28 56 2>&1 | tee "$out/attention.md"
-  python3 benchmarks/attention.py --sizes 28 56 --explore 2>&1 | tee "$out/attention-explore.md"
   python3 benchmarks/resnet.py --batch 128 2>&1 | tee "$out/resnet.md"
+  python3 benchmarks/profile_step.py --batch 128 2>&1 | tee "$out/profile-step.txt"
+fi
+if [ "$what" = explore ] || [ "$what" = all ]; then
+  python3 benchmarks/attention.py --sizes 28 56 --explore 2>&1 | tee "$out/attention-explore.md"
+fi
+if [ "$what" = compile ] || [ "$what" = all ]; then
+  python3 benchmarks/resnet.py --batch 128 --compile --impls triton 2>&1 | tee "$out/resnet-compile.md"
 fi
 if [ "$what" = train ] || [ "$what" = all ]; then
-  python3 benchmarks/resnet.py --batch 128 --compile --impls triton 2>&1 | tee "$out/resnet-compile.md"
   # the quickstart gpu cell kappa=upsilon=0.5, N_h=4, relative, seed 0: twice alone, once beside a busy process
   cat > /tmp/cell.yaml <<'YAML'
 arch: aa_resnet18
