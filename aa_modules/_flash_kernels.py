@@ -39,8 +39,11 @@ def _fwd_kernel(
     k_base = K + ib * skb + ih * skh
     v_base = V + ib * svb + ih * svh
     if HAS_REL:
-        a = tl.load(A + ib * sab + ih * sah + offs_m[:, None] * sal + col_x[None, :] * sax,
-                    mask=m_ok[:, None] & (col_x[None, :] < W), other=0.0).to(tl.float32)
+        offs_x = tl.arange(0, BW)
+        a = tl.load(A + ib * sab + ih * sah + offs_m[:, None] * sal + offs_x[None, :] * sax,
+                    mask=m_ok[:, None] & (offs_x[None, :] < W), other=0.0).to(tl.float32)
+        a = tl.reshape(tl.broadcast_to(a[:, None, :], (BLOCK_M, R, BW)), (BLOCK_M, BLOCK_N))
+        offs_r = tl.arange(0, R)
         b_base = Bt + ib * sbb + ih * sbh + offs_m[:, None] * sbl
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -53,7 +56,10 @@ def _fwd_kernel(
                      mask=n_ok[None, :] & (offs_dk[:, None] < DK), other=0.0)
         s = tl.dot(q, kt, input_precision=PRECISION)
         if HAS_REL:
-            bb = tl.load(b_base + rows[None, :] * sby, mask=m_ok[:, None] & n_ok[None, :], other=0.0)
+            # b at the block's R rows, loaded once per (query, row) and spread over the row's columns
+            bb = tl.load(b_base + (y0 + offs_r)[None, :] * sby, mask=m_ok[:, None] & ((y0 + offs_r)[None, :] < H),
+                         other=0.0)
+            bb = tl.reshape(tl.broadcast_to(bb[:, :, None], (BLOCK_M, R, BW)), (BLOCK_M, BLOCK_N))
             s = s + a + bb.to(tl.float32)
         s = tl.where(n_ok[None, :], s * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -100,8 +106,11 @@ def _bwd_dq_kernel(
     v_base = V + ib * svb + ih * svh
     dq = tl.zeros([BLOCK_M, BLOCK_DK], tl.float32)
     if HAS_REL:
-        a = tl.load(A + ib * sab + ih * sah + offs_m[:, None] * sal + col_x[None, :] * sax,
-                    mask=m_ok[:, None] & (col_x[None, :] < W), other=0.0).to(tl.float32)
+        offs_x = tl.arange(0, BW)
+        a = tl.load(A + ib * sab + ih * sah + offs_m[:, None] * sal + offs_x[None, :] * sax,
+                    mask=m_ok[:, None] & (offs_x[None, :] < W), other=0.0).to(tl.float32)
+        a = tl.reshape(tl.broadcast_to(a[:, None, :], (BLOCK_M, R, BW)), (BLOCK_M, BLOCK_N))
+        offs_r = tl.arange(0, R)
         b_base = Bt + ib * sbb + ih * sbh + offs_m[:, None] * sbl
         da = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         offs_r = tl.arange(0, R)
@@ -116,7 +125,10 @@ def _bwd_dq_kernel(
                      mask=n_ok[None, :] & (offs_dv[:, None] < DV), other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         if HAS_REL:
-            bb = tl.load(b_base + rows[None, :] * sby, mask=m_ok[:, None] & n_ok[None, :], other=0.0)
+            # b at the block's R rows, loaded once per (query, row) and spread over the row's columns
+            bb = tl.load(b_base + (y0 + offs_r)[None, :] * sby, mask=m_ok[:, None] & ((y0 + offs_r)[None, :] < H),
+                         other=0.0)
+            bb = tl.reshape(tl.broadcast_to(bb[:, :, None], (BLOCK_M, R, BW)), (BLOCK_M, BLOCK_N))
             s = s + a + bb.to(tl.float32)
         p = tl.math.exp2(s * qk_scale - lse[:, None])
         p = tl.where(n_ok[None, :] & m_ok[:, None], p, 0.0)
@@ -164,8 +176,10 @@ def _bwd_dkdv_kernel(
     q_base = Q + ib * sqb + ih * sqh
     do_base = DO + ib * sdob + ih * sdoh
     if HAS_REL:
-        a_base = A + ib * sab + ih * sah + col_x[:, None] * sax
-        b_base = Bt + ib * sbb + ih * sbh + rows[:, None] * sby
+        offs_x = tl.arange(0, BW)
+        row_r = pid_n * R + tl.arange(0, R)
+        a_base = A + ib * sab + ih * sah + offs_x[:, None] * sax
+        b_base = Bt + ib * sbb + ih * sbh + row_r[:, None] * sby
     dk = tl.zeros([BLOCK_N, BLOCK_DK], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     for m0 in range(0, L, BLOCK_M):
@@ -179,10 +193,12 @@ def _bwd_dkdv_kernel(
         delta = tl.load(DELTA + pid_bh * L + offs_m, mask=m_ok, other=0.0)
         st = tl.dot(k, tl.trans(q), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
         if HAS_REL:
-            both = n_ok[:, None] & m_ok[None, :]
-            at = tl.load(a_base + offs_m[None, :] * sal, mask=both, other=0.0)
-            bt = tl.load(b_base + offs_m[None, :] * sbl, mask=both, other=0.0)
-            st = st + at.to(tl.float32) + bt.to(tl.float32)
+            # a^T as (BW, M) and b^T at the block's R rows as (R, M), spread over the (R * BW) key columns
+            at = tl.load(a_base + offs_m[None, :] * sal, mask=(offs_x[:, None] < W) & m_ok[None, :], other=0.0)
+            bt = tl.load(b_base + offs_m[None, :] * sbl, mask=(row_r[:, None] < H) & m_ok[None, :], other=0.0)
+            at = tl.reshape(tl.broadcast_to(at.to(tl.float32)[None, :, :], (R, BW, BLOCK_M)), (BLOCK_N, BLOCK_M))
+            bt = tl.reshape(tl.broadcast_to(bt.to(tl.float32)[:, None, :], (R, BW, BLOCK_M)), (BLOCK_N, BLOCK_M))
+            st = st + at + bt
         pt = tl.math.exp2(st * qk_scale - lse[None, :])
         pt = tl.where(n_ok[:, None] & m_ok[None, :], pt, 0.0)
         dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
