@@ -200,9 +200,10 @@ def _bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 @_bwd_op.register_fake
 def _(do, q, k, v, a, b, o, lse, height, width, scale):
-    da = torch.empty_like(a) if a is not None else q.new_empty(0)
-    db = torch.empty_like(b) if b is not None else q.new_empty(0)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), da, db
+    # contiguous, as `_backward` allocates them (empty_like would copy the strides of q's view)
+    da = a.new_empty(a.shape) if a is not None else q.new_empty(0)
+    db = b.new_empty(b.shape) if b is not None else q.new_empty(0)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), da, db
 
 
 def _setup_context(ctx, inputs, output):

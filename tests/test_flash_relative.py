@@ -83,7 +83,10 @@ def test_custom_op_passes_opcheck():
     """Schema, fake (meta) implementation, autograd registration and AOT dispatch of the custom op."""
     B, N, H, W, d = 1, 2, 3, 4, 4
     g = torch.Generator().manual_seed(5)
-    q, k, v = (torch.randn(B, N, H * W, d, generator=g, requires_grad=True) for _ in range(3))
+    # q, k, v as the AA layer passes them: head views of one (B, HW, 3 * N * d) projection (not contiguous)
+    qkv = torch.randn(B, H * W, 3 * N * d, generator=g)
+    q, k, v = (t.unflatten(-1, (N, d)).transpose(1, 2).detach().requires_grad_() for t in qkv.split(N * d, -1))
+    assert not q.is_contiguous()
     a = torch.randn(B, N, H * W, W, generator=g, requires_grad=True)
     b = torch.randn(B, N, H * W, H, generator=g, requires_grad=True)
     for args in ((q, k, v, a, b, H, W, 0.5), (q, k, v, None, None, H, W, 0.5)):
