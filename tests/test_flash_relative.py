@@ -89,8 +89,12 @@ def test_custom_op_passes_opcheck():
     assert not q.is_contiguous()
     a = torch.randn(B, N, H * W, W, generator=g, requires_grad=True)
     b = torch.randn(B, N, H * W, H, generator=g, requires_grad=True)
-    for args in ((q, k, v, a, b, H, W, 0.5), (q, k, v, None, None, H, W, 0.5)):
-        torch.library.opcheck(flash_relative._fwd_op, args)
+    for tables in ((a, b), (None, None)):
+        torch.library.opcheck(flash_relative._fwd_op, (q, k, v, *tables, H, W, 0.5))
+        o, lse = flash_relative._fwd_op(q, k, v, *tables, H, W, 0.5)
+        do = torch.randn(o.shape, generator=g)
+        plain = [t.detach() if t is not None else None for t in (q, k, v, *tables)]
+        torch.library.opcheck(flash_relative._bwd_op, (do, *plain, o.detach(), lse.detach(), H, W, 0.5))
 
 
 def test_augmented_conv_compiles_without_a_graph_break():
