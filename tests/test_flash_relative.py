@@ -3,6 +3,7 @@ interpreter: the same kernel source the GPU compiles, checked against the refere
 import pytest
 import torch
 
+import aa_modules as A
 from aa_modules import AugmentedConv2d
 from aa_modules import flash_relative
 from aa_modules.attention import brute_force_attention, relative_attention
@@ -102,6 +103,19 @@ def test_augmented_conv_compiles_without_a_graph_break():
                             feature_size=(5, 7), attention_impl="triton")
     x = torch.randn(2, 6, 5, 7)
     explanation = torch._dynamo.explain(layer)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+@pytest.mark.parametrize("build", [
+    *(pytest.param(lambda pe=pe: A.aa_resnet18(num_classes=4, kappa=0.5, num_heads=2, pos_enc=pe, stages=(3, 4),
+                                                 small_input=True, input_size=16, attention_impl="triton"),
+                   id=f"aa_resnet18-{pe}") for pe in ("relative", "none", "sine2d", "coordconv")),
+    pytest.param(lambda: A.aa_wide_resnet28_10(num_classes=4, kappa=0.25, num_heads=2, input_size=8,
+                                               attention_impl="triton"), id="aa_wide_resnet28_10"),
+])
+def test_aa_networks_trace_whole_under_torch_compile(build):
+    """`compile: true` sees one graph per AA network: no graph break at the custom op or in the layer."""
+    explanation = torch._dynamo.explain(build())(torch.randn(1, 3, 16, 16))
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
