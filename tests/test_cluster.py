@@ -2,6 +2,7 @@
 loopback): a study launched with --address places trials on both nodes; the worker is killed mid-trial;
 the trial finishes on the head from its last checkpoint and the run count stays exact."""
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -35,7 +36,9 @@ def test_two_node_cluster_survives_losing_the_worker(workdir):
         max_failures: 2
     """)
     ray_tmp = tempfile.mkdtemp(prefix="aac", dir="/tmp")
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "token"}
+    # Ray 2.60 token auth: a head started with RAY_AUTH_MODE=token needs a token to exist already (it no longer
+    # creates ~/.ray/auth_token); give every process of the cluster the same one, as a user must.
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     store = workdir / "runs" / "mlflow.db"
     try:
         head = _ray(["start", "--head", f"--port={HEAD_PORT}", "--num-cpus=1", "--include-dashboard=false",
