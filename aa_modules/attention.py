@@ -83,7 +83,8 @@ def _pad_last(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, extra)) if extra else x
 
 
-# SDPA backends the fused path allows on CUDA. cuDNN's attention is left out: on an H100 (torch 2.11)
+# SDPA backends the `fused` path allows on CUDA (the default on CUDA is now the `triton` kernel, which uses no
+# SDPA backend). cuDNN's attention is left out: on an H100 (torch 2.11)
 # AA-ResNet-18 trainings on the 64 px synthetic task hit a NaN loss within three epochs with it, for
 # pos_enc="none" (twice) and "relative" (once), and never with flash / memory-efficient on the same
 # configurations (benchmarks/results/h100-2026-11-25.md). The price: flash cannot take the relative

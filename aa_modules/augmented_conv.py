@@ -9,7 +9,7 @@ d_v channels (after its output projection W^O, a 1x1 convolution d_v -> d_v). ka
 upsilon = d_v / F_out. kappa = upsilon = 1 is the fully attentional layer (no convolution branch);
 kappa = upsilon = 0 is a plain convolution.
 
-Positional encodings (``pos_enc``), chosen in one place, `PositionEncoding`:
+Positional encodings (``pos_enc``), chosen in `AugmentedConv2d.__init__` (``pos_channels``, ``rel``):
 
 * ``none``: content-only attention.
 * ``relative``: the paper's 2D relative logits, learned r^W (2W - 1, d_kh) and r^H (2H - 1, d_kh) per
