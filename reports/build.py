@@ -14,6 +14,7 @@ from pipelines.tracking import search_runs
 
 from . import runs as R
 from . import tables as T
+from .contrasts import Family, banner
 
 
 def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str]] = None,
@@ -65,7 +66,21 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
         tables.append(T.cells_table(cells, caption))
     from .generic import generic_report
 
-    gtables, figures, fixed_line = generic_report(runs, caption, out, metric=metrics[0]) if len(runs) else ([], [], "")
+    family = Family(cells, runs, metrics[0]) if len(runs) and not cells.empty else None
+    skip = ("line_kappa_by_pos_enc",) if "figure5" in layouts else ()  # the same data as Figure 5
+    gtables, figures, fixed_line = (generic_report(runs, caption, out, metric=metrics[0], family=family,
+                                                   skip_figures=skip) if len(runs) else ([], [], ""))
+    if family is not None and family.order:
+        tables.append(T.Table(
+            "contrasts", "Contrasts: each value of an axis against its reference, at equal other axes",
+            caption + f" Δ = A − B in percentage points. 95% CI unadjusted: paired t over seeds where both cells "
+            f"ran the same seeds, Welch's t otherwise. Verdicts at a family-wise α = 0.05, Holm's adjustment over "
+            f"the {len(family.order)} contrasts of this report (the marginals' leads included). Seeds to "
+            "resolve: per cell, for 80% power at the observed difference.", family.table(), family.numbers()))
+    thin = banner(family)
+    if thin:
+        for t in tables:
+            t.caption = "Thin evidence (see the report's banner). " + t.caption
     tables += gtables
     for t in tables:  # a metric no run has (top-5 of a 2-class task) is not a column
         empty = [c for c in t.display.columns if c.endswith("top-5") and not t.display[c].astype(bool).any()]
@@ -82,24 +97,28 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
             f"`aa-study report`. Runs: {len(runs)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))})"
             + (f"; {other} runs of cells outside study {study} (other studies sharing the experiment, or an "
                f"older code version) not shown" if other else "") + ".\n\n")
+    head += (f"**{thin}**\n\n" if thin else "") + (f"Setting: {caption}\n\n" if len(runs) else "")
     generic_md = ("\n## Every axis\n\n" + (fixed_line + "\n\n" if fixed_line else "")) if (gtables or figures) else ""
     figs_md = "".join(f"\n![{f}]({f}.png)\n" for f in figures)
     paper_tables = [t for t in tables if t not in gtables]
-    md = head + "\n".join(T.to_markdown(t) + (f"\n![{t.title}](figure5.png)\n" if t.name == "figure5" else "")
-                          for t in paper_tables) + generic_md + "\n".join(T.to_markdown(t) for t in gtables) + figs_md
+    md = head + "\n".join(T.to_markdown(t, caption) + (f"\n![{t.title}](figure5.png)\n" if t.name == "figure5" else "")
+                          for t in paper_tables) + generic_md + "\n".join(T.to_markdown(t, caption) for t in gtables) + figs_md
     (out / "report.md").write_text(md)
-    body = "\n".join(T.to_html(t) + ('<img src="figure5.svg" alt="Figure 5" width="520">\n' if t.name == "figure5" else "")
-                     for t in paper_tables)
+    body = (f'<p class="banner"><strong>{html.escape(thin)}</strong></p>' if thin else "") + (
+        f"<p>Setting: {html.escape(caption)}</p>" if len(runs) else "")
+    body += "\n".join(T.to_html(t, caption) + ('<img src="figure5.svg" alt="Figure 5" width="520">\n' if t.name == "figure5" else "")
+                      for t in paper_tables)
     if generic_md:
-        body += f"<h2>Every axis</h2><p>{html.escape(fixed_line)}</p>" + "\n".join(T.to_html(t) for t in gtables)
+        body += f"<h2>Every axis</h2><p>{html.escape(fixed_line)}</p>" + "\n".join(T.to_html(t, caption) for t in gtables)
         body += "".join(f'<img src="{f}.svg" alt="{f}" width="520">' for f in figures)
     links = " · ".join(f'<a href="{t.name}.md">{t.name}.md</a> <a href="{t.name}.tex">.tex</a> '
                        f'<a href="{t.name}.csv">.csv</a>' for t in tables)
     (out / "index.html").write_text(
         "<!doctype html><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
         "<style>body{font-family:sans-serif;max-width:70em;margin:2em auto}.tbl{border-collapse:collapse}"
-        ".tbl td,.tbl th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}</style>"
-        f"<h1>Report: {html.escape(title)}</h1><p>{html.escape(head.splitlines()[2])}</p><p>{links} · "
+        ".tbl td,.tbl th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
+        ".banner{background:#fff3cd;padding:0.5em 1em}</style>"
+        f"<h1>Report: {html.escape(title)}</h1><p>{_code(html.escape(head.splitlines()[2]))}</p><p>{links} · "
         "<a href='runs.csv'>runs.csv</a></p>" + body)
     logged = None
     if log_to_mlflow and (own or launches):  # the report beside the runs it was made from
@@ -108,6 +127,13 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
     return {"experiment_id": exp_id, "tables": [t.name for t in tables], "runs": len(runs), "out": str(out),
             "cells": cells, "figures": figures, "logged_to": logged,
             "figure5_series": next((t.series for t in tables if t.name == "figure5"), None)}
+
+
+def _code(text: str) -> str:
+    """`x` (Markdown code) as <code>x</code> in HTML."""
+    import re
+
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
 
 
 def _safe_uri(uri: str) -> str:

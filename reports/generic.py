@@ -1,8 +1,12 @@
 """Reports for any study: per-axis marginal tables, pairwise pivots, line plots over numeric axes and a
 top-1 vs cost scatter. Works on the runs DataFrame of `reports.runs.load_runs` (MLflow only).
 
-Marginals pool the FINISHED runs of every cell that has the axis value (so they average over the other
-axes as the grid holds them); n counts runs. An axis with one value is reported as fixed, not tabled.
+A marginal is an average over cells, not over runs: for each value of an axis, the mean of the cell means of
+every cell with that value (so it averages over the other axes as the grid holds them), with the spread between
+those cells (lowest to highest cell mean) and no confidence interval: different cells are not seeds of one
+thing. The highest value is called best only where its lead over the runner-up is resolved by the matched
+contrasts (`reports.contrasts`, Holm-adjusted with the report's other contrasts). An axis with one value is
+reported as fixed, not tabled.
 """
 from __future__ import annotations
 
@@ -56,15 +60,15 @@ def axes_of(runs: pd.DataFrame, metric: str = "val_top1") -> Tuple[Dict[str, lis
 
 
 def marginal(runs: pd.DataFrame, axis: str, metric: str = "val_top1") -> pd.DataFrame:
+    """Per value of `axis`: mean of its cells' means, lowest and highest cell mean, cells, runs, median cost."""
     fin = _scope(_finished(runs, metric), axis)
     rows = []
     for value, g in fin.groupby(axis, sort=True):
-        rows.append({axis: value, **describe(g[metric].tolist()),
+        cell_means = g.groupby("cell")[metric].mean()
+        rows.append({axis: value, "mean": float(cell_means.mean()), "lo": float(cell_means.min()),
+                     "hi": float(cell_means.max()), "n_cells": int(len(cell_means)), "n": int(len(g)),
                      "params": g["params"].median(), "gflops": g["gflops"].median()})
-    out = pd.DataFrame(rows)
-    if len(out):
-        out["best"] = out["mean"] == out["mean"].max()
-    return out
+    return pd.DataFrame(rows)
 
 
 def pivot(runs: pd.DataFrame, rows: str, cols: str, metric: str = "val_top1") -> pd.DataFrame:
@@ -74,17 +78,43 @@ def pivot(runs: pd.DataFrame, rows: str, cols: str, metric: str = "val_top1") ->
     return fin.pivot_table(index=rows, columns=cols, values=metric, aggfunc="mean")
 
 
-def _marginal_table(runs, axis, metric, caption) -> Table:
-    m = marginal(runs, axis, metric)
+def _lead(family, axis, m: pd.DataFrame):
+    """(top value, runner-up, matched contrasts with their signs) of a marginal, registered in the family."""
+    if family is None or len(m) < 2:
+        return None
+    ranked = m.sort_values("mean", ascending=False, kind="stable")[axis].tolist()
+    return ranked[0], ranked[1], family.lead(axis, ranked[0], ranked[1])
+
+
+def _best_column(m: pd.DataFrame, axis: str, lead) -> list:
+    out = [""] * len(m)
+    if lead is None:
+        return out
+    top, runner, pairs = lead
+    resolved = bool(pairs) and all(c.resolved and sign * c.diff > 0 for c, sign in pairs)
+    name = runner if not isinstance(runner, float) else f"{runner:g}"
+    i = m[axis].tolist().index(top)
+    out[i] = (f"best: lead over {name} resolved in {len(pairs)} matched cell pair(s)" if resolved else
+              f"highest, lead over {name} not resolved" + ("" if pairs else " (no matched cells)"))
+    return out
+
+
+def _marginal_table(axis, m, lead, metric, caption) -> Table:
+    label = "top-1" if metric == "val_top1" else metric
     disp = pd.DataFrame({
         axis: [f"{v:g}" if isinstance(v, float) else str(v) for v in m[axis]],
-        f"{'top-1' if metric == 'val_top1' else metric} (mean ± 95% CI)": [pm(a, c, n) for a, c, n in zip(m["mean"], m["ci95"], m["n"])],
-        "std": [f"{s * 100:.2f}" if not math.isnan(s) else "" for s in m["std"]],
-        "n runs": m["n"].astype(str),
+        f"{label}, mean of cell means (%)": [f"{v * 100:.2f}" for v in m["mean"]],
+        "spread between cells (%)": [f"{lo * 100:.2f} – {hi * 100:.2f}" if n > 1 else "one cell"
+                                      for lo, hi, n in zip(m["lo"], m["hi"], m["n_cells"])],
+        "cells": m["n_cells"].astype(str),
+        "runs": m["n"].astype(str),
         "GFLOPs (median)": [f"{g:.3f}" for g in m["gflops"]],
-        "best": ["**best**" if b else "" for b in m["best"]],
+        "best": _best_column(m, axis, lead),
     })
-    return Table(f"axis_{axis}", f"Marginal over the other axes: {axis}", caption, disp, m)
+    return Table(f"axis_{axis}", f"Average over the other axes: {axis}",
+                 caption + " An average over cells (each cell's mean counts once), with the spread between them; "
+                 "not a confidence interval. Best only where the lead over the runner-up is resolved (Holm).",
+                 disp, m)
 
 
 def _pivot_table(runs, a, b, metric, caption) -> Table:
@@ -162,12 +192,18 @@ def _plot_cost(runs, metric, out: Path) -> str:
     return "top1_vs_gflops"
 
 
-def generic_report(runs: pd.DataFrame, caption: str, out: Path, metric: str = "val_top1") -> Tuple[List[Table], List[str], str]:
-    """(tables, figure names, a Markdown line naming the fixed axes)."""
+def generic_report(runs: pd.DataFrame, caption: str, out: Path, metric: str = "val_top1", family=None,
+                   skip_figures=()) -> Tuple[List[Table], List[str], str]:
+    """(tables, figure names, a Markdown line naming the fixed axes). With a `reports.contrasts.Family`, the
+    marginals' leads join its contrasts and the family is Holm-adjusted here, before anything is judged."""
     varying, fixed = axes_of(runs, metric)
     fixed_line = "Fixed: " + ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}"
                                        for k, v in fixed.items()) if fixed else ""
-    tables = [_marginal_table(runs, a, metric, caption) for a in varying]
+    margs = {a: marginal(runs, a, metric) for a in varying}
+    leads = {a: _lead(family, a, m) for a, m in margs.items()}
+    if family is not None:
+        family.adjust()
+    tables = [_marginal_table(a, margs[a], leads[a], metric, caption) for a in varying]
     names = list(varying)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
@@ -177,6 +213,9 @@ def generic_report(runs: pd.DataFrame, caption: str, out: Path, metric: str = "v
         out.mkdir(parents=True, exist_ok=True)
         cats = [c for c in CATEGORICAL_AXES if c in varying] or [c for c in CATEGORICAL_AXES if c in fixed]
         for axis in (a for a in NUMERIC_AXES if a in varying):
-            figures.append(_plot_lines(runs, axis, cats[0] if cats else "pos_enc", metric, out))
+            by = cats[0] if cats else "pos_enc"
+            if f"line_{axis}_by_{by}" in skip_figures:  # drawn already as a paper figure (Figure 5)
+                continue
+            figures.append(_plot_lines(runs, axis, by, metric, out))
         figures.append(_plot_cost(runs, metric, out))
     return tables, figures, fixed_line

@@ -232,9 +232,16 @@ def figure5(cells: pd.DataFrame, caption: str, out: Path) -> Table:
 
 
 # ------------------------------------------------------------------------------------------ renderers
-def to_markdown(t: Table) -> str:
+def _caption(t: Table, context: Optional[str]) -> str:
+    """The caption, less the study's setting where a report states that once at its top."""
+    if context and context in t.caption:
+        return " ".join(t.caption.replace(context, "").split())
+    return t.caption
+
+
+def to_markdown(t: Table, context: Optional[str] = None) -> str:
     df = t.display
-    lines = [f"### {t.title}", "", t.caption, ""]
+    lines = [f"### {t.title}", "", _caption(t, context), ""]
     if df.empty:
         return "\n".join(lines + ["(no rows)", ""])
     cols = list(df.columns)
@@ -265,6 +272,6 @@ def to_latex(t: Table) -> str:
     return "\n".join(out)
 
 
-def to_html(t: Table) -> str:
-    return (f"<h3>{html.escape(t.title)}</h3>\n<p>{html.escape(t.caption)}</p>\n"
+def to_html(t: Table, context: Optional[str] = None) -> str:
+    return (f"<h3>{html.escape(t.title)}</h3>\n<p>{html.escape(_caption(t, context))}</p>\n"
             + t.display.to_html(index=False, escape=True, border=0, classes="tbl") + "\n")

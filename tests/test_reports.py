@@ -66,6 +66,21 @@ def test_report_numbers_missing_cells_and_formats(tiny_study, workdir):
     assert len(pts) == 1 + 4  # relative and none at kappa 0.25 and 0.5 (no baseline in this study)
 
 
+def test_report_contrasts_say_not_resolved_and_how_many_seeds(tiny_study, workdir):
+    values = {(0.25, "none", 0): 0.60, (0.25, "none", 1): 0.70, (0.25, "relative", 0): 0.75,
+              (0.25, "relative", 1): 0.68,  # relative - none: +15 and -2 points: noise, not resolved
+              (0.5, "none", 0): 0.60, (0.5, "none", 1): 0.62, (0.5, "relative", 0): 0.90, (0.5, "relative", 1): 0.93}
+    uri, _ = _crafted(tiny_study, workdir, values)
+    make_report(uri, "tiny-cpu", workdir / "rep", ["table6", "figure5"], log_to_mlflow=False)
+    md = (workdir / "rep" / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| relative vs none (κ=0.25) |"))
+    assert "| +6.50 |" in row and "not resolved" in row and "per cell" in row and "paired, n=2" in row
+    row = next(line for line in md.splitlines() if line.startswith("| relative vs none (κ=0.5) |"))
+    assert "| +30.50 |" in row
+    assert "THIN EVIDENCE: 4 of 4 cells have fewer than 3 finished seeds" in md
+    assert md.count("PROXY study") == 1  # the setting once, at the top, not in every table
+
+
 def test_report_shows_cells_without_any_run_as_missing(tiny_study, workdir):
     uri, _ = _crafted(tiny_study, workdir, {(0.25, "none", 0): 0.6, (0.25, "none", 1): 0.6},
                       statuses={(k, e, s): "KILLED" for k in (0.25, 0.5) for e in ("none", "relative") for s in (0, 1)
@@ -142,7 +157,9 @@ def test_generic_report_marginals_pivots_plots(workdir):
     m = marginal(runs, "pos_enc").set_index("pos_enc")
     # none: mean over kappa {.25,.5}, heads {1,2}, seeds {0,1} = 0.5 + 0.075 + 0.015 + 0.005
     assert m.loc["none", "mean"] == pytest.approx(0.595) and m.loc["relative", "mean"] == pytest.approx(0.645)
-    assert m.loc["none", "n"] == 8 and bool(m.loc["relative", "best"]) and not bool(m.loc["none", "best"])
+    assert m.loc["none", "n"] == 8 and m.loc["none", "n_cells"] == 4  # averages of 4 cell means, 8 runs
+    assert m.loc["none", "lo"] == pytest.approx(0.5 + 0.05 + 0.01 + 0.005)  # kappa .25, 1 head
+    assert m.loc["none", "hi"] == pytest.approx(0.5 + 0.1 + 0.02 + 0.005)  # kappa .5, 2 heads
     p = pivot(runs, "kappa", "num_heads")
     assert p.loc[0.5, 2] == pytest.approx(0.5 + 0.1 + 0.02 + 0.025 + 0.005)
     series = line_series(runs, "kappa", "pos_enc")
@@ -152,8 +169,11 @@ def test_generic_report_marginals_pivots_plots(workdir):
 
     res = make_report(uri, "grid3-cpu", workdir / "rep", [])
     md = (workdir / "rep" / "report.md").read_text()
-    assert "Fixed: arch = aa_resnet18" in md and "Marginal over the other axes: num_heads" in md
-    assert "Mean top-1 (%): kappa × num_heads" in md and "**best**" in md
+    assert "Fixed: arch = aa_resnet18" in md and "Average over the other axes: num_heads" in md
+    assert "Mean top-1 (%): kappa × num_heads" in md and "**best**" not in md
+    # relative leads none by exactly 5 points in every matched cell and seed: resolved; so is kappa .5 over .25
+    assert "best: lead over none resolved in 4 matched cell pair(s)" in md
+    assert "| relative vs none (κ=0.25, N_h=1) | +5.00 |" in md and "relative > none" in md
     assert {"line_kappa_by_pos_enc", "line_num_heads_by_pos_enc", "top1_vs_gflops"} <= set(res["figures"])
     assert (workdir / "rep" / "top1_vs_gflops.svg").exists()
     # logged beside the runs, on the launch run
@@ -202,6 +222,8 @@ def test_same_runs_same_files_figure_series_and_html_in_chromium(tiny_study, wor
         pytest.skip("needs Debian's chromium (scripts/test.sh installs it)")
     dom = chromium_dom((workdir / "a" / "index.html").as_uri(), tmp_path / "chr")
     assert "Table 6: positional encodings" in dom and "Figure 5" in dom and "60.50 ±" in dom
+    assert "THIN EVIDENCE" in dom and "Contrasts: each value" in dom and "**best**" not in dom
+    assert "<code>aa-study report</code>" in dom  # Markdown code as code, not backticks
     assert re.search(r'<img src="figure5.svg"', dom) and (workdir / "a" / "figure5.svg").exists()
 
 
