@@ -6,6 +6,7 @@ multiplications are an implementation device, not part of the model's cost.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Sequence
 
 import torch
@@ -17,6 +18,9 @@ from .augmented_conv import AugmentedConv2d
 class Profile(NamedTuple):
     params: int
     gflops: float
+    # FLOPs of convolutions and fully connected layers only, attention's matmuls left out: the convention that
+    # comes nearest the paper's Table 5 GFLOPs (which fall as kappa grows; benchmarks/results/paper-gflops.md)
+    gflops_conv: float = math.nan
 
     @property
     def params_m(self) -> float:
@@ -46,4 +50,6 @@ def profile(model: torch.nn.Module, input_size: Sequence[int]) -> Profile:
         for m, impl in zip(augmented, saved):
             m.attention_impl = impl
         model.train(was_training)
-    return Profile(params, counter.get_total_flops() / 1e9)
+    counts = counter.get_flop_counts().get("Global", {})
+    conv = sum(v for op, v in counts.items() if "convolution" in str(op) or "addmm" in str(op))
+    return Profile(params, counter.get_total_flops() / 1e9, conv / 1e9)

@@ -26,7 +26,7 @@ class DetectionModule(pl.LightningModule):
         self.model = aa_retinanet(num_classes, arch, min_size=min_size, max_size=max_size, **(arch_kwargs or {}))
         # GFLOPs of backbone + FPN for one min_size x min_size image (heads and post-processing excluded)
         prof = aa_modules.profile(self.model.backbone, (3, min_size, min_size))
-        self.profile = aa_modules.Profile(aa_modules.count_parameters(self.model), prof.gflops)
+        self.profile = aa_modules.Profile(aa_modules.count_parameters(self.model), prof.gflops, prof.gflops_conv)
         self._results, self._label_to_cat = [], None
         self._watch = NonFiniteWatch()
 

@@ -120,5 +120,5 @@ def fit(config: Dict[str, Any], callbacks: Optional[List[pl.Callback]] = None, l
     )
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     out = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    out.update(params=module.profile.params, gflops=module.profile.gflops)
+    out.update(params=module.profile.params, gflops=module.profile.gflops, gflops_conv=module.profile.gflops_conv)
     return out

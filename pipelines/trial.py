@@ -46,7 +46,8 @@ class TuneReport(pl.callbacks.Checkpoint):
 
         epoch = trainer.current_epoch + 1
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        metrics.update(epoch=epoch, params=pl_module.profile.params, gflops=pl_module.profile.gflops, **self.extra)
+        metrics.update(epoch=epoch, params=pl_module.profile.params, gflops=pl_module.profile.gflops,
+                       gflops_conv=pl_module.profile.gflops_conv, **self.extra)
         last = epoch >= trainer.max_epochs
         if self.every and (epoch % self.every == 0 or last):
             with tempfile.TemporaryDirectory() as d:

@@ -14,7 +14,7 @@ import pandas as pd
 from pipelines.tracking import search_runs  # MLflow only: that module imports no Ray and no model code
 
 AXES = ["arch", "kappa", "upsilon", "num_heads", "pos_enc"]
-METRICS = ["val_top1", "val_top5", "val_loss", "train_loss", "params", "gflops", "images_per_s", "epoch",
+METRICS = ["val_top1", "val_top5", "val_loss", "train_loss", "params", "gflops", "gflops_conv", "images_per_s", "epoch",
            "map", "ap50", "ap75", "aps", "apm", "apl"]
 CONTEXT = ["dataset", "data.task", "data.min_gap", "data.image_size", "epochs", "batch_size"]
 
@@ -115,7 +115,8 @@ def summarise(df: pd.DataFrame, cells: Optional[Dict[str, dict]] = None,
                "failed": int((runs["status"] == "FAILED").sum()), "running": int((runs["status"] == "RUNNING").sum()),
                "killed": int((runs["status"] == "KILLED").sum()),
                "params": fin["params"].median() if fin.shape[0] else math.nan,
-               "gflops": fin["gflops"].median() if fin.shape[0] else math.nan}
+               "gflops": fin["gflops"].median() if fin.shape[0] else math.nan,
+               "gflops_conv": fin["gflops_conv"].median() if fin.shape[0] else math.nan}
         for m in metrics:
             vals = [v for v in fin[m].tolist() if not math.isnan(v)]
             d = describe(vals)

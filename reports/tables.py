@@ -115,34 +115,41 @@ def cells_table(cells: pd.DataFrame, caption: str) -> Table:
 
 
 def table5(cells: pd.DataFrame, caption: str, paper: dict) -> Table:
-    """κ = υ sweep with relative embeddings: baseline, 0.25, 0.5, 0.75, 1.0 (and any other κ the study ran)."""
+    """κ = υ sweep with relative embeddings: baseline, 0.25, 0.5, 0.75, 1.0 (and any other κ the study ran), the
+    paper's row beside each (reports/paper_values.yaml), GFLOPs by our full count and by convolutions only."""
     disp, nums = [], []
+    rows_paper = paper.get("table5", [])
     for arch in sorted(cells["arch"].dropna().unique()):
         sub = cells[(cells["arch"] == arch)]
         base = _baseline(cells, arch)
         tied = sub[(sub["kappa"] == sub["upsilon"]) & (sub["kappa"] > 0) & (sub["pos_enc"] == "relative")]
         kappas = sorted(set(TABLE5_KAPPAS) | set(tied["kappa"].round(6)))
-        rows = [("baseline (κ=υ=0)", base)] + [
-            (f"κ=υ={k:g}", tied[(tied["kappa"] - k).abs() < 1e-9].iloc[0] if ((tied["kappa"] - k).abs() < 1e-9).any() else None)
+        rows = [("baseline (κ=υ=0)", 0.0, base)] + [
+            (f"κ=υ={k:g}", k, tied[(tied["kappa"] - k).abs() < 1e-9].iloc[0] if ((tied["kappa"] - k).abs() < 1e-9).any() else None)
             for k in kappas]
-        for label, r in rows:
-            p = _paper(paper.get("table5", []), arch=arch, kappa=0.0 if r is None else float(r["kappa"])) if r is not None else None
+        for label, k, r in rows:
+            p = _paper(rows_paper, arch=arch, kappa=float(k))
             d = {"Architecture": arch, "Setting": label}
             if r is None:
-                d.update({"GFLOPs": "", "Params (M)": "", "top-1": "", "top-5": "", "n": "not in this study",
-                          "Δ top-1": ""})
+                d.update({"GFLOPs": "", "GFLOPs (conv only)": "", "Params (M)": "", "top-1": "", "top-5": "",
+                          "n": "not in this study", "Δ top-1": ""})
             else:
-                d.update({"GFLOPs": _num(r["gflops"], 3), "Params (M)": _num(r["params"], 3, 1e-6)})
+                d.update({"GFLOPs": _num(r["gflops"], 3), "GFLOPs (conv only)": _num(r.get("gflops_conv"), 3),
+                          "Params (M)": _num(r["params"], 3, 1e-6)})
                 d.update(_metric_cells(r, [("val_top1", "top-1"), ("val_top5", "top-5")]))
                 d["n"] = str(int(r["n"])) if r["n"] else missing(r)
                 d["Δ top-1"] = _delta(r, base)
                 nums.append({"setting": label, **r.to_dict()})
-            d["paper top-1"] = _num(p["top1"]) if p else ""
-            d["paper top-5"] = _num(p["top5"]) if p else ""
+            for key, col in (("gflops", "paper GFLOPs"), ("params", "paper params (M)"), ("top1", "paper top-1"),
+                             ("top5", "paper top-5")):
+                d[col] = _num(p[key], 1) if p and p.get(key) is not None else ""
             disp.append(d)
+    src = paper.get("sources", {}).get("table5", "")
     return Table("table5", "Table 5: attention channels κ = υ (relative embeddings)",
-                 caption + " Paper values: not known to us for Table 5 (blank until added with their page).",
-                 pd.DataFrame(disp), pd.DataFrame(nums))
+                 caption + f" Paper columns: {src}; the paper's values are for AA-ResNet-50 on ImageNet (the other "
+                 "architectures have none). GFLOPs: ours count every multiply-add of the network, attention's "
+                 "matmuls included; 'conv only' leaves attention's matmuls out, the convention nearest the paper's "
+                 "falling GFLOPs (benchmarks/results/paper-gflops.md).", pd.DataFrame(disp), pd.DataFrame(nums))
 
 
 def table6(cells: pd.DataFrame, caption: str, paper: dict, metrics=None, name="table6") -> Table:
