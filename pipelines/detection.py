@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import time
 
 import pytorch_lightning as pl
@@ -77,16 +78,22 @@ class DetectionModule(pl.LightningModule):
 
 
 def coco_stats(gt, results) -> dict:
-    """COCOeval's bbox summary as {map, ap50, ap75, aps, apm, apl} (0 where there is nothing to score)."""
+    """COCOeval's bbox summary as {map, ap50, ap75, aps, apm, apl}. A metric COCOeval cannot define (its -1: no
+    ground-truth object of that size in the set) is NaN, stored and shown as missing, never 0. No detection at
+    all scores 0 where there is ground truth to find."""
     from pycocotools.cocoeval import COCOeval
 
     results = [r for r in results if r["category_id"] != -1]
     if not results:
-        return dict.fromkeys(COCO_STATS, 0.0)
+        areas = [a.get("area", a["bbox"][2] * a["bbox"][3]) for a in gt.dataset.get("annotations", [])]
+        present = {"map": bool(areas), "ap50": bool(areas), "ap75": bool(areas),
+                   "aps": any(a < 32 ** 2 for a in areas), "apm": any(32 ** 2 <= a < 96 ** 2 for a in areas),
+                   "apl": any(a >= 96 ** 2 for a in areas)}
+        return {k: 0.0 if present[k] else math.nan for k in COCO_STATS}
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(results)
         ev = COCOeval(gt, dt, "bbox")
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {k: max(0.0, float(v)) for k, v in zip(COCO_STATS, ev.stats[:6])}
+    return {k: float(v) if v >= 0 else math.nan for k, v in zip(COCO_STATS, ev.stats[:6])}

@@ -83,7 +83,8 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
             t.caption = "Thin evidence (see the report's banner). " + t.caption
     tables += gtables
     for t in tables:  # a metric no run has (top-5 of a 2-class task) is not a column
-        empty = [c for c in t.display.columns if c.endswith("top-5") and not t.display[c].astype(bool).any()]
+        empty = [c for c in t.display.columns if c.endswith("top-5")
+                 and not t.display[c].map(lambda v: v not in ("", "n/a")).any()]
         t.display = t.display.drop(columns=empty)
     for t in tables:
         (out / f"{t.name}.md").write_text(T.to_markdown(t))

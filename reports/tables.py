@@ -38,8 +38,10 @@ def paper_values() -> dict:
 
 # ------------------------------------------------------------------------------------------ formats
 def pm(mean: float, ci: float, n: int, scale: float = 100.0, digits: int = 2) -> str:
-    if n == 0 or mean is None or (isinstance(mean, float) and math.isnan(mean)):
+    if n == 0:
         return ""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"  # finished runs, but the metric is undefined for this data (COCOeval's -1, top-5 of 2 classes)
     if n < 2 or math.isnan(ci):
         return f"{mean * scale:.{digits}f} (n={n})"
     return f"{mean * scale:.{digits}f} ± {ci * scale:.{digits}f}"

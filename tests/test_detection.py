@@ -3,6 +3,7 @@ and a tiny detection study through Ray Tune and MLflow."""
 import contextlib
 import io
 import json
+import math
 
 import numpy as np
 import pytest
@@ -56,7 +57,10 @@ def test_cocoeval_ground_truth_scores_one_and_shifted_boxes_less(coco_root):
     shifted = [{**d, "bbox": [d["bbox"][0] + d["bbox"][2] * 0.3, d["bbox"][1], d["bbox"][2], d["bbox"][3]]} for d in perfect]
     s = coco_stats(gt, shifted)
     assert s["map"] < 0.7 and s["ap50"] >= s["ap75"]
-    assert coco_stats(gt, [])["map"] == 0.0
+    empty = coco_stats(gt, [])
+    assert empty["map"] == 0.0 and empty["aps"] == 0.0
+    # 64 px images hold no object of COCO's "large" size (area >= 96^2): APl is undefined, NaN, never 0
+    assert math.isnan(empty["apl"]) and math.isnan(coco_stats(gt, perfect)["apl"])
 
 
 def test_flip_moves_boxes_with_the_image(coco_root):
