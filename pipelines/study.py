@@ -140,7 +140,7 @@ class MlflowRecorder(tune.Callback):
 
 
 _METRICS = ("train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "peak_gpu_mem_gib",
-            "params", "gflops", "gflops_conv", "epoch", "map", "ap50", "ap75", "aps", "apm", "apl")
+            "params", "gflops", "gflops_conv", "num_classes", "epoch", "map", "ap50", "ap75", "aps", "apm", "apl")
 
 
 def _error_text(trial) -> str:

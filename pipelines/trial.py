@@ -48,6 +48,8 @@ class TuneReport(pl.callbacks.Checkpoint):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics.update(epoch=epoch, params=pl_module.profile.params, gflops=pl_module.profile.gflops,
                        gflops_conv=pl_module.profile.gflops_conv, **self.extra)
+        if "num_classes" in getattr(pl_module, "hparams", {}):  # classification: reports draw chance level
+            metrics["num_classes"] = float(pl_module.hparams["num_classes"])
         last = epoch >= trainer.max_epochs
         if self.every and (epoch % self.every == 0 or last):
             with tempfile.TemporaryDirectory() as d:

@@ -61,7 +61,7 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
             tables.append(T.table6(cells, caption, paper, metrics=[("map", "mAP"), ("ap50", "AP50"), ("ap75", "AP75")],
                                    name="table7"))
         elif name == "figure5":
-            tables.append(T.figure5(cells, caption, out))
+            tables.append(T.figure5(cells, caption, out, T.chance_level(runs)))
     if not cells.empty and not detection:
         tables.append(T.cells_table(cells, caption))
     from .generic import generic_report

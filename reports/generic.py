@@ -17,7 +17,7 @@ from typing import Dict, List, Tuple
 import pandas as pd
 
 from .runs import AXES, describe
-from .tables import Table, pm
+from .tables import BASELINE_LABEL, Table, chance_level, dodge, draw_chance, style
 
 NUMERIC_AXES = ("kappa", "upsilon", "num_heads")
 CATEGORICAL_AXES = ("pos_enc", "arch")
@@ -142,7 +142,7 @@ def line_series(runs: pd.DataFrame, axis: str, by: str, metric: str = "val_top1"
     return out
 
 
-def _plot_lines(runs, axis, by, metric, out: Path) -> str:  # noqa: C901
+def _plot_lines(runs, axis, by, metric, out: Path, chance=None) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,12 +150,18 @@ def _plot_lines(runs, axis, by, metric, out: Path) -> str:  # noqa: C901
 
     plt.rcParams["svg.hashsalt"] = "aa-study"
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    for i, (cat, pts) in enumerate(line_series(runs, axis, by, metric).items()):
-        ax.errorbar(pts["x"], pts["mean"] * 100, yerr=(pts["ci95"] * 100).fillna(0), marker="o", capsize=3,
-                    label=f"{by}={cat}", color=f"C{i}")
+    lines = line_series(runs, axis, by, metric)
+    xs = [x for pts in lines.values() for x in pts["x"]] or [0.0]
+    log = axis == "num_heads"
+    for i, (cat, pts) in enumerate(lines.items()):
+        shift = dodge(i, len(lines), float(max(xs) - min(xs)), log)
+        x = pts["x"] * shift if log else pts["x"] + shift
+        ax.errorbar(x, pts["mean"] * 100, yerr=(pts["ci95"] * 100).fillna(0), capsize=3, label=f"{by}={cat}",
+                    **(style(cat, i) if by == "pos_enc" else dict(color=f"C{i}", marker="o")))
+    draw_chance(ax, chance)
     ax.set_xlabel(axis)
     ax.set_ylabel("top-1 (%)" if metric == "val_top1" else f"{metric} (%)")
-    if axis == "num_heads":
+    if log:
         ax.set_xscale("log", base=2)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -167,7 +173,7 @@ def _plot_lines(runs, axis, by, metric, out: Path) -> str:  # noqa: C901
     return name
 
 
-def _plot_cost(runs, metric, out: Path) -> str:
+def _plot_cost(runs, metric, out: Path, chance=None) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,12 +181,25 @@ def _plot_cost(runs, metric, out: Path) -> str:
 
     fin = _finished(runs, metric)
     plt.rcParams["svg.hashsalt"] = "aa-study"
-    fin = fin.assign(pos_enc=fin["pos_enc"].where((fin["kappa"] > 0) | (fin["upsilon"] > 0), "no attention (κ=0)"))
-    cells = fin.groupby("cell").agg(top1=(metric, "mean"), gflops=("gflops", "median"), params=("params", "median"),
-                                    pos_enc=("pos_enc", "first"))
+    fin = fin.assign(pos_enc=fin["pos_enc"].where((fin["kappa"] > 0) | (fin["upsilon"] > 0), "baseline"))
+    rows = []
+    for cell, g in fin.groupby("cell"):
+        d = describe(g[metric].tolist())
+        rows.append({"cell": cell, "top1": d["mean"], "ci95": d["ci95"], "gflops": g["gflops"].median(),
+                     "pos_enc": g["pos_enc"].iloc[0]})
+    cells = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     for i, (enc, g) in enumerate(cells.groupby("pos_enc", sort=True)):
-        ax.scatter(g["gflops"], g["top1"] * 100, label=enc, color=f"C{i}")
+        ax.errorbar(g["gflops"], g["top1"] * 100, yerr=(g["ci95"] * 100).fillna(0), linestyle="none", capsize=3,
+                    label=BASELINE_LABEL if enc == "baseline" else enc, **style(enc, i))
+    draw_chance(ax, chance)
+    # honest ranges: cost from zero; accuracy from chance (or zero) to the top of the highest error bar
+    top = float(((cells["top1"] + cells["ci95"].fillna(0)) * 100).max()) if len(cells) else math.nan
+    xmax = float(cells["gflops"].max()) if len(cells) else math.nan
+    if math.isfinite(xmax) and xmax > 0:
+        ax.set_xlim(0, xmax * 1.1)
+    if math.isfinite(top):
+        ax.set_ylim((chance * 100 if chance is not None else 0.0) * 0.95, min(100.0, top + 2) if top <= 100 else top * 1.02)
     ax.set_xlabel("GFLOPs per image")
     ax.set_ylabel("top-1 (%)" if metric == "val_top1" else f"{metric} (%)")
     ax.grid(alpha=0.3)
@@ -216,6 +235,6 @@ def generic_report(runs: pd.DataFrame, caption: str, out: Path, metric: str = "v
             by = cats[0] if cats else "pos_enc"
             if f"line_{axis}_by_{by}" in skip_figures:  # drawn already as a paper figure (Figure 5)
                 continue
-            figures.append(_plot_lines(runs, axis, by, metric, out))
-        figures.append(_plot_cost(runs, metric, out))
+            figures.append(_plot_lines(runs, axis, by, metric, out, chance_level(runs)))
+        figures.append(_plot_cost(runs, metric, out, chance_level(runs)))
     return tables, figures, fixed_line

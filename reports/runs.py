@@ -14,7 +14,7 @@ import pandas as pd
 from pipelines.tracking import search_runs  # MLflow only: that module imports no Ray and no model code
 
 AXES = ["arch", "kappa", "upsilon", "num_heads", "pos_enc"]
-METRICS = ["val_top1", "val_top5", "val_loss", "train_loss", "params", "gflops", "gflops_conv", "images_per_s", "epoch",
+METRICS = ["val_top1", "val_top5", "val_loss", "train_loss", "params", "gflops", "gflops_conv", "num_classes", "images_per_s", "epoch",
            "map", "ap50", "ap75", "aps", "apm", "apl"]
 CONTEXT = ["dataset", "data.task", "data.min_gap", "data.image_size", "epochs", "batch_size"]
 

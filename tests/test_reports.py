@@ -30,7 +30,8 @@ def _crafted(tiny_study, workdir, values, statuses=None):
         status = (statuses or {}).get(key, "FINISHED")
         rid = tracker.start_trial(exp, parent, study, t)
         if key in values:
-            tracker.log_metrics(rid, {"val_top1": values[key], "params": 1e6, "gflops": 0.5}, step=t.config["epochs"])
+            tracker.log_metrics(rid, {"val_top1": values[key], "params": 1e6, "gflops": 0.5 + t.config["kappa"],
+                                      "num_classes": 2}, step=t.config["epochs"])
         if status != "RUNNING":
             tracker.end(rid, status)
     tracker.end(parent, "FINISHED")
@@ -79,6 +80,25 @@ def test_report_contrasts_say_not_resolved_and_how_many_seeds(tiny_study, workdi
     assert "| +30.50 |" in row
     assert "THIN EVIDENCE: 4 of 4 cells have fewer than 3 finished seeds" in md
     assert md.count("PROXY study") == 1  # the setting once, at the top, not in every table
+
+
+def test_figure5_table_lists_the_baseline_once(tmp_path):
+    import pandas as pd
+
+    from reports.tables import figure5
+
+    cells = pd.DataFrame([
+        {"cell": "b", "arch": "aa_resnet18", "kappa": 0.0, "upsilon": 0.0, "pos_enc": "none", "n": 2,
+         "val_top1_mean": 0.5, "val_top1_ci95": 0.01},
+        {"cell": "r", "arch": "aa_resnet18", "kappa": 0.5, "upsilon": 0.5, "pos_enc": "relative", "n": 2,
+         "val_top1_mean": 0.7, "val_top1_ci95": 0.01},
+        {"cell": "n", "arch": "aa_resnet18", "kappa": 0.5, "upsilon": 0.5, "pos_enc": "none", "n": 2,
+         "val_top1_mean": 0.6, "val_top1_ci95": 0.01}])
+    t = figure5(cells, "caption.", tmp_path, chance=0.5)
+    assert len(t.numbers) == 4  # drawn: the baseline starts both series
+    assert list(t.display["cell"]) == ["b", "r", "n"]  # listed: once
+    assert list(t.display["series"]) == ["no attention (κ=0)", "relative", "none"]
+    assert "chance (50 %)" in (tmp_path / "figure5.svg").read_text()
 
 
 def test_report_shows_cells_without_any_run_as_missing(tiny_study, workdir):
@@ -215,7 +235,11 @@ def test_same_runs_same_files_figure_series_and_html_in_chromium(tiny_study, wor
     x, y = series["with relative embeddings"]
     assert x == [0.25, 0.5] and y == pytest.approx([100 * (0.5 + 0.05 + 0.05 + 0.005), 100 * (0.5 + 0.1 + 0.05 + 0.005)])
     svg = (workdir / "a" / "figure5.svg").read_text()
-    assert "with relative embeddings" in svg and "without position encoding" in svg
+    assert "with relative embeddings" in svg and "without position encoding" in svg and "chance (50 %)" in svg
+    # Figure 5 and the generic κ line plot would draw the same data: only Figure 5 is drawn
+    assert "line_kappa_by_pos_enc" not in a["figures"] and "top1_vs_gflops" in a["figures"]
+    assert "chance (50 %)" in (workdir / "a" / "top1_vs_gflops.svg").read_text()
+
 
     from conftest import CHROMIUM, chromium_dom
     if CHROMIUM is None:
