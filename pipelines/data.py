@@ -102,6 +102,7 @@ class DeviceBatches:
         self.mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
         self.drop_last, self.epoch, self.seed = drop_last, 0, seed
+        self.epoch_of = None  # a callable giving the epoch to draw, else the count of epochs drawn
         self._fixed = None  # the normalised images when neither shuffled nor augmented (validation)
 
     def __len__(self):
@@ -148,6 +149,8 @@ class DeviceBatches:
         return out, self.labels[order]
 
     def __iter__(self):
+        if self.epoch_of is not None:  # the trainer's epoch, read when the epoch starts (after a resume's restore)
+            self.epoch = self.epoch_of()
         x, y = self._epoch()
         for i in range(len(self)):
             yield x[i * self.batch_size:(i + 1) * self.batch_size], y[i * self.batch_size:(i + 1) * self.batch_size]
@@ -199,8 +202,12 @@ class TensorDataModule(pl.LightningDataModule):
 
     def train_dataloader(self):
         batches = self._batches(self._train, True)
-        if self.trainer is not None:  # a fit resumed from a checkpoint continues the epochs' shuffles
-            batches.epoch = self.trainer.current_epoch
+        if self.trainer is not None:
+            # A fit resumed from a checkpoint continues the epochs' shuffles. Read the epoch when each epoch
+            # starts: Lightning asks for this loader (to count steps for the schedule) before it restores the
+            # checkpoint's epoch, so the epoch known here would be 0 and a resumed trial would replay epoch 0.
+            trainer = self.trainer
+            batches.epoch_of = lambda: trainer.current_epoch
         return batches
 
     def val_dataloader(self):
