@@ -189,8 +189,10 @@ def _plot_cost(runs, metric, out: Path, chance=None) -> str:
                      "pos_enc": g["pos_enc"].iloc[0]})
     cells = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    for i, (enc, g) in enumerate(cells.groupby("pos_enc", sort=True)):
-        ax.errorbar(g["gflops"], g["top1"] * 100, yerr=(g["ci95"] * 100).fillna(0), linestyle="none", capsize=3,
+    groups = list(cells.groupby("pos_enc", sort=True))
+    span = float(cells["gflops"].max()) if len(cells) else 1.0
+    for i, (enc, g) in enumerate(groups):  # offset per encoding: cells of equal cost do not hide each other
+        ax.errorbar(g["gflops"] + dodge(i, len(groups), span), g["top1"] * 100, yerr=(g["ci95"] * 100).fillna(0), linestyle="none", capsize=3,
                     label=BASELINE_LABEL if enc == "baseline" else enc, **style(enc, i))
     draw_chance(ax, chance)
     # honest ranges: cost from zero; accuracy from chance (or zero) to the top of the highest error bar
