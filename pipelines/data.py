@@ -10,6 +10,7 @@ with one line naming what is wrong.
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -96,8 +97,9 @@ class DeviceBatches:
 
     CHUNK = 8192  # images prepared at once (bounds the temporaries of the crop)
 
-    def __init__(self, images, labels, batch_size, *, shuffle, augment, flip, mean, std, seed=0, drop_last=False):
-        self.images, self.labels = images, labels
+    def __init__(self, images, labels, batch_size, *, shuffle, augment, flip, mean, std, seed=0, drop_last=False,
+                 pad=None):
+        self.images, self.labels, self.pad = images, labels, pad
         self.batch_size, self.shuffle, self.augment, self.flip = batch_size, shuffle, augment, flip
         self.mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
@@ -110,10 +112,10 @@ class DeviceBatches:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _augment(self, x, g):
-        """Random translation by up to H/8 pixels (zero padding) and, if enabled, a horizontal flip."""
+        """Random translation by up to `pad` (default H/8) pixels (zero padding) and, if enabled, a horizontal flip."""
         B, C, H, W = x.shape
-        pad = max(1, H // 8)
-        x = F.pad(x, (pad, pad, pad, pad))
+        pad = max(1, H // 8) if self.pad is None else self.pad
+        x = F.pad(x, (pad, pad, pad, pad)) if pad else x
         dy = torch.randint(0, 2 * pad + 1, (B,), generator=g, device=x.device)
         dx = torch.randint(0, 2 * pad + 1, (B,), generator=g, device=x.device)
         rows = (dy[:, None] + torch.arange(H, device=x.device))[:, None, :, None]
@@ -261,19 +263,106 @@ class SyntheticDataModule(TensorDataModule):
         return make_synthetic(self.task, n, self.size, seed=2 * self.data_seed + offset, min_gap=self.min_gap)
 
 
+AUGMENT_PRESETS = ("auto", "none", "light", "imagenet")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The random stream of one sample's augmentation in one epoch: a function of (seed, epoch, index) only."""
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2 ** 63)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Indices ``epoch * n + i`` in a seeded per-epoch order: the dataset reads the epoch from the index, so an
+    image's augmentation depends on (seed, epoch, image) only, whatever the number of loader workers."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool):
+        self.n, self.seed, self.shuffle, self.epoch, self.epoch_of = n, seed, shuffle, 0, None
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        e = self.epoch_of() if self.epoch_of is not None else self.epoch
+        self.epoch = e + 1
+        g = torch.Generator().manual_seed(self.seed * 100003 + e)
+        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        return iter((order + e * self.n).tolist())
+
+
+class SeededImages(torch.utils.data.Dataset):
+    """(path, label) samples decoded with PIL and transformed under a per-(seed, epoch, image) random seed."""
+
+    def __init__(self, samples, transform, seed: int):
+        self.samples, self.transform, self.seed = samples, transform, seed
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, k):
+        from PIL import Image
+
+        epoch, i = divmod(int(k), len(self.samples))
+        path, label = self.samples[i]
+        with Image.open(path) as im:
+            img = im.convert("RGB")
+        with torch.random.fork_rng(devices=[]):  # the process's own stream (workers=0: the trainer's) untouched
+            torch.manual_seed(_sample_seed(self.seed, epoch, i))
+            return self.transform(img), label
+
+
 class ImageFolderDataModule(pl.LightningDataModule):
     """Any ImageFolder tree (a folder per class): ``root/train`` + ``root/val``, or one tree split by
-    ``val_fraction``. ImageNet is this with the standard 224 px transforms (`imagenet`)."""
+    ``val_fraction``. ImageNet is this with the standard 224 px transforms (`imagenet`).
+
+    Augmentation (``augment``): ``light`` pads by ``pad`` pixels (default image_size // 8) and crops back, the
+    CIFAR recipe; ``imagenet`` is RandomResizedCrop(scale=``crop_scale``); ``none`` only resizes;
+    ``auto`` (default) is light below 128 px, imagenet from 128 px. ``flip`` (default true) adds a random
+    horizontal flip: turn it off for data with handedness (symbols, text). Every image is resized to
+    image_size on its shorter side and centre-cropped square (validation likewise, with no augmentation).
+
+    Where it is held (``resident``): ``auto`` (default) decodes a tree whose images fit in
+    ``RESIDENT_MAX_BYTES`` once into uint8 tensors, cached in a file under $AA_STUDY_HOME/data, and keeps them on
+    the training device, augmented there (presets none and light); larger trees, and the imagenet preset, are
+    read by DataLoader workers. Either way an image's augmentation in an epoch is a function of (seed, epoch,
+    image): the same seed gives the same result whatever ``num_workers`` is.
+    """
 
     name = "imagefolder"
     in_channels = 3
+    RESIDENT_MAX_BYTES = 2 * 2 ** 30
 
     def __init__(self, root: str, batch_size: int = 64, image_size: int = 224, val_fraction: float = 0.1,
-                 num_workers: int = 4, seed: int = 0, resize: Optional[int] = None, device=None):
+                 num_workers: int = 4, seed: int = 0, resize: Optional[int] = None, device=None,
+                 augment: str = "auto", flip: bool = True, pad: Optional[int] = None, crop_scale=(0.08, 1.0),
+                 resident="auto"):
         super().__init__()
+        if augment not in AUGMENT_PRESETS:
+            raise DataError(f"augment must be one of {', '.join(AUGMENT_PRESETS)}; got {augment!r}")
+        if not isinstance(flip, bool):
+            raise DataError(f"flip must be true or false; got {flip!r}")
+        if pad is not None and (not isinstance(pad, int) or isinstance(pad, bool) or pad < 0):
+            raise DataError(f"pad must be an integer >= 0; got {pad!r}")
+        try:
+            lo, hi = (float(v) for v in crop_scale)
+        except (TypeError, ValueError):
+            raise DataError(f"crop_scale must be two numbers [min, max]; got {crop_scale!r}") from None
+        if not 0 < lo <= hi <= 1:
+            raise DataError(f"crop_scale must satisfy 0 < min <= max <= 1; got {crop_scale!r}")
+        if resident not in ("auto", True, False):
+            raise DataError(f"resident must be auto, true or false; got {resident!r}")
+        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+            raise DataError(f"num_workers must be an integer >= 0; got {num_workers!r}")
         self.root, self.batch_size, self.size = Path(root), batch_size, image_size
         self.val_fraction, self.num_workers, self.seed = val_fraction, num_workers, seed
-        self.resize = resize or int(round(image_size * 256 / 224))
+        self.resize = resize or (int(round(image_size * 256 / 224)) if image_size >= 128 else image_size)
+        self.preset = augment if augment != "auto" else ("imagenet" if image_size >= 128 else "light")
+        self.flip, self.pad, self.crop_scale = flip, (image_size // 8 if pad is None else pad), (lo, hi)
+        if resident is True and self.preset == "imagenet":
+            raise DataError("resident: true holds images at their final size; use augment: light or none with it "
+                            "(the imagenet preset crops from the full image, in the loader)")
+        self.resident_option, self.device = resident, device
+        self._samples = None
         self._train = self._val = None
 
     def _trees(self):
@@ -287,11 +376,14 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def check(self):
         from PIL import Image, UnidentifiedImageError
 
-        for tree in filter(None, self._trees()):
-            classes = [d for d in tree.iterdir() if d.is_dir()]
+        trees = self._trees()
+        names = []
+        for tree in filter(None, trees):
+            classes = sorted(d.name for d in tree.iterdir() if d.is_dir())
             if not classes:
                 raise DataError(f"{tree} has no class folders (expected {tree}/<class>/<image>)")
-            files = sorted(p for d in classes for p in d.rglob("*") if p.is_file())
+            names.append(classes)
+            files = sorted(p for d in classes for p in (tree / d).rglob("*") if p.is_file())
             if not files:
                 raise DataError(f"{tree}: the class folders hold no image files")
             if len(files) > self.VERIFY_ALL_UP_TO:
@@ -303,40 +395,157 @@ class ImageFolderDataModule(pl.LightningDataModule):
                         im.verify()
                 except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
                     raise DataError(f"{f}: not a readable image ({type(e).__name__}: {e})".replace("\n", " ")) from None
+        if len(names[0]) < 2:
+            raise DataError(f"{trees[0]} has {len(names[0])} class folder ({', '.join(names[0])}): a classifier "
+                            "needs at least two")
+        if len(names) == 2:
+            missing_ = sorted(set(names[1]) - set(names[0]))
+            if missing_:
+                raise DataError(f"{trees[1]} has classes that {trees[0]} lacks: {', '.join(missing_[:5])}"
+                                + (f" and {len(missing_) - 5} more" if len(missing_) > 5 else ""))
+        print(self.summary())
+
+    def _split(self):
+        """(train samples, val samples, class names): lists of (path, label), labels from the train tree."""
+        if self._samples is None:
+            from torchvision import datasets
+
+            train_dir, val_dir = self._trees()
+            train = datasets.ImageFolder(train_dir)
+            if val_dir is not None:
+                val = datasets.ImageFolder(val_dir)
+                remap = {i: train.class_to_idx[c] for c, i in val.class_to_idx.items()}
+                self._samples = (train.samples, [(p, remap[y]) for p, y in val.samples], train.classes)
+            else:
+                perm = torch.randperm(len(train.samples), generator=torch.Generator().manual_seed(self.seed)).tolist()
+                n_val = max(1, int(len(perm) * self.val_fraction))
+                self._samples = ([train.samples[i] for i in perm[n_val:]], [train.samples[i] for i in perm[:n_val]],
+                                 train.classes)
+        return self._samples
+
+    def summary(self) -> str:
+        """One line: classes, images per split, the image sizes seen (a sample of up to 200), the choices made."""
+        from PIL import Image
+
+        train, val, classes = self._split()
+        sizes = set()
+        for path, _ in (train + val)[:: max(1, len(train + val) // 200)]:
+            with Image.open(path) as im:
+                sizes.add(im.size)
+        seen = (f"{next(iter(sizes))[0]}x{next(iter(sizes))[1]}" if len(sizes) == 1 else
+                f"mixed ({len(sizes)} sizes, {min(w for w, _ in sizes)}-{max(w for w, _ in sizes)} px wide)")
+        aug = {"none": "none", "light": f"light (pad {self.pad} + crop)",
+               "imagenet": f"imagenet (RandomResizedCrop scale {self.crop_scale[0]:g}-{self.crop_scale[1]:g})"}[self.preset]
+        return (f"{self.name} {self.root}: {len(classes)} classes, {len(train)} train / {len(val)} val images, "
+                f"sizes seen {seen}; at {self.size} px, augment {aug}{', flip' if self.flip else ', no flip'}; "
+                f"{'held on the training device' if self.resident else f'read by {self.num_workers} loader workers'}")
 
     @property
     def num_classes(self):
-        return len([d for d in self._trees()[0].iterdir() if d.is_dir()])
+        return len(self._split()[2])
 
     @property
     def image_size(self):
         return (self.size, self.size)
 
-    def setup(self, stage=None):
-        from torchvision import datasets, transforms as T
+    @property
+    def resident(self) -> bool:
+        if self.resident_option != "auto":
+            return bool(self.resident_option)
+        if self.preset == "imagenet":
+            return False
+        train, val, _ = self._split()
+        return (len(train) + len(val)) * 3 * self.size * self.size <= self.RESIDENT_MAX_BYTES
 
-        norm = T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-        train_tf = T.Compose([T.RandomResizedCrop(self.size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
-        val_tf = T.Compose([T.Resize(self.resize), T.CenterCrop(self.size), T.ToTensor(), norm])
-        train_dir, val_dir = self._trees()
-        if val_dir is not None:
-            self._train, self._val = datasets.ImageFolder(train_dir, train_tf), datasets.ImageFolder(val_dir, val_tf)
+    # ------------------------------------------------------------------------------------ transforms
+    def transforms(self):
+        """(train transform, val transform) of the loader path; PIL image -> normalised float tensor."""
+        from torchvision import transforms as T
+
+        norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        base = [T.Resize(self.resize), T.CenterCrop(self.size)]
+        flip = [T.RandomHorizontalFlip()] if self.flip else []
+        if self.preset == "imagenet":
+            train = [T.RandomResizedCrop(self.size, scale=self.crop_scale)] + flip
+        elif self.preset == "light":
+            train = [T.Resize(self.size), T.CenterCrop(self.size)] + (
+                [T.RandomCrop(self.size, padding=self.pad)] if self.pad else []) + flip
+        else:
+            train = [T.Resize(self.size), T.CenterCrop(self.size)] + flip
+        return T.Compose(train + norm), T.Compose(base + norm)
+
+    def _decoded(self, samples, split):
+        """uint8 (N, 3, S, S) and int64 labels of the samples, resized and centre-cropped; cached on disk."""
+        import hashlib
+
+        from PIL import Image
+        from torchvision.transforms import functional as TF
+
+        from .tracking import default_home
+
+        # the key changes with any file's path, size or time, the label map or the size: a stale cache is never read
+        key = repr((str(self.root.resolve()), split, self.size,
+                    [(str(p), os.path.getsize(p), os.path.getmtime(p), y) for p, y in samples]))
+        sig = hashlib.sha1(key.encode()).hexdigest()[:16]
+        cache = default_home() / "data" / "imagefolder-cache" / f"{sig}.pt"
+        if cache.is_file():
+            try:
+                x, y = torch.load(cache, weights_only=True)
+                return x, y
+            except Exception:  # noqa: BLE001 - a partial or foreign file: decode again
+                pass
+        x = torch.empty((len(samples), 3, self.size, self.size), dtype=torch.uint8)
+        for i, (path, _) in enumerate(samples):
+            with Image.open(path) as im:
+                img = TF.center_crop(TF.resize(im.convert("RGB"), self.size), self.size)
+            x[i] = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        y = torch.tensor([label for _, label in samples], dtype=torch.int64)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        torch.save((x, y), tmp)
+        os.replace(tmp, cache)  # atomic: concurrent trials never read half a file
+        return x, y
+
+    def setup(self, stage=None):
+        train, val, _ = self._split()
+        if self.resident:
+            dev = self.device or (self.trainer.strategy.root_device if self.trainer else torch.device("cpu"))
+            self._train = tuple(t.to(dev) for t in self._decoded(train, "train"))
+            self._val = tuple(t.to(dev) for t in self._decoded(val, "val"))
             return
-        full_train, full_val = datasets.ImageFolder(train_dir, train_tf), datasets.ImageFolder(train_dir, val_tf)
-        perm = torch.randperm(len(full_train), generator=torch.Generator().manual_seed(self.seed)).tolist()
-        n_val = max(1, int(len(perm) * self.val_fraction))
-        self._train = torch.utils.data.Subset(full_train, perm[n_val:])
-        self._val = torch.utils.data.Subset(full_val, perm[:n_val])
+        train_tf, val_tf = self.transforms()
+        self._train, self._val = SeededImages(train, train_tf, self.seed), SeededImages(val, val_tf, self.seed)
+
+    def _device_batches(self, data, train):
+        batches = DeviceBatches(*data, self.batch_size, shuffle=train, augment=train and self.preset == "light",
+                                flip=train and self.flip, mean=IMAGENET_MEAN, std=IMAGENET_STD, seed=self.seed,
+                                drop_last=False, pad=self.pad)
+        if train and self.preset == "none" and self.flip:
+            batches.augment = True  # flip only
+            batches.pad = 0
+        return batches
 
     def _loader(self, ds, train):
-        return torch.utils.data.DataLoader(ds, batch_size=self.batch_size, shuffle=train, drop_last=False,
+        sampler = EpochSampler(len(ds), self.seed, shuffle=train)
+        if train and self.trainer is not None:
+            trainer = self.trainer
+            sampler.epoch_of = lambda: trainer.current_epoch  # see TensorDataModule.train_dataloader
+        return torch.utils.data.DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=False,
                                            num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
                                            persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self):
+        if self.resident:
+            batches = self._device_batches(self._train, True)
+            if self.trainer is not None:
+                trainer = self.trainer
+                batches.epoch_of = lambda: trainer.current_epoch
+            return batches
         return self._loader(self._train, True)
 
     def val_dataloader(self):
+        if self.resident:
+            return self._device_batches(self._val, False)
         return self._loader(self._val, False)
 
 

@@ -74,7 +74,7 @@ def test_imagefolder_png_tree_with_split(tmp_path):
         for i in range(5):
             Image.fromarray(np.full((40, 30, 3), color, np.uint8)).save(tmp_path / c / f"{i}.png")
     dm = make_datamodule("imagefolder", root=str(tmp_path), batch_size=4, image_size=32, val_fraction=0.2,
-                         num_workers=0)
+                         num_workers=0, resident=False)
     dm.check()
     dm.setup()
     assert dm.num_classes == 2

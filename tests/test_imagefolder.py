@@ -1,0 +1,128 @@
+"""A user's own ImageFolder tree: augmentation presets, flips that can be turned off, the device-resident path
+(decoded once, cached) against the loader path, the same result whatever the number of loader workers, and the
+checks made before any work."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines.data import DataError, ImageFolderDataModule, make_datamodule
+
+
+def _tree(root, classes=3, train=10, val=4, size=16, seed=0):
+    """root/train and root/val, one folder per class; each class an asymmetric glyph (an L at a class-specific
+    corner) with noise, so that a flip changes an image."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train), ("val", val)):
+        for c in range(classes):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 40, (size, size), dtype=np.uint8)
+                r0, c0 = (2 + c * 3) % (size - 6), 1
+                img[r0:r0 + 5, c0] = 255
+                img[r0 + 4, c0:c0 + 4] = 255
+                Image.fromarray(img, mode="L").save(d / f"{i}.png")
+    return root
+
+
+def _dm(root, **kw):
+    dm = make_datamodule("imagefolder", root=str(root), **{"batch_size": 8, "image_size": 16, "num_workers": 0, **kw})
+    dm.check()
+    dm.setup()
+    return dm
+
+
+def _epoch(loader):
+    xs, ys = zip(*list(loader))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def test_presets_shapes_ranges_and_auto_by_size(tmp_path, workdir):
+    root = _tree(tmp_path / "t")
+    assert ImageFolderDataModule(str(root), image_size=32).preset == "light"
+    assert ImageFolderDataModule(str(root), image_size=224).preset == "imagenet"
+    for preset in ("none", "light", "imagenet"):
+        dm = _dm(root, augment=preset, resident=False)
+        x, y = _epoch(dm.train_dataloader())
+        assert x.shape == (30, 3, 16, 16) and x.dtype == torch.float32 and torch.isfinite(x).all()
+        # normalised with ImageNet's statistics: [0, 1] pixels map into [-2.2, 2.7]
+        assert x.min() >= -2.2 and x.max() <= 2.7 and sorted(y.tolist()) == sorted([0] * 10 + [1] * 10 + [2] * 10)
+
+
+def test_a_flip_turned_off_leaves_images_unflipped(tmp_path, workdir):
+    root = _tree(tmp_path / "t")
+    for resident in (False, True):
+        x, _ = _epoch(_dm(root, augment="none", flip=False, resident=resident).train_dataloader())
+        fx, _ = _epoch(_dm(root, augment="none", flip=True, resident=resident).train_dataloader())
+        # every glyph is drawn on the left: with flip off every training image keeps it there; with flip on,
+        # some images are mirrored and carry it on the right
+        left_heavy = lambda t: (t[..., :8].sum() > t[..., 8:].sum()).item()
+        assert all(left_heavy(img) for img in x), f"resident={resident}: an image was flipped with flip off"
+        assert not all(left_heavy(img) for img in fx), f"resident={resident}: flip on flipped nothing"
+
+
+def test_same_seed_same_batches_with_0_and_2_workers(tmp_path, workdir):
+    root = _tree(tmp_path / "t")
+    epochs = []
+    for workers in (0, 2):
+        dm = _dm(root, augment="light", resident=False, num_workers=workers, seed=3)
+        loader = dm.train_dataloader()
+        epochs.append([_epoch(loader) for _ in range(2)])  # two epochs: different draws, same in both runs
+    for (x0, y0), (x2, y2) in zip(*epochs):
+        assert torch.equal(x0, x2) and torch.equal(y0, y2)
+    assert not torch.equal(epochs[0][0][0], epochs[0][1][0])  # the second epoch is augmented anew
+
+
+def test_fits_with_0_and_2_workers_give_the_same_metrics(tmp_path, workdir):
+    from pipelines.train import fit
+
+    root = _tree(tmp_path / "t")
+    cfg = {"arch": "aa_resnet18", "kappa": 0.5, "num_heads": 2, "pos_enc": "relative", "stages": [4],
+           "small_input": True, "dataset": "imagefolder", "epochs": 2, "batch_size": 8, "device": "cpu", "seed": 1}
+    runs = [fit({**cfg, "data": {"root": str(root), "image_size": 16, "resident": False, "num_workers": w}})
+            for w in (0, 2)]
+    drop = ("images_per_s",)
+    assert {k: v for k, v in runs[0].items() if k not in drop} == {k: v for k, v in runs[1].items() if k not in drop}
+    resident = fit({**cfg, "data": {"root": str(root), "image_size": 16, "resident": True}})
+    assert np.isfinite(resident["val_loss"]) and 0 <= resident["val_top1"] <= 1  # the device path trains too
+
+
+def test_resident_path_matches_the_loader_in_distribution_and_caches(tmp_path, workdir):
+    root = _tree(tmp_path / "t")
+    loader = _dm(root, augment="light", resident=False)
+    held = _dm(root, augment="light")  # auto: a few KB, held
+    assert held.resident and not loader.resident
+    (lx, ly), (hx, hy) = _epoch(loader.train_dataloader()), _epoch(held.train_dataloader())
+    assert lx.shape == hx.shape and torch.bincount(ly).tolist() == torch.bincount(hy).tolist() == [10, 10, 10]
+    # validation: no randomness, so the two paths give the same images (up to the float path's rounding)
+    (lvx, lvy), (hvx, hvy) = _epoch(loader.val_dataloader()), _epoch(held.val_dataloader())
+    assert torch.equal(lvy, hvy) and torch.allclose(lvx, hvx, atol=1e-5)
+    cached = list((workdir / "runs" / "data" / "imagefolder-cache").glob("*.pt"))
+    assert len(cached) == 2  # train and val, decoded once
+    again = _dm(root, augment="light")
+    assert torch.equal(again._train[0], held._train[0])
+    # a changed file changes the key: a stale cache is never read
+    Image.fromarray(np.zeros((16, 16), np.uint8), mode="L").save(root / "val" / "class0" / "0.png")
+    _dm(root, augment="light")
+    assert len(list((workdir / "runs" / "data" / "imagefolder-cache").glob("*.pt"))) == 3
+
+
+def test_checks_and_summary(tmp_path, workdir, capsys):
+    root = _tree(tmp_path / "t", classes=2)
+    _dm(root)
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "2 classes, 20 train / 8 val images, sizes seen 16x16" in line and "augment light (pad 2 + crop), flip" in line
+    one = _tree(tmp_path / "one", classes=1)
+    with pytest.raises(DataError, match="1 class folder .*at least two"):
+        _dm(one)
+    odd = _tree(tmp_path / "odd", classes=2)
+    (odd / "val" / "class9").mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8), mode="L").save(odd / "val" / "class9" / "0.png")
+    with pytest.raises(DataError, match="has classes that .* lacks: class9"):
+        _dm(odd)
+    for bad, match in (({"augment": "heavy"}, "augment must be one of"), ({"flip": "no"}, "flip must be true or false"),
+                       ({"crop_scale": [0.5, 0.2]}, "crop_scale must satisfy"), ({"resident": "yes"}, "resident must be"),
+                       ({"augment": "imagenet", "resident": True}, "use augment: light or none")):
+        with pytest.raises(DataError, match=match):
+            make_datamodule("imagefolder", root=str(root), **bad)
