@@ -264,6 +264,11 @@ class SyntheticDataModule(TensorDataModule):
 
 
 AUGMENT_PRESETS = ("auto", "none", "light", "imagenet")
+
+
+def augment_preset(augment: str, image_size: int) -> str:
+    """The preset ``auto`` stands for: light (pad + crop) below 128 px, imagenet (RandomResizedCrop) from 128."""
+    return augment if augment != "auto" else ("imagenet" if image_size >= 128 else "light")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -356,7 +361,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.root, self.batch_size, self.size = Path(root), batch_size, image_size
         self.val_fraction, self.num_workers, self.seed = val_fraction, num_workers, seed
         self.resize = resize or (int(round(image_size * 256 / 224)) if image_size >= 128 else image_size)
-        self.preset = augment if augment != "auto" else ("imagenet" if image_size >= 128 else "light")
+        self.preset = augment_preset(augment, image_size)
         self.flip, self.pad, self.crop_scale = flip, (image_size // 8 if pad is None else pad), (lo, hi)
         if resident is True and self.preset == "imagenet":
             raise DataError("resident: true holds images at their final size; use augment: light or none with it "

@@ -35,7 +35,7 @@ PROFILE_KEYS = TOP_KEYS - {"name", "profiles", "default_profile", "task"}
 TASKS = ("classification", "detection")
 SCHEDULERS = ("fifo", "asha")
 NOT_IN_CELL_KEY = ("seed", "device", "compile")
-NOT_IN_CELL_KEY_DATA = ("root",)
+NOT_IN_CELL_KEY_DATA = ("root", "num_workers")  # the same batches whatever the number of loader workers
 
 
 class SpecError(ValueError):
@@ -106,6 +106,15 @@ def normalise(config: Dict[str, Any]) -> Dict[str, Any]:
     cfg["upsilon"] = float(cfg["kappa"] if cfg.get("upsilon") is None else cfg["upsilon"])
     if cfg["kappa"] == 0 and cfg["upsilon"] == 0:
         cfg["pos_enc"], cfg["num_heads"] = "none", 1
+    if cfg.get("dataset") in ("imagefolder", "imagenet") and isinstance(cfg.get("data"), dict):
+        # the augmentation a trial gets, written out: it is in the run's params and in the cell's key
+        from .data import AUGMENT_PRESETS, augment_preset
+
+        data = cfg["data"]
+        size, aug = data.get("image_size", 224), data.get("augment", "auto")
+        if isinstance(size, int) and aug in AUGMENT_PRESETS:
+            data["augment"] = augment_preset(aug, size)
+        data.setdefault("flip", True)
     return cfg
 
 

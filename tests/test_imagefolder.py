@@ -126,3 +126,18 @@ def test_checks_and_summary(tmp_path, workdir, capsys):
                        ({"augment": "imagenet", "resident": True}, "use augment: light or none")):
         with pytest.raises(DataError, match=match):
             make_datamodule("imagefolder", root=str(root), **bad)
+
+
+def test_the_augmentation_a_trial_gets_is_written_into_its_config_and_key():
+    from pipelines.spec import cell_key, normalise
+
+    base = {"kappa": 0.5, "upsilon": None, "pos_enc": "relative", "num_heads": 2, "dataset": "imagefolder"}
+    small = normalise({**base, "data": {"root": "x", "image_size": 32}})
+    assert small["data"]["augment"] == "light" and small["data"]["flip"] is True  # logged as params data.*
+    assert normalise({**base, "data": {"root": "x", "image_size": 224}})["data"]["augment"] == "imagenet"
+    assert normalise({**base, "data": {"root": "x", "image_size": 224, "augment": "none"}})["data"]["augment"] == "none"
+    # the preset and the flip are part of the cell; where the files live and how many workers read them are not
+    key = cell_key(small)
+    assert key == cell_key(normalise({**base, "data": {"root": "elsewhere", "image_size": 32, "num_workers": 0}}))
+    assert key != cell_key(normalise({**base, "data": {"root": "x", "image_size": 32, "flip": False}}))
+    assert key != cell_key(normalise({**base, "data": {"root": "x", "image_size": 32, "augment": "none"}}))
