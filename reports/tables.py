@@ -141,7 +141,9 @@ def cells_table(cells: pd.DataFrame, caption: str) -> Table:
         d["top-1 per seed"] = r.get("val_top1_values", "")
         disp.append(d)
         nums.append(r.to_dict())
-    return Table("cells", "Every cell of the study", caption, pd.DataFrame(disp), pd.DataFrame(nums))
+    return Table("cells", "Every cell of the study", caption + " Δ top-1: difference of means against the "
+                 "no-attention baseline; its CI and verdict are in the contrasts table.", pd.DataFrame(disp),
+                 pd.DataFrame(nums))
 
 
 def table5(cells: pd.DataFrame, caption: str, paper: dict) -> Table:
@@ -179,7 +181,8 @@ def table5(cells: pd.DataFrame, caption: str, paper: dict) -> Table:
                  caption + f" Paper columns: {src}; the paper's values are for AA-ResNet-50 on ImageNet (the other "
                  "architectures have none). GFLOPs: ours count every multiply-add of the network, attention's "
                  "matmuls included; 'conv only' leaves attention's matmuls out, the convention nearest the paper's "
-                 "falling GFLOPs (benchmarks/results/paper-gflops.md).", pd.DataFrame(disp), pd.DataFrame(nums))
+                 "falling GFLOPs (benchmarks/results/paper-gflops.md). Δ: difference of means against the baseline; "
+                 "its CI and whether it is resolved are in the contrasts table.", pd.DataFrame(disp), pd.DataFrame(nums))
 
 
 def table6(cells: pd.DataFrame, caption: str, paper: dict, metrics=None, name="table6") -> Table:
@@ -214,7 +217,8 @@ def table6(cells: pd.DataFrame, caption: str, paper: dict, metrics=None, name="t
     title = ("Table 7: positional encodings, detection (RetinaNet)" if name == "table7"
              else "Table 6: positional encodings, classification")
     return Table(name, title, caption + " Paper columns: the paper's row for the same encoding (its model and "
-                 "dataset named; see reports/paper_values.yaml for provenance).", pd.DataFrame(disp), pd.DataFrame(nums))
+                 "dataset named; see reports/paper_values.yaml for provenance). Δ vs none: difference of means; its "
+                 "CI and whether it is resolved are in the contrasts table.", pd.DataFrame(disp), pd.DataFrame(nums))
 
 
 def figure5_points(cells: pd.DataFrame) -> pd.DataFrame:
