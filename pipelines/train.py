@@ -49,7 +49,31 @@ def resolve(config: Dict[str, Any]) -> Dict[str, Any]:
         raise ValueError(f"device must be auto, cpu or cuda; got {cfg['device']!r}")
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
         raise ValueError("device: cuda requested but no GPU is visible")
+    _check_numbers(cfg)
     return cfg
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_numbers(cfg):
+    """One-line errors for settings that would otherwise fail deep inside a fit (or train nothing)."""
+    for key in ("epochs", "batch_size"):
+        if not _is_int(cfg[key]) or cfg[key] < 1:
+            raise ValueError(f"{key} must be an integer >= 1; got {cfg[key]!r}")
+    if not _is_int(cfg["seed"]) or cfg["seed"] < 0:
+        raise ValueError(f"seed must be an integer >= 0; got {cfg['seed']!r}")
+    clip = cfg["grad_clip"]
+    if clip is not None and (not isinstance(clip, (int, float)) or isinstance(clip, bool) or not clip > 0):
+        raise ValueError(f"grad_clip must be a number > 0 or null; got {clip!r}")
+    limit = cfg["limit_train_batches"]
+    if limit is not None and not ((_is_int(limit) and limit >= 1) or (isinstance(limit, float) and 0 < limit <= 1)):
+        raise ValueError(f"limit_train_batches must be an integer >= 1, a fraction in (0, 1] or null; got {limit!r}")
+    optim = cfg["optim"] if isinstance(cfg["optim"], dict) else {}
+    lr = optim.get("base_lr")
+    if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0):
+        raise ValueError(f"optim.base_lr (--lr) must be a number > 0; got {lr!r}")
 
 
 def build(config: Dict[str, Any]):

@@ -45,6 +45,12 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
                     layouts.append(name)
     detection = runs["map"].notna().any() if len(runs) else False
     metrics = ("map", "ap50", "ap75") if detection else ("val_top1", "val_top5")
+    finished = int(((runs["status"] == "FINISHED") & runs[metrics[0]].notna()).sum()) if len(runs) else 0
+    if not finished:
+        counts = runs["status"].value_counts().to_dict() if len(runs) else {}
+        raise R.ReportError(f"experiment {experiment!r} has no finished run with {metrics[0]} yet ("
+                            + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no runs")
+                            + "): nothing to report")
     cells = R.summarise(runs, cells_expected, metrics=metrics)
     caption = T.context_caption(runs)
     paper = T.paper_values()

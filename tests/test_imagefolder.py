@@ -141,3 +141,4 @@ def test_the_augmentation_a_trial_gets_is_written_into_its_config_and_key():
     assert key == cell_key(normalise({**base, "data": {"root": "elsewhere", "image_size": 32, "num_workers": 0}}))
     assert key != cell_key(normalise({**base, "data": {"root": "x", "image_size": 32, "flip": False}}))
     assert key != cell_key(normalise({**base, "data": {"root": "x", "image_size": 32, "augment": "none"}}))
+

@@ -119,6 +119,10 @@ def test_report_cli_errors(tiny_study, workdir, capsys):
     _crafted(tiny_study, workdir, {})
     assert main(["report", "--experiment", "nope"]) == 2
     assert "experiment 'nope' is not in the tracking store" in capsys.readouterr().err
+    # runs, but none finished with a metric: one line, exit 2, no empty report
+    assert main(["report", str(tiny_study), "--no-log"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no finished run with val_top1 yet (8 FINISHED): nothing to report" in err and "\n" not in err
 
 
 def test_table7_layout_from_detection_metrics(tiny_study, workdir):

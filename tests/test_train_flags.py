@@ -1,0 +1,17 @@
+"""`aa-study train` checks its flags like a spec: one line, exit 2, before any work (no traceback, no empty fit)."""
+import pytest
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "-1"], "epochs must be an integer >= 1; got -1"),
+    (["--epochs", "0"], "epochs must be an integer >= 1; got 0"),
+    (["--batch-size", "0"], "batch_size must be an integer >= 1; got 0"),
+    (["--lr", "0"], "optim.base_lr (--lr) must be a number > 0; got 0.0"),
+    (["--seed", "-3"], "seed must be an integer >= 0; got -3"),
+])
+def test_train_flags_are_checked_before_any_work(flags, message, workdir, capsys):
+    from pipelines.cli import main
+
+    assert main(["train", "--dataset", "synthetic", "--data", "image_size=16", "--device", "cpu", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"aa-study train: error: {message}"
