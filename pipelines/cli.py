@@ -153,6 +153,8 @@ def _ui(a) -> int:
         return _fail("ui", f"tracking-uri: {uri} is already a server: open it in a browser")
     if not path.exists():
         return _fail("ui", f"no store at {path} yet: run a study first")
+    if not _port_free(a.host, a.port):  # before any link is printed: it would lead to whatever holds the port
+        return _fail("ui", f"port {a.port} on {a.host} is already in use (another server?): choose another --port")
     if a.host == "0.0.0.0":
         print("warning: --host 0.0.0.0 serves the store to every network this machine is on", file=sys.stderr)
     exp_id = Tracker(uri).experiment_id(study.experiment) if study else None
@@ -161,10 +163,47 @@ def _ui(a) -> int:
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", a.host,
            "--port", str(a.port), "--workers", "1",
            "--default-artifact-root", (path.parent / "artifacts").as_uri()]
+    return _serve(cmd)
+
+
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: only a listener blocks
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _serve(cmd) -> int:
+    """Run the MLflow server in its own process group and stop the whole group (its workers too) when this
+    command ends: Ctrl-C, SIGTERM or the server's own exit."""
+    import os
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def stop():
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        return subprocess.call(cmd)
+        return proc.wait()
     except KeyboardInterrupt:
         return 0
+    finally:
+        stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _report(a) -> int:

@@ -178,6 +178,16 @@ def init_ray(address: Optional[str], study: Study):
     # the test-only fault switch travels to the trials (pipelines/trial.py)
     env = {k: v for k, v in os.environ.items() if k.startswith("AA_STUDY_FAULT")}
     runtime_env = {"env_vars": env} if env else None
+    gpu = study.resources["gpu"]
+    if not address:  # a local Ray would hold this machine's devices: refuse what it cannot give before starting it
+        import torch
+
+        if gpu > 0 and torch.cuda.device_count() == 0:
+            raise LaunchError(f"resources.gpu: {gpu:g} GPU per trial requested but this machine has no GPU and no "
+                              "Ray cluster was given (--address): use the cpu profile or resources: {gpu: 0}")
+        if study.resources["cpu"] > (os.cpu_count() or 1):
+            raise LaunchError(f"resources.cpu: {study.resources['cpu']:g} CPUs per trial but this machine has "
+                              f"{os.cpu_count()} (give --address of a larger Ray cluster)")
     try:
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env)
@@ -186,7 +196,6 @@ def init_ray(address: Optional[str], study: Study):
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise LaunchError(f"address: cannot join the Ray cluster at {address!r} ({_one_line(e)})") from None
     res = ray.cluster_resources()
-    gpu = study.resources["gpu"]
     if gpu > 0 and res.get("GPU", 0) <= 0:
         ray.shutdown()
         raise LaunchError(f"resources.gpu: {gpu:g} GPU per trial requested but the Ray cluster has no GPU "

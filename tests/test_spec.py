@@ -158,8 +158,10 @@ def test_gpu_fraction_without_gpu_in_cluster_exits_2(workdir, capsys):
     path.write_text(yaml.safe_dump(_with(resources={"cpu": 1, "gpu": 0.25})))
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "resources.gpu: 0.25 GPU per trial requested but the Ray cluster has no GPU" in err
+    assert "resources.gpu: 0.25 GPU per trial requested but this machine has no GPU" in err
     assert store_files(workdir) == ["gpu.yaml"]
+    import ray
+    assert not ray.is_initialized()  # refused before a local Ray was started
 
 
 def test_shipped_studies_validate_in_every_profile():

@@ -96,3 +96,53 @@ def test_ui_warns_when_bound_to_every_interface(tiny_study, workdir):
     finally:
         os.killpg(ui.pid, 15)
         ui.wait(timeout=30)
+
+
+def test_ui_refuses_a_taken_port_before_printing_a_link(tiny_study, workdir, capsys):
+    import socket
+
+    from pipelines.cli import main
+
+    _store_with_study(tiny_study, workdir)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert main(["ui", str(tiny_study), "--port", str(port)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.strip().splitlines()[-1] == (f"aa-study ui: error: port {port} on 127.0.0.1 is already in use "
+                                                  "(another server?): choose another --port")
+
+
+@pytest.mark.slow
+def test_stopping_ui_stops_its_server(tiny_study, workdir):
+    _store_with_study(tiny_study, workdir)
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "ui", str(tiny_study), "--port", str(port)],
+                          cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        ui.stdout.readline()
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(base + "/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not answer /health within 90 s")
+        ui.terminate()  # SIGTERM to aa-study alone, as a process manager or `kill` would send
+        ui.wait(timeout=30)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(base + "/health", timeout=1)
+                time.sleep(0.5)
+            except OSError:
+                break
+        else:
+            pytest.fail("the mlflow server still answers after aa-study ui was stopped")
+    finally:
+        if ui.poll() is None:
+            ui.kill()
