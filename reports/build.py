@@ -45,20 +45,18 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
                     layouts.append(name)
     detection = runs["map"].notna().any() if len(runs) else False
     metrics = ("map", "ap50", "ap75") if detection else ("val_top1", "val_top5")
-    finished = int(((runs["status"] == "FINISHED") & runs[metrics[0]].notna()).sum()) if len(runs) else 0
-    if not finished:
-        counts = runs["status"].value_counts().to_dict() if len(runs) else {}
+    counts = runs["status"].value_counts().to_dict() if len(runs) else {}
+    statuses = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    if not len(runs) or not ((runs["status"] == "FINISHED") & runs[metrics[0]].notna()).any():
         raise R.ReportError(f"experiment {experiment!r} has no finished run with {metrics[0]} yet ("
-                            + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no runs")
-                            + "): nothing to report")
+                            + (statuses or "no runs") + "): nothing to report")
+    # from here on there are finished runs, so cells too
     cells = R.summarise(runs, cells_expected, metrics=metrics)
     caption = T.context_caption(runs)
     paper = T.paper_values()
     out.mkdir(parents=True, exist_ok=True)
     tables = []
     for name in layouts:
-        if cells.empty:
-            break
         if name == "table5":
             tables.append(T.table5(cells, caption, paper))
         elif name == "table6":
@@ -68,21 +66,16 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
                                    name="table7"))
         elif name == "figure5":
             tables.append(T.figure5(cells, caption, out, T.chance_level(runs)))
-    if not cells.empty and not detection:
+    if not detection:
         tables.append(T.cells_table(cells, caption))
     from .generic import generic_report
 
-    family = Family(cells, runs, metrics[0]) if len(runs) and not cells.empty else None
+    family = Family(cells, runs, metrics[0])
     skip = ("line_kappa_by_pos_enc",) if "figure5" in layouts else ()  # the same data as Figure 5
-    gtables, figures, fixed_line = (generic_report(runs, caption, out, metric=metrics[0], family=family,
-                                                   skip_figures=skip) if len(runs) else ([], [], ""))
-    if family is not None and family.order:
-        tables.append(T.Table(
-            "contrasts", "Contrasts: each value of an axis against its reference, at equal other axes",
-            caption + f" Δ = A − B in percentage points. 95% CI unadjusted: paired t over seeds where both cells "
-            f"ran the same seeds, Welch's t otherwise. Verdicts at a family-wise α = 0.05, Holm's adjustment over "
-            f"the {len(family.order)} contrasts of this report (the marginals' leads included). Seeds to "
-            "resolve: per cell, for 80% power at the observed difference.", family.table(), family.numbers()))
+    gtables, figures, fixed_line = generic_report(runs, caption, out, metric=metrics[0], family=family,
+                                                  skip_figures=skip)
+    if family.order:
+        tables.append(family.as_table(caption))
     thin = banner(family)
     if thin:
         for t in tables:
@@ -97,14 +90,13 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
         (out / f"{t.name}.tex").write_text(T.to_latex(t))
         t.numbers.to_csv(out / f"{t.name}.csv", index=False)
     runs.to_csv(out / "runs.csv", index=False)
-    counts = runs["status"].value_counts().to_dict() if len(runs) else {}
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = experiment if study is None or experiment.startswith(study) else f"{study} (experiment {experiment})"
     head = (f"# Report: {title}\n\nGenerated {stamp} from {_safe_uri(uri)} (experiment id {exp_id}) by "
-            f"`aa-study report`. Runs: {len(runs)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))})"
+            f"`aa-study report`. Runs: {len(runs)} ({statuses})"
             + (f"; {other} runs of cells outside study {study} (other studies sharing the experiment, or an "
                f"older code version) not shown" if other else "") + ".\n\n")
-    head += (f"**{thin}**\n\n" if thin else "") + (f"Setting: {caption}\n\n" if len(runs) else "")
+    head += (f"**{thin}**\n\n" if thin else "") + f"Setting: {caption}\n\n"
     generic_md = ("\n## Every axis\n\n" + (fixed_line + "\n\n" if fixed_line else "")) if (gtables or figures) else ""
     figs_md = "".join(f"\n![{f}]({f}.png)\n" for f in figures)
     paper_tables = [t for t in tables if t not in gtables]
@@ -112,7 +104,7 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
                           for t in paper_tables) + generic_md + "\n".join(T.to_markdown(t, caption) for t in gtables) + figs_md
     (out / "report.md").write_text(md)
     body = (f'<p class="banner"><strong>{html.escape(thin)}</strong></p>' if thin else "") + (
-        f"<p>Setting: {html.escape(caption)}</p>" if len(runs) else "")
+        f"<p>Setting: {html.escape(caption)}</p>")
     body += "\n".join(T.to_html(t, caption) + ('<img src="figure5.svg" alt="Figure 5" width="520">\n' if t.name == "figure5" else "")
                       for t in paper_tables)
     if generic_md:

@@ -6,16 +6,15 @@ that "best" is said only where that lead is resolved. One Holm family per report
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import pandas as pd
 
-from .runs import AXES
+from .runs import AXES, BASELINE_BLIND
 from .stats import MIN_SEEDS, Contrast, compare, holm, seeds_text
+from .tables import BASELINE_LABEL, ENC_NAMES, Table
 
 AXIS_NAMES = {"arch": "architecture", "kappa": "κ", "upsilon": "υ", "num_heads": "N_h", "pos_enc": "encoding"}
-ENC_NAMES = {"none": "none", "sine2d": "2D sine", "coordconv": "CoordConv", "relative": "relative"}
-BASELINE_BLIND = ("num_heads", "pos_enc")  # a plain convolution (κ = υ = 0) has neither
 
 
 def is_baseline(row) -> bool:
@@ -90,10 +89,11 @@ def matched_pairs(cells: pd.DataFrame, axis: str, va, vb) -> List[Tuple[pd.Serie
     return pairs
 
 
-def describe_cell(row, axes: Dict[str, list]) -> str:
-    if is_baseline(row):
-        return "no attention (κ=0)" + (f", {row['arch']}" if "arch" in axes else "")
-    return ", ".join(value_name(k, row[k]) for k in axes)
+def side_name(row, axis: str, value) -> str:
+    """How one side of a contrast is named: its value on the compared axis, or the no-attention baseline."""
+    if not is_baseline(row):
+        return value_name(axis, value)
+    return BASELINE_LABEL + (f", {row['arch']}" if axis == "arch" else "")
 
 
 class Family:
@@ -101,7 +101,7 @@ class Family:
 
     def __init__(self, cells: pd.DataFrame, runs: pd.DataFrame, metric: str):
         self.cells, self.metric = cells, metric
-        fin = runs[(runs["status"] == "FINISHED") & runs[metric].notna()] if len(runs) else runs
+        fin = runs[(runs["status"] == "FINISHED") & runs[metric].notna()]
         self.values: Dict[str, Dict[int, float]] = {
             cell: dict(zip(g["seed"].astype(int), g[metric].astype(float))) for cell, g in fin.groupby("cell")}
         self.axes = varying_axes(cells)
@@ -111,17 +111,17 @@ class Family:
             ref = reference(axis, vals)
             for v in vals:
                 if not _same(v, ref):
-                    self._add(axis, v, ref)
+                    self.pairs(axis, v, ref)
 
-    def _add(self, axis, va, vb) -> List[Tuple[Contrast, int]]:
-        """Contrasts of every matched pair (va vs vb), with the sign that orients each as va − vb."""
+    def pairs(self, axis, va, vb) -> List[Tuple[Contrast, int]]:
+        """The contrasts of every matched cell pair (va vs vb) on one axis, added to the family (before `adjust`)
+        if new, each with the sign that orients it as va − vb."""
         out = []
         for a, b in matched_pairs(self.cells, axis, va, vb):
             key = frozenset((a["cell"], b["cell"]))
             if key not in self.by_pair:
                 rest = [] if is_baseline(a) else [value_name(k, a[k]) for k in self.axes if k not in (axis, "upsilon")]
-                name_a = describe_cell(a, {axis: []}) if is_baseline(a) else value_name(axis, va)
-                name_b = describe_cell(b, {axis: []}) if is_baseline(b) else value_name(axis, vb)
+                name_a, name_b = side_name(a, axis, va), side_name(b, axis, vb)
                 label = f"{name_a} vs {name_b}" + (f" ({', '.join(rest)})" if rest else "")
                 c = compare(self.values.get(a["cell"], {}), self.values.get(b["cell"], {}), label, name_a, name_b,
                             axis=axis, cell_a=a["cell"], cell_b=b["cell"])
@@ -130,10 +130,6 @@ class Family:
             c = self.by_pair[key]
             out.append((c, 1 if c.tags["cell_a"] == a["cell"] else -1))
         return out
-
-    def lead(self, axis: str, top, runner) -> Tuple[List[Tuple[Contrast, int]], bool]:
-        """The matched contrasts of top vs runner-up on one axis, added to the family before `adjust`."""
-        return self._add(axis, top, runner)
 
     def adjust(self) -> "Family":
         holm(self.order)
@@ -167,16 +163,22 @@ class Family:
         return pd.DataFrame(rows, columns=["Comparison", "Δ (pp)", "95% CI", "test", "p", "p (Holm)", "verdict",
                                            "seeds to resolve"])
 
+    def as_table(self, caption: str) -> Table:
+        return Table("contrasts", "Contrasts: each value of an axis against its reference, at equal other axes",
+                     caption + " Δ = A − B in percentage points. 95% CI unadjusted: paired t over seeds where both "
+                     "cells ran the same seeds, Welch's t otherwise. Verdicts at a family-wise α = 0.05, Holm's "
+                     f"adjustment over the {len(self.order)} contrasts of this report (the marginals' leads "
+                     "included). Seeds to resolve: per cell, for 80% power at the observed difference.",
+                     self.table(), self.numbers())
+
     def numbers(self) -> pd.DataFrame:
         return pd.DataFrame([{"comparison": c.label, "a": c.a, "b": c.b, "kind": c.kind, "n_a": c.n_a, "n_b": c.n_b,
                               "diff": c.diff, "ci_lo": c.ci_lo, "ci_hi": c.ci_hi, "p": c.p, "p_holm": c.p_holm,
                               "verdict": c.verdict, "seeds_needed": c.seeds_needed, **c.tags} for c in self.order])
 
 
-def banner(family: Optional[Family]) -> str:
+def banner(family: Family) -> str:
     """One line when the evidence is thin (cells with fewer than 3 seeds, or CIs wider than the effects)."""
-    if family is None:
-        return ""
     few, cells, wide, total = family.thin()
     parts = []
     if few:

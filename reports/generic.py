@@ -16,7 +16,7 @@ from typing import Dict, List, Tuple
 
 import pandas as pd
 
-from .runs import AXES, describe
+from .runs import AXES, BASELINE_BLIND, describe
 from .tables import BASELINE_LABEL, Table, chance_level, dodge, draw_chance, style
 
 NUMERIC_AXES = ("kappa", "upsilon", "num_heads")
@@ -30,7 +30,6 @@ def _finished(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     return fin
 
 
-BASELINE_BLIND = ("num_heads", "pos_enc")  # a plain convolution (κ = υ = 0) has neither
 
 
 def _scope(runs: pd.DataFrame, axis: str) -> pd.DataFrame:
@@ -83,7 +82,7 @@ def _lead(family, axis, m: pd.DataFrame):
     if family is None or len(m) < 2:
         return None
     ranked = m.sort_values("mean", ascending=False, kind="stable")[axis].tolist()
-    return ranked[0], ranked[1], family.lead(axis, ranked[0], ranked[1])
+    return ranked[0], ranked[1], family.pairs(axis, ranked[0], ranked[1])
 
 
 def _best_column(m: pd.DataFrame, axis: str, lead) -> list:
