@@ -76,11 +76,11 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
                                                   skip_figures=skip)
     if family.order:
         tables.append(family.as_table(caption))
+    tables += gtables
     thin = banner(family)
-    if thin:
+    if thin:  # every table of the report, the generic ones too
         for t in tables:
             t.caption = "Thin evidence (see the report's banner). " + t.caption
-    tables += gtables
     for t in tables:  # a metric no run has (top-5 of a 2-class task) is not a column
         empty = [c for c in t.display.columns if c.endswith("top-5")
                  and not t.display[c].map(lambda v: v not in ("", "n/a")).any()]

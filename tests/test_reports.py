@@ -80,6 +80,8 @@ def test_report_contrasts_say_not_resolved_and_how_many_seeds(tiny_study, workdi
     assert "| +30.50 |" in row
     assert "THIN EVIDENCE: 4 of 4 cells have fewer than 3 finished seeds" in md
     assert md.count("PROXY study") == 1  # the setting once, at the top, not in every table
+    # the banner's mark on every table, the averages over axes too
+    assert md.count("Thin evidence (see the report's banner).") == md.count("\n### ")
 
 
 def test_figure5_table_lists_the_baseline_once(tmp_path):
