@@ -86,6 +86,19 @@ def load_cifar100(root, split: str):
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
+def trainer_epoch(dm: pl.LightningDataModule):
+    """A callable giving the trainer's current epoch (None without a trainer), for a training loader to read when
+    each epoch starts. Read then, not when the loader is made: Lightning asks for the train loader (to count steps
+    for the schedule) before it restores a checkpoint's epoch, so a resumed trial would replay epoch 0's draws."""
+    trainer = dm.trainer
+    return (lambda: trainer.current_epoch) if trainer is not None else None
+
+
+def training_device(dm: pl.LightningDataModule, device=None) -> torch.device:
+    """Where a data module holds its tensors: the given device, else the trainer's, else the CPU."""
+    return device or (dm.trainer.strategy.root_device if dm.trainer else torch.device("cpu"))
+
+
 # ------------------------------------------------------------------------------------ device batches
 class DeviceBatches:
     """Batches cut from uint8 tensors on one device; shuffled per epoch, augmented there.
@@ -193,7 +206,7 @@ class TensorDataModule(pl.LightningDataModule):
             x = self._train[0].float() / 255
             dims = [0, 2, 3]
             self.mean, self.std = x.mean(dims).tolist(), x.std(dims).clamp_min(1e-3).tolist()
-        dev = self.device or (self.trainer.strategy.root_device if self.trainer else torch.device("cpu"))
+        dev = training_device(self, self.device)
         self._train = tuple(t.to(dev) for t in self._train)
         self._val = tuple(t.to(dev) for t in self._val)
 
@@ -204,12 +217,7 @@ class TensorDataModule(pl.LightningDataModule):
 
     def train_dataloader(self):
         batches = self._batches(self._train, True)
-        if self.trainer is not None:
-            # A fit resumed from a checkpoint continues the epochs' shuffles. Read the epoch when each epoch
-            # starts: Lightning asks for this loader (to count steps for the schedule) before it restores the
-            # checkpoint's epoch, so the epoch known here would be 0 and a resumed trial would replay epoch 0.
-            trainer = self.trainer
-            batches.epoch_of = lambda: trainer.current_epoch
+        batches.epoch_of = trainer_epoch(self)  # a resumed fit continues the epochs' shuffles
         return batches
 
     def val_dataloader(self):
@@ -269,6 +277,8 @@ AUGMENT_PRESETS = ("auto", "none", "light", "imagenet")
 def augment_preset(augment: str, image_size: int) -> str:
     """The preset ``auto`` stands for: light (pad + crop) below 128 px, imagenet (RandomResizedCrop) from 128."""
     return augment if augment != "auto" else ("imagenet" if image_size >= 128 else "light")
+
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -514,7 +524,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def setup(self, stage=None):
         train, val, _ = self._split()
         if self.resident:
-            dev = self.device or (self.trainer.strategy.root_device if self.trainer else torch.device("cpu"))
+            dev = training_device(self, self.device)
             self._train = tuple(t.to(dev) for t in self._decoded(train, "train"))
             self._val = tuple(t.to(dev) for t in self._decoded(val, "val"))
             return
@@ -522,19 +532,15 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self._train, self._val = SeededImages(train, train_tf, self.seed), SeededImages(val, val_tf, self.seed)
 
     def _device_batches(self, data, train):
-        batches = DeviceBatches(*data, self.batch_size, shuffle=train, augment=train and self.preset == "light",
-                                flip=train and self.flip, mean=IMAGENET_MEAN, std=IMAGENET_STD, seed=self.seed,
-                                drop_last=False, pad=self.pad)
-        if train and self.preset == "none" and self.flip:
-            batches.augment = True  # flip only
-            batches.pad = 0
-        return batches
+        # light: pad + crop (and flip); none: the flip alone, if on
+        return DeviceBatches(*data, self.batch_size, shuffle=train,
+                             augment=train and (self.preset == "light" or self.flip), flip=train and self.flip, mean=IMAGENET_MEAN, std=IMAGENET_STD, seed=self.seed,
+                             drop_last=False, pad=self.pad if self.preset == "light" else 0)
 
     def _loader(self, ds, train):
         sampler = EpochSampler(len(ds), self.seed, shuffle=train)
-        if train and self.trainer is not None:
-            trainer = self.trainer
-            sampler.epoch_of = lambda: trainer.current_epoch  # see TensorDataModule.train_dataloader
+        if train:
+            sampler.epoch_of = trainer_epoch(self)
         return torch.utils.data.DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=False,
                                            num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
                                            persistent_workers=self.num_workers > 0)
@@ -542,9 +548,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def train_dataloader(self):
         if self.resident:
             batches = self._device_batches(self._train, True)
-            if self.trainer is not None:
-                trainer = self.trainer
-                batches.epoch_of = lambda: trainer.current_epoch
+            batches.epoch_of = trainer_epoch(self)
             return batches
         return self._loader(self._train, True)
 
