@@ -26,7 +26,7 @@ from aa_modules import ARCHITECTURES, POS_ENCODINGS
 
 from .model import RECIPES
 from .profiles import REPORT_LAYOUTS, choose_profile, experiment_name, merge
-from .train import DEFAULTS as TRAIN_DEFAULTS
+from .train import DEFAULTS as TRAIN_DEFAULTS, setting_problem
 
 AXES = ("arch", "kappa", "upsilon", "num_heads", "pos_enc")
 TOP_KEYS = {"name", "description", "task", "experiment", "report", "grid", "seeds", "train", "resources",
@@ -313,13 +313,10 @@ def _parse_train(train) -> Dict[str, Any]:
         _fail("train.device", f"must be auto, cpu or cuda; got {train['device']!r}")
     if "stages" in train and not all(isinstance(s, int) and 1 <= s <= 4 for s in train["stages"]):
         _fail("train.stages", f"must list stage numbers 1-4; got {train['stages']!r}")
-    for k in ("grad_clip",):
-        if train.get(k) is not None and (not _is_num(train[k]) or train[k] <= 0):
-            _fail(f"train.{k}", f"must be a positive number; got {train[k]!r}")
-    if train.get("limit_train_batches") is not None:
-        v = train["limit_train_batches"]
-        if not _is_num(v) or v <= 0:
-            _fail("train.limit_train_batches", f"must be a positive number; got {v!r}")
+    for k in ("grad_clip", "limit_train_batches"):  # the bounds `aa-study train` checks too: one definition
+        problem = setting_problem(k, train.get(k))
+        if problem:
+            _fail(f"train.{k}", problem)
     data = train.get("data", {})
     if isinstance(data.get("root"), str):  # trials may run in another working directory
         train = {**train, "data": {**data, "root": str(Path(data["root"]).expanduser().resolve())}}

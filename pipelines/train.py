@@ -3,6 +3,7 @@ run this same function."""
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Dict, List, Optional
 
 import pytorch_lightning as pl
@@ -57,23 +58,40 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+NUMERIC_SETTINGS = ("epochs", "batch_size", "seed", "grad_clip", "limit_train_batches")
+
+
+def setting_problem(key: str, value) -> Optional[str]:
+    """What is wrong with a numeric training setting (None: nothing), for `aa-study train` and the spec alike:
+    what would otherwise fail deep inside a fit, or train nothing."""
+    if key in ("epochs", "batch_size"):
+        ok, want = _is_int(value) and value >= 1, "an integer >= 1"
+    elif key == "seed":
+        ok, want = _is_int(value) and value >= 0, "an integer >= 0"
+    elif key == "grad_clip":
+        ok, want = value is None or (_is_number(value) and value > 0), "a number > 0 or null"
+    elif key == "limit_train_batches":
+        ok = value is None or (_is_int(value) and value >= 1) or (isinstance(value, float) and 0 < value <= 1)
+        want = "an integer >= 1, a fraction in (0, 1] or null"
+    elif key == "base_lr":
+        ok, want = value is None or (_is_number(value) and value > 0), "a number > 0"
+    else:
+        return None
+    return None if ok else f"must be {want}; got {value!r}"
+
+
 def _check_numbers(cfg):
-    """One-line errors for settings that would otherwise fail deep inside a fit (or train nothing)."""
-    for key in ("epochs", "batch_size"):
-        if not _is_int(cfg[key]) or cfg[key] < 1:
-            raise ValueError(f"{key} must be an integer >= 1; got {cfg[key]!r}")
-    if not _is_int(cfg["seed"]) or cfg["seed"] < 0:
-        raise ValueError(f"seed must be an integer >= 0; got {cfg['seed']!r}")
-    clip = cfg["grad_clip"]
-    if clip is not None and (not isinstance(clip, (int, float)) or isinstance(clip, bool) or not clip > 0):
-        raise ValueError(f"grad_clip must be a number > 0 or null; got {clip!r}")
-    limit = cfg["limit_train_batches"]
-    if limit is not None and not ((_is_int(limit) and limit >= 1) or (isinstance(limit, float) and 0 < limit <= 1)):
-        raise ValueError(f"limit_train_batches must be an integer >= 1, a fraction in (0, 1] or null; got {limit!r}")
-    optim = cfg["optim"] if isinstance(cfg["optim"], dict) else {}
-    lr = optim.get("base_lr")
-    if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0):
-        raise ValueError(f"optim.base_lr (--lr) must be a number > 0; got {lr!r}")
+    for key in NUMERIC_SETTINGS:
+        problem = setting_problem(key, cfg[key])
+        if problem:
+            raise ValueError(f"{key} {problem}")
+    problem = setting_problem("base_lr", (cfg["optim"] if isinstance(cfg["optim"], dict) else {}).get("base_lr"))
+    if problem:
+        raise ValueError(f"optim.base_lr (--lr) {problem}")
 
 
 def build(config: Dict[str, Any]):
