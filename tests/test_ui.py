@@ -28,6 +28,17 @@ def _store_with_study(tiny_study, workdir):
     return study, exp
 
 
+def _wait_healthy(base: str):
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(base + "/health", timeout=2).status == 200:
+                return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail("mlflow server did not answer /health within 90 s")
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (scripts/test.sh installs it)")
 @pytest.mark.slow
 def test_ui_serves_the_study_and_chromium_opens_its_runs(tiny_study, workdir, tmp_path):
@@ -43,15 +54,7 @@ def test_ui_serves_the_study_and_chromium_opens_its_runs(tiny_study, workdir, tm
         url, exp_id = m.group(1), m.group(2)
         assert exp_id == exp
         base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if urllib.request.urlopen(base + "/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not answer /health within 90 s")
+        _wait_healthy(base)
 
         # bound to loopback only (the default): a listening socket on 127.0.0.1:port, none on 0.0.0.0
         listening = [l.split()[1] for l in open("/proc/net/tcp").read().splitlines()[1:] if l.split()[3] == "0A"]
@@ -123,15 +126,7 @@ def test_stopping_ui_stops_its_server(tiny_study, workdir):
     base = f"http://127.0.0.1:{port}"
     try:
         ui.stdout.readline()
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if urllib.request.urlopen(base + "/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not answer /health within 90 s")
+        _wait_healthy(base)
         ui.terminate()  # SIGTERM to aa-study alone, as a process manager or `kill` would send
         ui.wait(timeout=30)
         deadline = time.time() + 20
