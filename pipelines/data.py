@@ -99,6 +99,31 @@ def training_device(dm: pl.LightningDataModule, device=None) -> torch.device:
     return device or (dm.trainer.strategy.root_device if dm.trainer else torch.device("cpu"))
 
 
+def shard_of(dm: pl.LightningDataModule):
+    """(rank, world size) of the fit a data module feeds: each global batch is split between the ranks."""
+    trainer = dm.trainer
+    return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+
+def batch_slices(n: int, batch_size: int, drop_last: bool, shard=(0, 1), train: bool = True):
+    """[start, end) of this rank's part of each batch of `batch_size` over n ordered samples: the global batch
+    is cut into `world` near-equal consecutive parts, so W workers see together exactly the batches one device
+    would. A training tail smaller than the group is dropped (every rank must take the same number of steps);
+    a validation rank whose part of the tail is empty just has one batch fewer."""
+    rank, world = shard
+    out = []
+    for lo in range(0, (n // batch_size) * batch_size if drop_last else n, batch_size):
+        size = min(batch_size, n - lo)
+        if train and size < world:
+            continue
+        q, rem = divmod(size, world)
+        a = lo + rank * q + min(rank, rem)
+        b = a + q + (rank < rem)
+        if b > a:
+            out.append((a, b))
+    return out
+
+
 # ------------------------------------------------------------------------------------ device batches
 class DeviceBatches:
     """Batches cut from uint8 tensors on one device; shuffled per epoch, augmented there.
@@ -111,8 +136,9 @@ class DeviceBatches:
     CHUNK = 8192  # images prepared at once (bounds the temporaries of the crop)
 
     def __init__(self, images, labels, batch_size, *, shuffle, augment, flip, mean, std, seed=0, drop_last=False,
-                 pad=None):
+                 pad=None, shard=(0, 1)):
         self.images, self.labels, self.pad = images, labels, pad
+        self.slices = batch_slices(images.shape[0], batch_size, drop_last, shard, train=shuffle)
         self.batch_size, self.shuffle, self.augment, self.flip = batch_size, shuffle, augment, flip
         self.mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
@@ -121,8 +147,7 @@ class DeviceBatches:
         self._fixed = None  # the normalised images when neither shuffled nor augmented (validation)
 
     def __len__(self):
-        n = self.images.shape[0]
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return len(self.slices)
 
     def _augment(self, x, g):
         """Random translation by up to `pad` (default H/8) pixels (zero padding) and, if enabled, a horizontal flip."""
@@ -166,9 +191,9 @@ class DeviceBatches:
     def __iter__(self):
         if self.epoch_of is not None:  # the trainer's epoch, read when the epoch starts (after a resume's restore)
             self.epoch = self.epoch_of()
-        x, y = self._epoch()
-        for i in range(len(self)):
-            yield x[i * self.batch_size:(i + 1) * self.batch_size], y[i * self.batch_size:(i + 1) * self.batch_size]
+        x, y = self._epoch()  # the whole epoch, as one device would see it; this rank takes its part of each batch
+        for a, b in self.slices:
+            yield x[a:b], y[a:b]
 
 
 class TensorDataModule(pl.LightningDataModule):
@@ -213,7 +238,8 @@ class TensorDataModule(pl.LightningDataModule):
     def _batches(self, data, train):
         return DeviceBatches(*data, self.batch_size if train else self.val_batch_size, shuffle=train,
                              augment=train and self.augment, flip=self.flip, mean=self.mean, std=self.std,
-                             seed=self.seed, drop_last=train and data[0].shape[0] > self.batch_size)
+                             seed=self.seed, drop_last=train and data[0].shape[0] > self.batch_size,
+                             shard=shard_of(self))
 
     def train_dataloader(self):
         batches = self._batches(self._train, True)
@@ -289,20 +315,23 @@ def _sample_seed(seed: int, epoch: int, index: int) -> int:
 
 class EpochSampler(torch.utils.data.Sampler):
     """Indices ``epoch * n + i`` in a seeded per-epoch order: the dataset reads the epoch from the index, so an
-    image's augmentation depends on (seed, epoch, image) only, whatever the number of loader workers."""
+    image's augmentation depends on (seed, epoch, image) only, whatever the number of loader workers. With a
+    shard (rank, world) and the global batch size, a rank draws its part of each global batch (batch_slices)."""
 
-    def __init__(self, n: int, seed: int, shuffle: bool):
+    def __init__(self, n: int, seed: int, shuffle: bool, batch_size: int = 1, shard=(0, 1)):
         self.n, self.seed, self.shuffle, self.epoch, self.epoch_of = n, seed, shuffle, 0, None
+        self.slices = batch_slices(n, batch_size, False, shard, train=shuffle) if shard[1] > 1 else [(0, n)]
 
     def __len__(self):
-        return self.n
+        return sum(b - a for a, b in self.slices)
 
     def __iter__(self):
         e = self.epoch_of() if self.epoch_of is not None else self.epoch
         self.epoch = e + 1
         g = torch.Generator().manual_seed(self.seed * 100003 + e)
         order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
-        return iter((order + e * self.n).tolist())
+        order = order + e * self.n
+        return iter(torch.cat([order[a:b] for a, b in self.slices]).tolist())
 
 
 class SeededImages(torch.utils.data.Dataset):
@@ -535,13 +564,14 @@ class ImageFolderDataModule(pl.LightningDataModule):
         # light: pad + crop (and flip); none: the flip alone, if on
         return DeviceBatches(*data, self.batch_size, shuffle=train,
                              augment=train and (self.preset == "light" or self.flip), flip=train and self.flip, mean=IMAGENET_MEAN, std=IMAGENET_STD, seed=self.seed,
-                             drop_last=False, pad=self.pad if self.preset == "light" else 0)
+                             drop_last=False, pad=self.pad if self.preset == "light" else 0, shard=shard_of(self))
 
     def _loader(self, ds, train):
-        sampler = EpochSampler(len(ds), self.seed, shuffle=train)
+        shard = shard_of(self)
+        sampler = EpochSampler(len(ds), self.seed, shuffle=train, batch_size=self.batch_size, shard=shard)
         if train:
             sampler.epoch_of = trainer_epoch(self)
-        return torch.utils.data.DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=False,
+        return torch.utils.data.DataLoader(ds, batch_size=-(-self.batch_size // shard[1]), sampler=sampler, drop_last=False,
                                            num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
                                            persistent_workers=self.num_workers > 0)
 

@@ -148,10 +148,14 @@ class ClassificationModule(pl.LightningModule):
     def on_train_epoch_end(self):
         self._watch.check()
         seconds = time.perf_counter() - self._epoch_start
+        loss, images = self._train_loss_sum / max(1, self._train_batches), self._epoch_images
+        if self.trainer.world_size > 1:  # DDP: the mean over ranks (equal step counts) and all ranks' images
+            loss = self.trainer.strategy.reduce(loss, reduce_op="mean")
+            images = self.trainer.strategy.reduce(torch.tensor(float(images), device=self.device), reduce_op="sum").item()
         metrics = {
-            "train_loss": (self._train_loss_sum / max(1, self._train_batches)).item(),
+            "train_loss": loss.item(),
             "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
-            "images_per_s": self._epoch_images / max(seconds, 1e-9),
+            "images_per_s": images / max(seconds, 1e-9),
         }
         if self.device.type == "cuda":
             metrics["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
@@ -161,7 +165,8 @@ class ClassificationModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
-        self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, on_step=False, batch_size=x.shape[0])
+        self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, on_step=False, batch_size=x.shape[0],
+                 sync_dist=True)  # DDP: averaged over the ranks at the epoch's end (one device: unchanged)
         self.val_top1.update(logits, y)
         self.val_top5.update(logits, y)
 

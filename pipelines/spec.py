@@ -228,6 +228,7 @@ def _parse_study(raw: Dict[str, Any], profile: Optional[str] = None, check_data:
                   checkpoint_every=checkpoint_every)
     study.task = task
     study.trials = _expand(study)
+    _check_workers(study)
     _check_networks(study)
     if check_data:
         _check_data(study)
@@ -332,19 +333,26 @@ def _parse_train(train) -> Dict[str, Any]:
 
 
 def _parse_resources(res) -> Dict[str, float]:
+    """cpu and gpu per worker; workers per trial (several: one DDP process each, through Ray Train)."""
     if not isinstance(res, dict):
-        _fail("resources", "must be a mapping like {cpu: 1, gpu: 0.25}")
+        _fail("resources", "must be a mapping like {cpu: 1, gpu: 0.25} or {cpu: 4, gpu: 1, workers: 8}")
     for k in res:
-        if k not in ("cpu", "gpu"):
-            _fail(f"resources.{k}", "unknown resource (cpu, gpu)")
-    cpu, gpu = res.get("cpu", 1), res.get("gpu", 0)
+        if k not in ("cpu", "gpu", "workers"):
+            _fail(f"resources.{k}", "unknown resource (cpu, gpu, workers)")
+    cpu, gpu, workers = res.get("cpu", 1), res.get("gpu", 0), res.get("workers", 1)
     if not _is_num(cpu) or cpu <= 0:
         _fail("resources.cpu", f"must be a number > 0; got {cpu!r}")
     if not _is_num(gpu) or not 0 <= gpu <= 1 and not (float(gpu).is_integer() and gpu > 1):
         _fail("resources.gpu", f"must be a fraction in [0, 1] or a whole number of GPUs; got {gpu!r}")
     if _is_num(gpu) and gpu > 1:
-        _fail("resources.gpu", f"a trial trains on one GPU: use a fraction in (0, 1] or 1; got {gpu!r}")
-    return {"cpu": float(cpu), "gpu": float(gpu)}
+        _fail("resources.gpu", f"a worker trains on one GPU: use a fraction in (0, 1] or 1 (and resources.workers for "
+                               f"several GPUs per trial); got {gpu!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        _fail("resources.workers", f"must be an integer >= 1 (DDP processes per trial); got {workers!r}")
+    if workers > 1 and 0 < gpu < 1:
+        _fail("resources.gpu", f"a fraction of a GPU ({gpu:g}) with {workers} workers: each DDP worker needs a GPU of "
+                               "its own (NCCL refuses two ranks on one GPU); use gpu: 1, or gpu: 0 for CPU workers")
+    return {"cpu": float(cpu), "gpu": float(gpu), "workers": workers}
 
 
 def _parse_scheduler(s) -> Dict[str, Any]:
@@ -405,6 +413,20 @@ def _data_shape(train_cfg) -> tuple:
     if not isinstance(size, int) or isinstance(size, bool) or size < 8:
         _fail("train.data.image_size", f"must be an integer >= 8; got {size!r}")
     return (size, size), 3, 1000
+
+
+def _check_workers(study: Study):
+    """Several workers per trial: DDP splits each global batch (train.batch_size) evenly between them."""
+    w = study.resources["workers"]
+    if w == 1:
+        return
+    if study.task == "detection":
+        _fail("resources.workers", "several workers per trial are for classification; a detection trial runs on "
+                                   "one device (workers: 1)")
+    for t in study.trials:
+        if t.config["batch_size"] % w:
+            _fail("train.batch_size", f"{t.config['batch_size']} is the global batch, split evenly between "
+                                      f"{w} workers: use a multiple of {w}")
 
 
 def _check_networks(study: Study):

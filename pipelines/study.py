@@ -99,6 +99,9 @@ class MlflowRecorder(tune.Callback):
             seen.append(node)
             self.tracker.set_tags(rid, {"node_id": node, "nodes": ",".join(seen)})
 
+        if result.get("checkpoint_path"):  # a trial of several workers: Ray Train stored rank 0's checkpoint
+            self.tracker.set_tags(rid, {"checkpoint": result["checkpoint_path"]})
+
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         rid = self._run(trial)
         fs = getattr(checkpoint, "filesystem", None)
@@ -185,9 +188,8 @@ def init_ray(address: Optional[str], study: Study):
         if gpu > 0 and torch.cuda.device_count() == 0:
             raise LaunchError(f"resources.gpu: {gpu:g} GPU per trial requested but this machine has no GPU and no "
                               "Ray cluster was given (--address): use the cpu profile or resources: {gpu: 0}")
-        if study.resources["cpu"] > (os.cpu_count() or 1):
-            raise LaunchError(f"resources.cpu: {study.resources['cpu']:g} CPUs per trial but this machine has "
-                              f"{os.cpu_count()} (give --address of a larger Ray cluster)")
+        _check_fits(study, {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}, "this machine",
+                    " (give --address of a larger Ray cluster)")
     try:
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env)
@@ -200,13 +202,48 @@ def init_ray(address: Optional[str], study: Study):
         ray.shutdown()
         raise LaunchError(f"resources.gpu: {gpu:g} GPU per trial requested but the Ray cluster has no GPU "
                           "(use the cpu profile or resources: {gpu: 0})")
-    if study.resources["cpu"] > res.get("CPU", 0):
+    try:
+        _check_fits(study, res, "the Ray cluster")
+    except LaunchError:
         ray.shutdown()
-        raise LaunchError(f"resources.cpu: {study.resources['cpu']:g} CPUs per trial but the cluster has "
-                          f"{res.get('CPU', 0):g}")
+        raise
     if gpu == 0 and study.train.get("device") == "cuda":
         ray.shutdown()
         raise LaunchError("train.device: cuda needs resources.gpu > 0 (Ray hides GPUs from trials that ask for none)")
+
+
+def trial_needs(study: Study) -> Dict[str, float]:
+    """The CPUs and GPUs one trial holds while it runs (all its workers)."""
+    r = study.resources
+    if r["workers"] == 1:
+        return {"CPU": r["cpu"], "GPU": r["gpu"]}
+    from .distributed import TRIAL_CPU
+    return {"CPU": r["workers"] * r["cpu"] + TRIAL_CPU, "GPU": r["workers"] * r["gpu"]}
+
+
+def _check_fits(study: Study, have: Dict[str, float], where: str, hint: str = ""):
+    r, need = study.resources, trial_needs(study)
+    per = f" ({r['workers']} workers x {r['cpu']:g})" if r["workers"] > 1 else ""
+    if need["CPU"] > have.get("CPU", 0) + 1e-9:
+        raise LaunchError(f"resources.cpu: a trial needs {need['CPU']:g} CPUs{per} but {where} has "
+                          f"{have.get('CPU', 0):g}{hint}")
+    if r["workers"] > 1 and need["GPU"] > have.get("GPU", 0):
+        raise LaunchError(f"resources.workers: a trial needs {need['GPU']:g} GPUs ({r['workers']} workers x 1) but "
+                          f"{where} has {have.get('GPU', 0):g}{hint}")
+
+
+def concurrent_trials(study: Study, have: Optional[Dict[str, float]] = None) -> Optional[int]:
+    """How many trials of several workers run at once (None: Tune's own placement decides, for one-worker
+    trials). Set, because such a trial holds almost nothing itself: Tune would otherwise start every trial
+    and leave their worker groups waiting for each other's GPUs."""
+    if study.resources["workers"] == 1:
+        return None
+    if have is None:
+        import ray
+        have = ray.cluster_resources()
+    need = trial_needs(study)
+    fits = [int(have.get(k, 0) // need[k]) for k in ("CPU", "GPU") if need[k] > 0]
+    return max(1, min(fits))
 
 
 def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional[str] = None,
@@ -311,12 +348,17 @@ def _run_tune(study: Study, pending: List[Trial], reuse: Dict[tuple, Any], track
               parent: str, result: LaunchResult, storage: Optional[str], verbose: int):
     from .trial import run_trial
 
+    storage_path = storage or str(default_home() / "ray")
+    if "://" not in storage_path:
+        storage_path = str(Path(storage_path).expanduser().resolve())
+    res = study.resources
     trials = []
     for t in pending:
         prev = reuse.get((t.cell, t.seed))
         trials.append({"cell": t.cell, "seed": t.seed, "name": t.name, "config": t.config,
-                       "threads": max(1, int(study.resources["cpu"])), "checkpoint_every": study.checkpoint_every,
-                       "resume_from": prev.data.tags.get("checkpoint") if prev is not None else None})
+                       "threads": max(1, int(res["cpu"])), "checkpoint_every": study.checkpoint_every,
+                       "resume_from": prev.data.tags.get("checkpoint") if prev is not None else None,
+                       "workers": res["workers"], "cpu": res["cpu"], "gpu": res["gpu"], "storage": storage_path})
     recorder = MlflowRecorder(tracker, exp_id, parent, study,
                               {k: r.info.run_id for k, r in reuse.items()}, result)
     scheduler = None
@@ -328,14 +370,16 @@ def _run_tune(study: Study, pending: List[Trial], reuse: Dict[tuple, Any], track
                                   max_t=max(t.config["epochs"] for t in pending),
                                   grace_period=study.scheduler.get("grace_period", 1),
                                   reduction_factor=study.scheduler.get("reduction_factor", 3))
-    storage_path = storage or str(default_home() / "ray")
-    if "://" not in storage_path:
-        storage_path = str(Path(storage_path).expanduser().resolve())
-    trainable = tune.with_resources(run_trial, {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
+    if res["workers"] > 1:  # the trial only waits for its Ray Train workers, which hold the CPUs and GPUs
+        from .distributed import TRIAL_CPU
+        trainable = tune.with_resources(run_trial, {"cpu": TRIAL_CPU})
+    else:
+        trainable = tune.with_resources(run_trial, {"cpu": res["cpu"], "gpu": res["gpu"]})
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(trials)},
-        tune_config=tune.TuneConfig(num_samples=1, scheduler=scheduler, reuse_actors=True,
+        tune_config=tune.TuneConfig(num_samples=1, scheduler=scheduler, reuse_actors=res["workers"] == 1,
+                                    max_concurrent_trials=concurrent_trials(study),
                                     trial_name_creator=lambda tr: tr.config["trial"]["name"],
                                     trial_dirname_creator=lambda tr: f"{tr.config['trial']['name']}-{tr.trial_id}"),
         run_config=tune.RunConfig(

@@ -168,6 +168,7 @@ class Tracker:
             "study": study.name, "profile": study.profile, "trials": len(study.trials),
             "cells": len(study.cells), "seeds": ",".join(map(str, study.seeds)),
             "resources.cpu": study.resources["cpu"], "resources.gpu": study.resources["gpu"],
+            "resources.workers": study.resources.get("workers", 1),
             "max_failures": study.max_failures, "scheduler": study.scheduler["type"],
             "report": study.report or ""}.items()])
         if spec_text is not None:
@@ -180,7 +181,8 @@ class Tracker:
     def start_trial(self, experiment_id: str, parent_id: str, study, trial) -> str:
         from mlflow.entities import Param
         tags = {"kind": "trial", "study": study.name, "profile": study.profile, "cell": trial.cell,
-                "seed": str(trial.seed), "code_version": code_version(), "mlflow.parentRunId": parent_id}
+                "seed": str(trial.seed), "code_version": code_version(), "mlflow.parentRunId": parent_id,
+                "workers": str(study.resources.get("workers", 1))}
         run = self.client.create_run(experiment_id, run_name=trial.name, tags=tags)
         params = {"cell": trial.cell, **flatten(trial.config)}
         self.client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()])

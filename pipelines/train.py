@@ -146,13 +146,20 @@ def _accelerator(cfg):
 
 
 def fit(config: Dict[str, Any], callbacks: Optional[List[pl.Callback]] = None, logger=False,
-        ckpt_path: Optional[str] = None, enable_progress_bar: bool = False, built=None) -> Dict[str, float]:
+        ckpt_path: Optional[str] = None, enable_progress_bar: bool = False, built=None,
+        distributed: bool = False) -> Dict[str, float]:
     """Train and validate; returns the final epoch's metrics plus params and GFLOPs. ``built``: what
-    `build(config)` returned, when the caller has already built (and so checked) the trial."""
+    `build(config)` returned, when the caller has already built (and so checked) the trial. ``distributed``:
+    this process is one worker of a Ray Train group (pipelines/distributed.py); DDP over the group, each rank
+    training on its part of every global batch of ``batch_size``."""
     dm, module, cfg = built or build(config)
     accel = _accelerator(cfg)
+    placement = {"devices": 1}
+    if distributed:
+        from .distributed import trainer_options
+        placement = trainer_options()
     trainer = pl.Trainer(
-        accelerator=accel, devices=1, max_epochs=cfg["epochs"],
+        accelerator=accel, max_epochs=cfg["epochs"], **placement,
         precision="bf16-mixed" if accel == "gpu" else "32-true",
         callbacks=callbacks or [], logger=logger,
         enable_checkpointing=any(isinstance(c, pl.callbacks.Checkpoint) for c in callbacks or []),

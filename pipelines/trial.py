@@ -1,13 +1,16 @@
 """The Ray Tune trainable: one function of `config`, running `pipelines.train.fit` (the same code path as
-`aa-study train`) and reporting each epoch's metrics, with a checkpoint, to Tune.
+`aa-study train`) and reporting each epoch's metrics, with a checkpoint, to Tune. A trial of several workers
+(`resources.workers`) runs the same fit in each worker of a Ray Train group (pipelines/distributed.py).
 
-It writes nothing to MLflow: the driver does (see pipelines/tracking.py). `config["trial"]` holds the
+It writes nothing to MLflow: the driver does (pipelines/study.py, MlflowRecorder). `config["trial"]` holds the
 trial's training config, its cell key and seed, and where to resume from (a checkpoint of an earlier
-launch); a retry inside one launch resumes from `tune.get_checkpoint()`.
+launch); a retry inside one launch resumes from `tune.get_checkpoint()` (several workers: from the Train run's
+latest checkpoint).
 
-Fault switch for tests: `AA_STUDY_FAULT="cell[:seed][=kind],..."` makes the matching trials raise
-(kind `raise`, the default) or produce a NaN loss (kind `nan`); `AA_STUDY_FAULT_AFTER_EPOCH=N` delays the
-fault until N epochs have been reported.
+Fault switch for tests: `AA_STUDY_FAULT="cell[:seed][=kind][@rank],..."` makes the matching trials raise
+(kind `raise`, the default), produce a NaN loss (kind `nan`) or kill their process (kind `exit`), in every
+worker or only the one of that rank; `AA_STUDY_FAULT_AFTER_EPOCH=N` delays the fault until N epochs have been
+reported; with `AA_STUDY_FAULT_ONCE=DIR` a trial's fault fires once (a marker file in DIR), not on its retries.
 """
 from __future__ import annotations
 
@@ -23,27 +26,42 @@ class InjectedFault(RuntimeError):
     pass
 
 
-def _fault_for(cell: str, seed: int):
+def fault_for(cell: str, seed: int, rank: int = 0):
     spec = os.environ.get("AA_STUDY_FAULT", "")
     for item in filter(None, (s.strip() for s in spec.split(","))):
         target, _, kind = item.partition("=")
+        kind, _, on_rank = kind.partition("@")
         c, _, s = target.partition(":")
-        if c in (cell, "*") and (not s or int(s) == seed):
+        if c in (cell, "*") and (not s or int(s) == seed) and (not on_rank or int(on_rank) == rank):
+            once = os.environ.get("AA_STUDY_FAULT_ONCE")
+            if once:
+                marker = os.path.join(once, f"{cell}-{seed}")
+                if os.path.exists(marker):
+                    return None
+                return (kind or "raise", marker)
             return kind or "raise"
     return None
 
 
-class TuneReport(pl.callbacks.Checkpoint):
+class EpochReport(pl.callbacks.Checkpoint):
     """Reports the epoch's metrics (after the module has logged them) and every `every` epochs a
-    Lightning checkpoint. A `Checkpoint` subclass so that Lightning calls it after the module's own
+    Lightning checkpoint, through `report(metrics, checkpoint_dir, rank)` (Tune's by default; a worker of a
+    group reports to Ray Train). A `Checkpoint` subclass so that Lightning calls it after the module's own
     on_train_epoch_end hook, when train_loss and images/s exist."""
 
-    def __init__(self, every: int, extra: Dict[str, Any], fault=None, fault_after: int = 0):
-        self.every, self.extra, self.fault, self.fault_after = every, extra, fault, fault_after
+    def __init__(self, every: int, extra: Dict[str, Any], fault=None, fault_after: int = 0, report=None):
+        self.every, self.extra, self.fault_after = every, extra, fault_after
+        self.fault, self.marker = fault if isinstance(fault, tuple) else (fault, None)
+        self.report = report or _tune_report
+
+    def _fire(self, epoch):
+        if self.marker:
+            open(self.marker, "w").close()
+        if self.fault == "exit":
+            os._exit(1)  # a process that dies (a lost node, the OOM killer), not an exception
+        raise InjectedFault(f"injected fault (AA_STUDY_FAULT) after epoch {epoch}")
 
     def on_train_epoch_end(self, trainer, pl_module):
-        from ray import tune
-
         epoch = trainer.current_epoch + 1
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics.update(epoch=epoch, params=pl_module.profile.params, gflops=pl_module.profile.gflops,
@@ -53,18 +71,25 @@ class TuneReport(pl.callbacks.Checkpoint):
         last = epoch >= trainer.max_epochs
         if self.every and (epoch % self.every == 0 or last):
             with tempfile.TemporaryDirectory() as d:
-                trainer.save_checkpoint(os.path.join(d, "last.ckpt"), weights_only=False)  # optimizer too: resumable
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+                # every rank takes part (Lightning synchronises); rank 0 writes; optimizer too: resumable
+                trainer.save_checkpoint(os.path.join(d, "last.ckpt"), weights_only=False)
+                self.report(metrics, d, trainer.global_rank)
         else:
-            tune.report(metrics)
-        if self.fault == "raise" and epoch >= self.fault_after:
-            raise InjectedFault(f"injected fault (AA_STUDY_FAULT) after epoch {epoch}")
+            self.report(metrics, None, trainer.global_rank)
+        if self.fault in ("raise", "exit") and epoch >= self.fault_after:
+            self._fire(epoch)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.fault == "nan" and trainer.current_epoch >= self.fault_after:
             for p in pl_module.parameters():
                 p.data.fill_(float("nan"))
                 break
+
+
+def _tune_report(metrics, checkpoint_dir, rank):
+    from ray import tune
+
+    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
 
 
 def run_trial(config: Dict[str, Any]) -> None:
@@ -74,11 +99,13 @@ def run_trial(config: Dict[str, Any]) -> None:
     from .train import fit
 
     t = config["trial"]
+    if t.get("workers", 1) > 1:
+        from .distributed import run_workers
+        return run_workers(t)
     torch.set_num_threads(max(1, int(t.get("threads", 1))))
     extra = {"node_id": ray.get_runtime_context().get_node_id()}
-    fault = _fault_for(t["cell"], t["seed"])
-    callback = TuneReport(t.get("checkpoint_every", 1), extra, fault,
-                          int(os.environ.get("AA_STUDY_FAULT_AFTER_EPOCH", "0")))
+    callback = EpochReport(t.get("checkpoint_every", 1), extra, fault_for(t["cell"], t["seed"]),
+                           int(os.environ.get("AA_STUDY_FAULT_AFTER_EPOCH", "0")))
     ckpt = tune.get_checkpoint()
     if ckpt is None and t.get("resume_from"):
         path = t["resume_from"]
