@@ -355,6 +355,107 @@ class SeededImages(torch.utils.data.Dataset):
             return self.transform(img), label
 
 
+def _crop_box(size_wh, rng_seed, preset, out_size, resize, crop_scale, flip):
+    """How one image becomes out_size x out_size: (top, left, height, width, flip, mode). Mode 0 (imagenet): crop
+    that box and resize it, RandomResizedCrop's draw (the same stream, hence the same box, as the PIL path under
+    the same seed). Mode 1 (validation, preset none): resize the whole image to (height, width), torchvision's
+    Resize(resize), then take the out_size square at (top, left), its CenterCrop."""
+    from torchvision import transforms as T
+
+    w, h = size_wh
+    flipped = False
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(rng_seed)
+        if preset == "imagenet":
+            top, left, ch, cw = T.RandomResizedCrop.get_params(torch.empty(1, 1, 1).expand(1, h, w), crop_scale,
+                                                               (3 / 4, 4 / 3))
+            return top, left, ch, cw, bool(flip and torch.rand(1) < 0.5), 0
+        flipped = bool(flip and torch.rand(1) < 0.5)
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = resize, int(resize * long / short)  # torchvision's Resize(int) rule
+    rw, rh = (new_short, new_long) if w <= h else (new_long, new_short)
+    return int(round((rh - out_size) / 2.0)), int(round((rw - out_size) / 2.0)), rh, rw, flipped, 1
+
+
+class EncodedImages(torch.utils.data.Dataset):
+    """(file bytes, crop box, label) for decoding on the GPU: a loader worker only reads the file and the image's
+    header (its size), and draws the crop from the per-(seed, epoch, image) stream; nvJPEG decodes the batch on
+    the training device (decode_encoded). Files that are not JPEG are decoded and cropped here, with PIL."""
+
+    def __init__(self, samples, seed: int, train: bool, preset: str, size: int, resize: int, crop_scale, flip: bool):
+        self.samples, self.seed, self.train = samples, seed, train
+        self.preset, self.size, self.resize, self.crop_scale, self.flip = preset, size, resize, crop_scale, flip
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, k):
+        from PIL import Image
+        from torchvision.io import read_file
+
+        epoch, i = divmod(int(k), len(self.samples))
+        path, label = self.samples[i]
+        with Image.open(path) as im:  # reads the header only
+            wh, fmt = im.size, im.format
+        box = _crop_box(wh, _sample_seed(self.seed, epoch, i), self.preset if self.train else "none", self.size,
+                        self.resize, self.crop_scale, self.flip and self.train)
+        if fmt == "JPEG":
+            return read_file(str(path)), torch.tensor(box), label
+        from torchvision.transforms import functional as TF
+        top, left, h, w, _, mode = box
+        with Image.open(path) as im:
+            img = im.convert("RGB")
+        img = (TF.resized_crop(img, top, left, h, w, [self.size, self.size]) if mode == 0 else
+               TF.crop(TF.resize(img, [h, w]), top, left, self.size, self.size))
+        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return (x.flip(-1) if box[4] else x), torch.tensor(box), label
+
+
+def collate_encoded(items):
+    data, boxes, labels = zip(*items)
+    return list(data), torch.stack(boxes), torch.tensor(labels, dtype=torch.int64)
+
+
+def decode_encoded(batch, device, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """An EncodedImages batch -> (normalised float images (B, 3, size, size), labels) on `device`: the JPEGs of the
+    batch decoded together by nvJPEG (torchvision.io.decode_jpeg on CUDA), each cropped and resized there
+    (bilinear, antialiased), flipped where drawn. An image nvJPEG cannot take (e.g. CMYK) is decoded on the CPU."""
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    data, boxes, labels = batch
+    jpeg = [j for j, d in enumerate(data) if d.dim() == 1]
+    decoded = {}
+    if jpeg:
+        try:
+            out = decode_jpeg([data[j] for j in jpeg], mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:
+            out = []
+            for j in jpeg:
+                try:
+                    out.append(decode_jpeg(data[j], mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    out.append(decode_image(data[j], mode=ImageReadMode.RGB).to(device))
+        decoded = dict(zip(jpeg, out))
+    rows = []
+    for j, d in enumerate(data):
+        if j not in decoded:  # already cropped in the loader worker
+            rows.append(d.to(device, non_blocking=True).float())
+            continue
+        top, left, h, w, flipped, mode = boxes[j].tolist()
+        img = decoded[j].unsqueeze(0).float()
+        if mode == 0:  # crop, then resize
+            img = F.interpolate(img[..., top:top + h, left:left + w], size=(size, size), mode="bilinear",
+                                antialias=True, align_corners=False)[0]
+        else:  # resize, then centre-crop
+            img = F.interpolate(img, size=(h, w), mode="bilinear", antialias=True,
+                                align_corners=False)[0, :, top:top + size, left:left + size]
+        rows.append(img.flip(-1) if flipped else img)
+    x = torch.stack(rows).clamp_(0, 255).div_(255)
+    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    return (x - m).div_(s).contiguous(memory_format=torch.channels_last), labels.to(device, non_blocking=True)
+
+
 class ImageFolderDataModule(pl.LightningDataModule):
     """Any ImageFolder tree (a folder per class): ``root/train`` + ``root/val``, or one tree split by
     ``val_fraction``. ImageNet is this with the standard 224 px transforms (`imagenet`).
@@ -379,8 +480,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def __init__(self, root: str, batch_size: int = 64, image_size: int = 224, val_fraction: float = 0.1,
                  num_workers: int = 4, seed: int = 0, resize: Optional[int] = None, device=None,
                  augment: str = "auto", flip: bool = True, pad: Optional[int] = None, crop_scale=(0.08, 1.0),
-                 resident="auto"):
+                 resident="auto", decode: str = "cpu"):
         super().__init__()
+        if decode not in ("cpu", "gpu"):
+            raise DataError(f"decode must be cpu (PIL in loader workers) or gpu (nvJPEG on the training GPU); "
+                            f"got {decode!r}")
         if augment not in AUGMENT_PRESETS:
             raise DataError(f"augment must be one of {', '.join(AUGMENT_PRESETS)}; got {augment!r}")
         if not isinstance(flip, bool):
@@ -405,7 +509,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
         if resident is True and self.preset == "imagenet":
             raise DataError("resident: true holds images at their final size; use augment: light or none with it "
                             "(the imagenet preset crops from the full image, in the loader)")
-        self.resident_option, self.device = resident, device
+        if decode == "gpu" and (resident is True or augment_preset(augment, image_size) == "light"):
+            raise DataError("decode: gpu reads JPEGs in the loader and decodes them on the GPU: it takes augment "
+                            "imagenet or none, and resident: false or auto")
+        self.resident_option, self.device, self.decode = resident, device, decode
         self._samples = None
         self._train = self._val = None
 
@@ -482,7 +589,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
                "imagenet": f"imagenet (RandomResizedCrop scale {self.crop_scale[0]:g}-{self.crop_scale[1]:g})"}[self.preset]
         return (f"{self.name} {self.root}: {len(classes)} classes, {len(train)} train / {len(val)} val images, "
                 f"sizes seen {seen}; at {self.size} px, augment {aug}{', flip' if self.flip else ', no flip'}; "
-                f"{'held on the training device' if self.resident else f'read by {self.num_workers} loader workers'}")
+                f"{'held on the training device' if self.resident else f'read by {self.num_workers} loader workers'}"
+                f"{', JPEGs decoded on the GPU (nvJPEG)' if self.decode == 'gpu' and not self.resident else ''}")
 
     @property
     def num_classes(self):
@@ -496,7 +604,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def resident(self) -> bool:
         if self.resident_option != "auto":
             return bool(self.resident_option)
-        if self.preset == "imagenet":
+        if self.preset == "imagenet" or self.decode == "gpu":
             return False
         train, val, _ = self._split()
         return (len(train) + len(val)) * 3 * self.size * self.size <= self.RESIDENT_MAX_BYTES
@@ -557,8 +665,29 @@ class ImageFolderDataModule(pl.LightningDataModule):
             self._train = tuple(t.to(dev) for t in self._decoded(train, "train"))
             self._val = tuple(t.to(dev) for t in self._decoded(val, "val"))
             return
+        if self.on_gpu_decode:
+            kw = dict(preset=self.preset, size=self.size, resize=self.resize, crop_scale=self.crop_scale, flip=self.flip)
+            self._train, self._val = EncodedImages(train, self.seed, True, **kw), EncodedImages(val, self.seed, False, **kw)
+            return
         train_tf, val_tf = self.transforms()
         self._train, self._val = SeededImages(train, train_tf, self.seed), SeededImages(val, val_tf, self.seed)
+
+    @property
+    def on_gpu_decode(self) -> bool:
+        """decode: gpu where the fit runs on a GPU; elsewhere the PIL path (a note says so)."""
+        if self.decode != "gpu" or self.resident:
+            return False
+        if training_device(self, self.device).type != "cuda":
+            if not getattr(self, "_noted", False):
+                print("decode: gpu but this fit runs on the CPU: decoding with PIL in the loader workers instead")
+                self._noted = True
+            return False
+        return True
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        if isinstance(self._train, EncodedImages):  # file bytes and crop boxes: decode on the device
+            return decode_encoded(batch, device, self.size)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def _device_batches(self, data, train):
         # light: pad + crop (and flip); none: the flip alone, if on
@@ -571,9 +700,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
         sampler = EpochSampler(len(ds), self.seed, shuffle=train, batch_size=self.batch_size, shard=shard)
         if train:
             sampler.epoch_of = trainer_epoch(self)
+        encoded = isinstance(ds, EncodedImages)
         return torch.utils.data.DataLoader(ds, batch_size=-(-self.batch_size // shard[1]), sampler=sampler, drop_last=False,
-                                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
-                                           persistent_workers=self.num_workers > 0)
+                                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available() and not encoded,
+                                           persistent_workers=self.num_workers > 0,
+                                           collate_fn=collate_encoded if encoded else None,
+                                           prefetch_factor=4 if encoded and self.num_workers else None)
 
     def train_dataloader(self):
         if self.resident:

@@ -142,3 +142,53 @@ def test_the_augmentation_a_trial_gets_is_written_into_its_config_and_key():
     assert key != cell_key(normalise({**base, "data": {"root": "x", "image_size": 32, "flip": False}}))
     assert key != cell_key(normalise({**base, "data": {"root": "x", "image_size": 32, "augment": "none"}}))
 
+
+
+def _jpeg_tree(root, n=6, seed=0):
+    """Two classes of smooth colour JPEGs of mixed sizes (and one PNG, which the GPU path decodes with PIL)."""
+    rng = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        for c in range(2):
+            d = root / split / f"c{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                h, w = int(rng.integers(40, 90)), int(rng.integers(40, 90))
+                small = rng.integers(0, 255, (h // 8 + 2, w // 8 + 2, 3), dtype=np.uint8)
+                img = Image.fromarray(small).resize((w, h), Image.BILINEAR)
+                img.save(d / f"{i}.jpg", quality=95) if i else img.save(d / f"{i}.png")
+    return root
+
+
+def test_gpu_decode_path_matches_the_pil_path_on_fresh_images(tmp_path, workdir):
+    """decode: gpu draws the same crop and flip as the PIL path for each (seed, epoch, image) and resizes it the
+    same way; checked on the CPU (torchvision's decode_jpeg takes the same batch there) against the PIL reference."""
+    from pipelines.data import EncodedImages, SeededImages, collate_encoded, decode_encoded
+
+    root = _jpeg_tree(tmp_path / "j")
+    for preset in ("imagenet", "none"):
+        dm = make_datamodule("imagefolder", root=str(root), image_size=32, augment=preset, num_workers=0,
+                             batch_size=8, resident=False, seed=5)
+        train, val, _ = dm._split()
+        train_tf, val_tf = dm.transforms()
+        kw = dict(preset=dm.preset, size=32, resize=dm.resize, crop_scale=dm.crop_scale, flip=True)
+        for samples, is_train, tf in ((train, True, train_tf), (val, False, val_tf)):
+            enc, ref = EncodedImages(samples, 5, is_train, **kw), SeededImages(samples, tf, 5)
+            idx = [len(samples) * 3 + i for i in range(len(samples))]  # epoch 3
+            x, y = decode_encoded(collate_encoded([enc[k] for k in idx]), torch.device("cpu"), 32)
+            xr = torch.stack([ref[k][0] for k in idx])
+            assert x.shape == xr.shape == (len(samples), 3, 32, 32)
+            assert y.tolist() == [ref[k][1] for k in idx]
+            # the same crop, flip and size; only the decoders' and resamplers' rounding differ (in [0, 1] pixels)
+            diff = ((x - xr) * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)).abs()
+            assert diff.mean() < 0.003 and diff.max() < 0.02, (preset, is_train, diff.mean(), diff.max())
+
+
+def test_gpu_decode_falls_back_to_pil_on_a_cpu_fit_and_refuses_what_it_cannot_do(tmp_path, workdir, capsys):
+    root = _jpeg_tree(tmp_path / "j")
+    dm = _dm(root, image_size=32, augment="imagenet", decode="gpu")
+    x, _ = _epoch(dm.train_dataloader())
+    out = capsys.readouterr().out
+    assert "decoded on the GPU" in out and "decoding with PIL" in out and x.shape == (12, 3, 32, 32)
+    for bad in (dict(decode="nvjpeg"), dict(decode="gpu", augment="light"), dict(decode="gpu", resident=True)):
+        with pytest.raises(DataError, match="decode"):
+            make_datamodule("imagefolder", root=str(root), image_size=32, **bad)
