@@ -11,7 +11,7 @@ N=${1:-6000}; EPOCHS=${2:-3}
 ROOT=${JPEG_ROOT:-/tmp/aa-jpegs}
 GPUS=$(python3 -c "import torch; print(torch.cuda.device_count())")
 [ -d "$ROOT/train" ] || python3 benchmarks/jpeg_loader.py --make "$ROOT" --images "$N"
-DIR=$(mktemp -d); SPEC=$DIR/ddp.yaml; STORE=sqlite:///$DIR/mlflow.db
+DIR=$(mktemp -d); SPEC=$DIR/ddp.yaml; STORE=sqlite:///$DIR/mlflow.db; LOGS=${OUT:-$DIR}
 if [ "${SMOKE:-0}" = 1 ]; then
   MAX=2; ARCH="arch: [aa_resnet18]"; TRAIN="image_size: 64, augment: none, decode: cpu, num_workers: 0"
   NET="small_input: true"; RES="cpu: 0.5, gpu: 0"; DEV=cpu; B=16
@@ -39,9 +39,9 @@ profiles:
 EOF
 for W in 1 "$MAX"; do
   s=$(date +%s.%N)
-  python3 -m pipelines.cli run "$SPEC" --profile "w$W" --quiet --tracking-uri "$STORE" --storage "$DIR/ray" \
-    > "$DIR/w$W.log" 2>&1 || { tail -40 "$DIR/w$W.log"; exit 1; }
-  echo "w$W $(python3 -c "print(f'{$(date +%s.%N) - $s:.1f}')")" >> "$DIR/wall.txt"
+  python3 -m pipelines.cli run "$SPEC" --profile "w$W" --tracking-uri "$STORE" --storage "$DIR/ray" \
+    > "$LOGS/ddp-w$W.log" 2>&1 || { tail -40 "$LOGS/ddp-w$W.log"; exit 1; }
+  echo "w$W $(python3 -c "print(f'{$(date +%s.%N) - $s:.1f}')")" | tee -a "$DIR/wall.txt"
 done
 python3 - "$STORE" "$MAX" "$DIR/wall.txt" <<'EOF'
 import sys

@@ -111,7 +111,14 @@ def model_rate(batch: int, steps: int) -> float:
 
         def train_dataloader(self):
             x, y = self.x.cuda(), self.y.cuda()
-            return [(x, y)] * steps
+
+            class Repeat:  # one iterable (a list would be taken for several dataloaders)
+                def __len__(self):
+                    return steps
+
+                def __iter__(self):
+                    return iter([(x, y)] * steps)
+            return Repeat()
 
         def val_dataloader(self):
             return [(self.x[:8].cuda(), self.y[:8].cuda())]
