@@ -412,8 +412,27 @@ class EncodedImages(torch.utils.data.Dataset):
 
 
 def collate_encoded(items):
+    """One flat byte tensor for the batch's files (with their offsets), not one tensor per file: a loader worker
+    hands each tensor to the main process through a file descriptor of its own, and a batch of 128 such fds per
+    worker exhausts the process's limit."""
     data, boxes, labels = zip(*items)
-    return list(data), torch.stack(boxes), torch.tensor(labels, dtype=torch.int64)
+    files = [d for d in data if d.dim() == 1]
+    flat = torch.cat(files) if files else torch.empty(0, dtype=torch.uint8)
+    ends = torch.tensor([d.numel() if d.dim() == 1 else -1 for d in data], dtype=torch.int64)
+    decoded = [d for d in data if d.dim() != 1]  # non-JPEG files, already cropped (rare)
+    return (flat, ends, decoded), torch.stack(boxes), torch.tensor(labels, dtype=torch.int64)
+
+
+def _unpack(packed):
+    flat, sizes, decoded = packed
+    out, at, rest = [], 0, iter(decoded)
+    for n in sizes.tolist():
+        if n < 0:
+            out.append(next(rest))
+        else:
+            out.append(flat[at:at + n])
+            at += n
+    return out
 
 
 def decode_encoded(batch, device, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
@@ -422,7 +441,8 @@ def decode_encoded(batch, device, size: int, mean=IMAGENET_MEAN, std=IMAGENET_ST
     (bilinear, antialiased), flipped where drawn. An image nvJPEG cannot take (e.g. CMYK) is decoded on the CPU."""
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-    data, boxes, labels = batch
+    packed, boxes, labels = batch
+    data = _unpack(packed)
     jpeg = [j for j, d in enumerate(data) if d.dim() == 1]
     decoded = {}
     if jpeg:

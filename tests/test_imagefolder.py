@@ -192,3 +192,21 @@ def test_gpu_decode_falls_back_to_pil_on_a_cpu_fit_and_refuses_what_it_cannot_do
     for bad in (dict(decode="nvjpeg"), dict(decode="gpu", augment="light"), dict(decode="gpu", resident=True)):
         with pytest.raises(DataError, match="decode"):
             make_datamodule("imagefolder", root=str(root), image_size=32, **bad)
+
+
+def test_gpu_decode_batches_cross_loader_workers_as_one_buffer(tmp_path, workdir):
+    """Loader workers hand the main process one byte buffer per batch (not one tensor per file, which runs out
+    of file descriptors at ImageNet batch sizes); the batch decodes the same as when built in-process."""
+    from pipelines.data import EncodedImages, collate_encoded, decode_encoded
+
+    root = _jpeg_tree(tmp_path / "j")
+    dm = make_datamodule("imagefolder", root=str(root), image_size=32, augment="imagenet", resident=False, seed=1)
+    train, _, _ = dm._split()
+    ds = EncodedImages(train, 1, True, preset="imagenet", size=32, resize=dm.resize, crop_scale=dm.crop_scale,
+                       flip=True)
+    loader = torch.utils.data.DataLoader(ds, batch_size=len(train), num_workers=2, collate_fn=collate_encoded)
+    (flat, sizes, decoded), boxes, labels = next(iter(loader))
+    assert flat.dim() == 1 and len(sizes) == len(train) and len(decoded) == 2  # a PNG per class among the files
+    x, y = decode_encoded(((flat, sizes, decoded), boxes, labels), torch.device("cpu"), 32)
+    x2, y2 = decode_encoded(collate_encoded([ds[i] for i in range(len(train))]), torch.device("cpu"), 32)
+    assert torch.equal(x, x2) and torch.equal(y, y2) and x.shape == (len(train), 3, 32, 32)
