@@ -5,7 +5,7 @@
 #   bash benchmarks/ddp_scaling.sh [IMAGES] [EPOCHS]       (after `source scripts/gpu-host-env.sh` on the GPU host)
 # Per-GPU batch 128 in both runs (global 128 x workers), learning rate following the global batch. Prints images/s
 # of the last epoch, per GPU, and the scaling efficiency. SMOKE=1: a CPU-sized version (gloo workers, 64 px,
-# AA-ResNet-18) that checks the plumbing on a machine without GPUs.
+# AA-ResNet-18) that checks the plumbing on a machine without GPUs. POS_ENC=none: the content-only cell.
 set -euo pipefail
 N=${1:-6000}; EPOCHS=${2:-3}
 ROOT=${JPEG_ROOT:-/tmp/aa-jpegs}
@@ -21,7 +21,7 @@ else
 fi
 cat > "$SPEC" <<EOF
 name: ddp-scaling
-grid: {$ARCH, kappa: [0.25], upsilon: kappa, num_heads: [8], pos_enc: [relative]}
+grid: {$ARCH, kappa: [0.25], upsilon: kappa, num_heads: [8], pos_enc: [${POS_ENC:-relative}]}
 seeds: 1
 train:
   dataset: imagefolder

@@ -145,7 +145,9 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=16)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--pos-enc", default="relative", help="the AA-ResNet-50 cell's encoding (default relative)")
     a = p.parse_args(argv)
+    CELL["pos_enc"] = a.pos_enc
     if a.make:
         t = time.perf_counter()
         make_jpeg_tree(Path(a.make), a.images, a.classes)
@@ -158,9 +160,11 @@ def main(argv=None):
     rows = []
     ceiling = model_rate(a.batch, a.steps)
     rows.append(["no loader (one batch on the GPU)", "-", "-", f"{ceiling:.0f}", "-"])
+    print(rows[-1], flush=True)
     for decode, label in (("gpu", f"decode gpu (nvJPEG), {a.workers} workers read bytes"),
                           ("cpu", f"PIL, {a.workers} loader workers")):
         alone = loader_rate(a.root, decode, a.workers, a.batch, a.steps * 2)
+        print(f"{label}: loader alone {alone:.0f} images/s", flush=True)
         trained = train_rate(a.root, decode, a.workers, a.batch, a.steps)
         rows.append([label, f"{alone:.0f}", f"{alone / ceiling:.2f}", f"{trained:.0f}", f"{trained / ceiling:.2f}"])
         print(rows[-1], flush=True)
