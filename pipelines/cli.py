@@ -81,6 +81,12 @@ def _study_args(p, launch=True):
         p.add_argument("--storage", help="Ray Tune storage (a local path, shared on clusters, or a URI); "
                                          "default ./aa-study-runs/ray")
         p.add_argument("--quiet", action="store_true", help="no Tune progress table")
+        p.add_argument("--dry-run", action="store_true",
+                       help="list the trials a launch would run, what each holds, how many run at once on the "
+                            "cluster in view and the GPU-hours they take (from a few measured steps, or --rate); "
+                            "start and write nothing")
+        p.add_argument("--rate", type=float, help="with --dry-run: training images/s of one worker, instead of "
+                                                  "measuring a few steps here")
 
 
 def _fail(cmd, e) -> int:
@@ -98,6 +104,14 @@ def _launch(a, resume: bool) -> int:
         prepared = prepare(a.study, a.profile, a.tracking_uri)
     except (SpecError, TrackingError) as e:
         return _fail(cmd, e)
+    if a.dry_run:
+        from .study import plan
+        if a.rate is not None and not a.rate > 0:
+            return _fail(cmd, f"--rate must be a number of images/s > 0; got {a.rate}")
+        print("\n".join(plan(a.study, a.profile, a.tracking_uri, a.address, a.rate, prepared=prepared)))
+        return 0
+    if a.rate is not None:
+        return _fail(cmd, "--rate goes with --dry-run")
     try:
         res = launch(a.study, a.profile, a.tracking_uri, a.storage, a.address, resume=resume,
                      command=" ".join(["aa-study"] + sys.argv[1:]), verbose=0 if a.quiet else 1, prepared=prepared)

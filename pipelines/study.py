@@ -246,17 +246,11 @@ def concurrent_trials(study: Study, have: Optional[Dict[str, float]] = None) -> 
     return max(1, min(fits))
 
 
-def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional[str] = None,
-           storage: Optional[str] = None, address: Optional[str] = None, resume: bool = False,
-           command: str = "", verbose: int = 1, prepared=None) -> LaunchResult:
-    study, uri = prepared or prepare(spec_path, profile, tracking_uri)
-    tracker = Tracker(uri) if store_exists(uri) else None  # reading creates no store
+def recorded(study: Study, uri: str) -> tuple:
+    """(tracker or None, experiment id or None, FINISHED (cell, seed) keys, {key: other runs}); reading only:
+    no store is created."""
+    tracker = Tracker(uri) if store_exists(uri) else None
     exp_id = tracker.experiment_id(study.experiment) if tracker else None
-    if resume and exp_id is None:
-        raise LaunchError(f"nothing to resume: experiment {study.experiment!r} is not in {uri} "
-                          "(start it with aa-study run)")
-
-    # What is already done (reading only)
     done, unfinished = set(), {}
     if exp_id is not None:
         for r in tracker.runs(exp_id):
@@ -265,6 +259,28 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
                 done.add(key)
             else:
                 unfinished.setdefault(key, []).append(r)
+    return tracker, exp_id, done, unfinished
+
+
+def plan(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional[str] = None,
+         address: Optional[str] = None, rate: Optional[float] = None, prepared=None) -> List[str]:
+    """`aa-study run --dry-run`: the launch's trials, resources and an estimate; nothing started or written."""
+    from .plan import dry_run
+
+    study, uri = prepared or prepare(spec_path, profile, tracking_uri)
+    _, _, done, _ = recorded(study, uri)
+    pending = [t for t in study.trials if (t.cell, t.seed) not in done]
+    return dry_run(study, pending, len(study.trials) - len(pending), address, rate)
+
+
+def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional[str] = None,
+           storage: Optional[str] = None, address: Optional[str] = None, resume: bool = False,
+           command: str = "", verbose: int = 1, prepared=None) -> LaunchResult:
+    study, uri = prepared or prepare(spec_path, profile, tracking_uri)
+    tracker, exp_id, done, unfinished = recorded(study, uri)
+    if resume and exp_id is None:
+        raise LaunchError(f"nothing to resume: experiment {study.experiment!r} is not in {uri} "
+                          "(start it with aa-study run)")
     if tracker is not None and exp_id is not None:
         _refuse_if_another_launch_runs(tracker, exp_id)
     pending = [t for t in study.trials if (t.cell, t.seed) not in done]

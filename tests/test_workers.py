@@ -83,3 +83,21 @@ def test_two_worker_trials_finish_once_and_a_killed_worker_resumes_from_the_chec
     # a relaunch runs nothing
     assert main(["run", str(path), "--quiet"]) == 0
     assert "2 already finished, 0 to run" in capsys.readouterr().out
+
+
+def test_dry_run_plans_without_starting_or_writing_anything(workdir, capsys):
+    path = small_study(workdir, kappa=[0.5], pos_enc=["none", "relative"], epochs=3,
+                       extra="resources: {cpu: 0.5, gpu: 0, workers: 2}")
+    assert main(["run", str(path), "--dry-run", "--rate", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "2 trials, 0 already finished, 2 to run" in out
+    assert "each trial: 2 workers x (cpu 0.5, gpu 0), DDP over 2 processes" in out
+    assert "2 CPUs" in out or "trial" in out
+    # 3 epochs x 128 images at 100 img/s per worker x 2 workers: 1.92 s a trial
+    assert out.count("(rate given, x2 workers; 128 train images)") == 2
+    assert "total: 0.0 trial-hours" in out
+    assert not (workdir / "runs").exists()  # no store, no Ray storage
+    assert main(["run", str(path), "--dry-run"]) == 0  # a rate measured here, on the CPU
+    assert "measured on CPU" in capsys.readouterr().out
+    assert main(["run", str(path), "--rate", "5"]) == 2
+    assert "--rate goes with --dry-run" in capsys.readouterr().err
