@@ -37,6 +37,19 @@ def main(argv=None):
             worst = max(worst, diff if finite else float("inf"))
             print(f"batch {s // a.batch}: finite {finite}, max |gpu - cpu| {diff:.4f}, mean {mean:.5f}")
         print(f"worst {worst:.4f}")
+        # the antialiased resize of a cropped (non-contiguous) view against the same crop made contiguous
+        import torch.nn.functional as F
+        from torchvision.io import ImageReadMode, decode_jpeg
+        from torchvision.io import read_file
+        bad = 0
+        for path, _ in train[:64]:
+            img = decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB, device="cuda").unsqueeze(0).float()
+            h, w = img.shape[-2:]
+            view = img[..., h // 4: h // 4 + h // 3, w // 5: w // 5 + w // 3]
+            a = F.interpolate(view, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+            b = F.interpolate(view.contiguous(), size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+            bad += int(not torch.isfinite(a).all() or (a - b).abs().max() > 1e-3)
+        print(f"view vs contiguous crop: {bad} of 64 images differ or are not finite")
 
 
 if __name__ == "__main__":
