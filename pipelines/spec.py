@@ -7,7 +7,11 @@ safe loader and validates everything that can be checked without Ray or MLflow; 
 
 The cell key (`cell_key`) is a stable hash of a trial's normalised configuration without its seed and
 without settings that say *where* or *how fast* rather than *what* (device, data root, compile). It is
-what resume deduplicates on and what reports group by.
+what resume deduplicates on and what reports group by. Key version 1: the settings of KEY_V1_SETTINGS are
+hashed as they always were, defaults included; a setting added since is hashed only where a study sets it to
+something other than its default, so adding a setting whose default keeps the old behaviour changes no key
+(and no finished run of an existing store becomes "another cell"). tests/golden_cell_keys.json pins the keys of
+every shipped study's cells.
 """
 from __future__ import annotations
 
@@ -118,8 +122,17 @@ def normalise(config: Dict[str, Any]) -> Dict[str, Any]:
     return cfg
 
 
+# The training settings that key version 1 hashes, defaults included (the DEFAULTS of the day it was frozen).
+# Frozen: a new setting goes into pipelines/train.py: DEFAULTS only, never here.
+KEY_V1_SETTINGS = frozenset({"task", "arch", "kappa", "upsilon", "num_heads", "pos_enc", "stages", "small_input",
+                             "dataset", "data", "epochs", "batch_size", "recipe", "optim", "seed", "device",
+                             "compile", "limit_train_batches", "grad_clip"})
+KEY_VERSION = 1
+
+
 def cell_key(config: Dict[str, Any]) -> str:
-    cfg = {k: v for k, v in normalise(config).items() if k not in NOT_IN_CELL_KEY}
+    cfg = {k: v for k, v in normalise(config).items() if k not in NOT_IN_CELL_KEY
+           and (k in KEY_V1_SETTINGS or _canon(v) != _canon(TRAIN_DEFAULTS.get(k)))}
     cfg["data"] = {k: v for k, v in cfg.get("data", {}).items() if k not in NOT_IN_CELL_KEY_DATA}
     blob = json.dumps(_canon(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(blob.encode()).hexdigest()[:12]

@@ -199,3 +199,39 @@ def test_paper_profiles_replace_data_of_another_dataset_and_clear_optim():
     assert set(s.train["data"]) == {"root", "min_size", "num_workers"}
     s = load_study(ROOT / "studies/table5.yaml", "gpu", check_data=False)  # same dataset: data still merges
     assert s.train["data"]["task"] == "same_corners" and s.train["optim"] == {"base_lr": 0.03}
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shipped_keys():
+    out = {}
+    for f in sorted((ROOT / "studies").glob("*.yaml")):
+        for prof in yaml.safe_load(f.read_text()).get("profiles") or {}:
+            out[f"{f.name}:{prof}"] = sorted({t.cell for t in load_study(str(f), prof, check_data=False).trials})
+    return out
+
+
+def test_cell_keys_of_the_shipped_studies_are_pinned():
+    """The keys every store already holds runs under: a change here orphans finished runs (a relaunch would
+    retrain them), so it needs a key version and a migration, never a silent edit of the golden file."""
+    import json
+    assert _shipped_keys() == json.loads((ROOT / "tests" / "golden_cell_keys.json").read_text())
+
+
+def test_a_new_setting_at_its_default_changes_no_key(monkeypatch):
+    """Adding a training setting whose default keeps the old behaviour leaves every cell key as it was (the
+    upgrade that orphaned every finished run twice, grad_clip then task); setting it to something else in a
+    study makes new cells."""
+    from pipelines import spec as S
+
+    study = parse_study(yaml.safe_load(TINY_STUDY), "cpu")
+    before = [t.cell for t in study.trials]
+    monkeypatch.setitem(S.TRAIN_DEFAULTS, "label_noise", None)
+    assert [t.cell for t in parse_study(yaml.safe_load(TINY_STUDY), "cpu").trials] == before
+    spec = yaml.safe_load(TINY_STUDY)
+    spec["train"]["label_noise"] = 0.1
+    changed = [t.cell for t in parse_study(spec, "cpu").trials]
+    assert not set(changed) & set(before) and len(set(changed)) == len(set(before))
+    spec["train"]["label_noise"] = None  # written out at its default: the same cells as not writing it
+    assert [t.cell for t in parse_study(spec, "cpu").trials] == before

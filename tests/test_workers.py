@@ -74,7 +74,7 @@ def test_two_worker_trials_finish_once_and_a_killed_worker_resumes_from_the_chec
     for r in runs:
         hist = c.get_metric_history(r.info.run_id, "val_top1")
         assert [m.step for m in hist] == [1, 2, 3]  # each epoch once: the retry did not train epoch 1 again
-        assert r.data.tags["workers"] == "2" and r.data.tags["checkpoint"]
+        assert r.data.tags["workers"] == "2" and r.data.tags["checkpoint"] and r.data.tags["key_version"] == "1"
         assert 0 <= r.data.metrics["val_top1"] <= 1 and r.data.metrics["images_per_s"] > 0
     hit = next(r for r in runs if r.data.tags["cell"] == victim)
     assert hit.data.tags.get("retries") == "1" and (marks / f"{victim}-0").exists()
