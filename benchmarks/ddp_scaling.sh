@@ -29,7 +29,8 @@ train:
   epochs: $EPOCHS
   batch_size: $B
   recipe: imagenet
-  optim: {base_lr: 0.02}  # the recipe's 0.1 with a short run's few warm-up steps diverges (nan within steps)
+  optim: {base_lr: 0.02}  # the recipe's 0.1 with a short run's few warm-up steps went nan within steps
+  grad_clip: 1.0
   stages: [2, 3, 4]
   $NET
   device: $DEV
