@@ -99,11 +99,13 @@ def train_rate(root: str, decode: str, workers: int, batch: int, steps: int) -> 
 
 
 def model_rate(batch: int, steps: int) -> float:
-    """Training steps of the same module on one batch already on the GPU: the rate no loader can raise."""
+    """Training steps of the same module, through the same `fit`, on one batch already on the GPU: the rate no
+    loader can raise."""
+    import pytorch_lightning as pl
     import torch
 
-    from pipelines.model import ClassificationModule, sgd_warmup_cosine  # noqa: F401
-    import pytorch_lightning as pl
+    from pipelines.model import ClassificationModule, OptimConfig
+    from pipelines.train import arch_kwargs, fit, resolve
 
     class Fixed(pl.LightningDataModule):
         def __init__(self):
@@ -125,17 +127,11 @@ def model_rate(batch: int, steps: int) -> float:
         def val_dataloader(self):
             return self.train_dataloader()
 
-    from pipelines.model import OptimConfig
-    module = ClassificationModule("aa_resnet50", 10, 3, (224, 224), batch, 2,
-                                  optim=OptimConfig.from_recipe("imagenet", **CELL["optim"]).__dict__,
-                                  arch_kwargs={k: CELL[k] for k in ("kappa", "num_heads", "pos_enc", "stages",
-                                                                    "small_input")} | {"upsilon": 0.25},
-                                  channels_last=True)
-    trainer = pl.Trainer(accelerator="gpu", devices=1, max_epochs=2, limit_val_batches=1, precision="bf16-mixed", logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, gradient_clip_val=CELL["grad_clip"])
-    trainer.fit(module, datamodule=Fixed())
-    return float(trainer.callback_metrics["images_per_s"])
+    cfg = resolve({**CELL, "epochs": 2, "batch_size": batch, "device": "cuda"})
+    module = ClassificationModule(cfg["arch"], 10, 3, (224, 224), batch, cfg["epochs"],
+                                  optim=OptimConfig.from_recipe(cfg["recipe"], **cfg["optim"]).__dict__,
+                                  arch_kwargs=arch_kwargs(cfg), channels_last=True)
+    return fit(cfg, built=(Fixed(), module, cfg))["images_per_s"]
 
 
 def main(argv=None):

@@ -363,7 +363,6 @@ def _crop_box(size_wh, rng_seed, preset, out_size, resize, crop_scale, flip):
     from torchvision import transforms as T
 
     w, h = size_wh
-    flipped = False
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(rng_seed)
         if preset == "imagenet":

@@ -17,7 +17,6 @@ whenever the `lightning` package is installed (it is on many GPU hosts, beside `
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, Optional
 
 import torch
@@ -69,14 +68,6 @@ def trainer_options() -> Dict[str, Any]:
                 use_distributed_sampler=False)  # the data modules shard each global batch themselves
 
 
-def in_worker_group() -> bool:
-    try:
-        import ray.train
-        return ray.train.get_context().get_world_size() > 1
-    except Exception:  # noqa: BLE001 - not inside Ray Train
-        return False
-
-
 def run_workers(t: Dict[str, Any]) -> None:
     """Inside a Tune trial: train t (the trial's dict, pipelines/study.py) on t["workers"] Ray Train workers."""
     from ray import tune
@@ -101,30 +92,11 @@ def run_workers(t: Dict[str, Any]) -> None:
 def _worker(t: Dict[str, Any]) -> None:
     import ray.train
 
-    from .train import fit
-    from .trial import EpochReport, fault_for
+    from .trial import train_trial
 
-    torch.set_num_threads(max(1, int(t.get("threads", 1))))
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    fault = fault_for(t["cell"], t["seed"], rank)
-    callback = EpochReport(t.get("checkpoint_every", 1), {"node_id": ray.get_runtime_context().get_node_id()},
-                           fault, int(os.environ.get("AA_STUDY_FAULT_AFTER_EPOCH", "0")), report=_train_report)
-    ckpt = ray.train.get_checkpoint()  # this Train run's latest (a retry), else the launch's resume point
-    path: Optional[str] = t.get("resume_from") if ckpt is None else None
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            fit(t["config"], callbacks=[callback], ckpt_path=os.path.join(d, "last.ckpt"), distributed=True)
-        return
-    if path and "://" not in path and not os.path.isdir(path):
-        if rank == 0:
-            print(f"checkpoint {path} no longer exists: training {t['name']} from its first epoch")
-        path = None
-    if path:
-        with ray.train.Checkpoint(path).as_directory() as d:
-            fit(t["config"], callbacks=[callback], ckpt_path=os.path.join(d, "last.ckpt"), distributed=True)
-        return
-    fit(t["config"], callbacks=[callback], distributed=True)
+    # this Train run's latest checkpoint (a retry), else the one the launch resumes from
+    train_trial(t, ray.train.get_checkpoint(), ray.train.Checkpoint, rank=ray.train.get_context().get_world_rank(),
+                report=_train_report, distributed=True)
 
 
 def _train_report(metrics, checkpoint_dir: Optional[str], rank: int) -> None:

@@ -28,29 +28,18 @@ def cluster_view(address: Optional[str]) -> tuple:
     return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}, "this machine"
 
 
-def at_once(study: Study, have: Dict[str, float]) -> int:
-    from .study import trial_needs
-
-    need = trial_needs(study)
-    fits = [int(have.get(k, 0) // need[k] + 1e-9) for k in ("CPU", "GPU") if need[k] > 0]
-    return max(0, min(fits)) if fits else 0
-
-
-def measure_rate(config: dict, steps: int = 3) -> tuple:
-    """(training images/s of one worker, device name): a few SGD steps of the trial's network on random
-    images of its dataset's shape, bf16 on a GPU, on whatever device is here."""
+def measure_rate(dm, size, cfg, steps: int = 3) -> tuple:
+    """(training images/s of one worker, device name): a few SGD steps of the trial's network (data module dm,
+    image size and resolved config as `train.build_data` gives them) on random images of its dataset's shape,
+    bf16 on a GPU, on whatever device is here."""
     import torch
     import torch.nn.functional as F
 
     from .model import build_model
-    from .train import ARCH_KEYS, build_data
+    from .train import arch_kwargs
 
-    dm, size, cfg = build_data(config)
-    kw = {k: cfg[k] for k in ARCH_KEYS}
-    if cfg["arch"] == "aa_wide_resnet28_10":
-        kw.pop("stages"), kw.pop("small_input")
     dev = torch.device("cuda" if torch.cuda.is_available() and cfg["device"] != "cpu" else "cpu")
-    model = build_model(cfg["arch"], dm.num_classes, dm.in_channels, tuple(size), **kw).to(dev)
+    model = build_model(cfg["arch"], dm.num_classes, dm.in_channels, tuple(size), **arch_kwargs(cfg)).to(dev)
     b = min(cfg["batch_size"], 64 if dev.type == "cuda" else 4)
     x = torch.randn(b, dm.in_channels, *size, device=dev)
     y = torch.randint(0, dm.num_classes, (b,), device=dev)
@@ -75,11 +64,8 @@ def measure_rate(config: dict, steps: int = 3) -> tuple:
     return b * steps / (time.perf_counter() - t), name
 
 
-def train_images(config: dict) -> Optional[int]:
-    """How many training images one epoch of the trial reads (None: not known without loading it)."""
-    from .train import build_data
-
-    dm, _, cfg = build_data(config)
+def train_images(dm) -> Optional[int]:
+    """How many training images one epoch of a trial with data module dm reads (None: not known)."""
     if hasattr(dm, "_split"):
         return len(dm._split()[0])
     if hasattr(dm, "load"):
@@ -88,10 +74,13 @@ def train_images(config: dict) -> Optional[int]:
 
 
 def dry_run(study: Study, pending: List, finished: int, address: Optional[str], rate: Optional[float]) -> List[str]:
+    from .study import trials_that_fit
+    from .train import build_data
+
     have, where = cluster_view(address)
     r = study.resources
     w, gpus = r["workers"], r["workers"] * r["gpu"]
-    n_at_once = at_once(study, have)
+    n_at_once = trials_that_fit(study, have)
     lines = [f"study {study.name} (profile {study.profile or '-'}): {len(study.trials)} trials, {finished} already "
              f"finished, {len(pending)} to run",
              f"each trial: {w} worker{'s' if w > 1 else ''} x (cpu {r['cpu']:g}, gpu {r['gpu']:g})"
@@ -112,11 +101,12 @@ def dry_run(study: Study, pending: List, finished: int, address: Optional[str], 
     lines.append(f"{'network':58} {'trials':>6} {'img/s':>8} {'h/trial':>8} {'GPU-h':>8}")
     for sig, net in nets.items():
         c = net["config"]
-        n = train_images(c)
+        dm, size, cfg = build_data(c)  # opened once: its image count, and the shapes of the measured steps
+        n = train_images(dm)
         if rate:
             per_worker, dev = rate, "given"
         else:
-            per_worker, dev = measure_rate(c)
+            per_worker, dev = measure_rate(dm, size, cfg)
         trial_rate = per_worker * w  # linear in the workers: an upper bound on the rate, a lower bound on time
         hours = c["epochs"] * (n or 0) / trial_rate / 3600
         total_trial_h += hours * net["trials"]

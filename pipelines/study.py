@@ -241,9 +241,14 @@ def concurrent_trials(study: Study, have: Optional[Dict[str, float]] = None) -> 
     if have is None:
         import ray
         have = ray.cluster_resources()
+    return max(1, trials_that_fit(study, have))
+
+
+def trials_that_fit(study: Study, have: Dict[str, float]) -> int:
+    """How many trials the CPUs and GPUs in `have` hold at once."""
     need = trial_needs(study)
     fits = [int(have.get(k, 0) // need[k]) for k in ("CPU", "GPU") if need[k] > 0]
-    return max(1, min(fits))
+    return max(0, min(fits)) if fits else 0
 
 
 def recorded(study: Study, uri: str) -> tuple:
@@ -372,7 +377,7 @@ def _run_tune(study: Study, pending: List[Trial], reuse: Dict[tuple, Any], track
     for t in pending:
         prev = reuse.get((t.cell, t.seed))
         trials.append({"cell": t.cell, "seed": t.seed, "name": t.name, "config": t.config,
-                       "threads": max(1, int(res["cpu"])), "checkpoint_every": study.checkpoint_every,
+                       "checkpoint_every": study.checkpoint_every,
                        "resume_from": prev.data.tags.get("checkpoint") if prev is not None else None,
                        "workers": res["workers"], "cpu": res["cpu"], "gpu": res["gpu"], "storage": storage_path})
     recorder = MlflowRecorder(tracker, exp_id, parent, study,

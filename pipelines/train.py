@@ -101,20 +101,25 @@ def build(config: Dict[str, Any]):
     if cfg["task"] == "detection":
         from .detection import DetectionModule
 
-        arch_kwargs = {k: cfg[k] for k in ("kappa", "upsilon", "num_heads", "pos_enc", "stages")}
+        backbone = {k: cfg[k] for k in ("kappa", "upsilon", "num_heads", "pos_enc", "stages")}
         optim = OptimConfig.from_recipe(cfg["recipe"], **cfg["optim"])
         module = DetectionModule(cfg["arch"], dm.num_classes, cfg["batch_size"], cfg["epochs"], min_size=dm.min_size,
-                                 max_size=dm.max_size, optim=optim.__dict__, arch_kwargs=arch_kwargs)
+                                 max_size=dm.max_size, optim=optim.__dict__, arch_kwargs=backbone)
         return dm, module, cfg
-    arch_kwargs = {k: cfg[k] for k in ARCH_KEYS}
-    if cfg["arch"] == "aa_wide_resnet28_10":
-        arch_kwargs.pop("stages"), arch_kwargs.pop("small_input")
     optim = OptimConfig.from_recipe(cfg["recipe"], **cfg["optim"])
     on_gpu = _accelerator(cfg) == "gpu"
     module = ClassificationModule(cfg["arch"], dm.num_classes, dm.in_channels, image_size, cfg["batch_size"],
-                                  cfg["epochs"], optim=optim.__dict__, arch_kwargs=arch_kwargs,
+                                  cfg["epochs"], optim=optim.__dict__, arch_kwargs=arch_kwargs(cfg),
                                   channels_last=on_gpu, compile=cfg["compile"])
     return dm, module, cfg
+
+
+def arch_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The network's arguments in a resolved classification config (the wide ResNet has no stages or stem choice)."""
+    kw = {k: cfg[k] for k in ARCH_KEYS}
+    if cfg["arch"] == "aa_wide_resnet28_10":
+        kw.pop("stages"), kw.pop("small_input")
+    return kw
 
 
 def build_data(config: Dict[str, Any]):

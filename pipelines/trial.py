@@ -93,28 +93,35 @@ def _tune_report(metrics, checkpoint_dir, rank):
 
 
 def run_trial(config: Dict[str, Any]) -> None:
-    import ray
     from ray import tune
+
+    t = config["trial"]
+    if t["workers"] > 1:
+        from .distributed import run_workers
+        return run_workers(t)
+    train_trial(t, tune.get_checkpoint(), tune.Checkpoint)
+
+
+def train_trial(t: Dict[str, Any], ckpt, checkpoint_cls, rank: int = 0, report=None, distributed: bool = False):
+    """What trains, in a one-worker trial's process or in each worker of a group: the fit of t, reporting each
+    epoch through `report` (Tune's by default), from `ckpt` (a retry's latest) if given, else from the
+    checkpoint an earlier launch recorded (opened as `checkpoint_cls`), else from its first epoch."""
+    import ray
 
     from .train import fit
 
-    t = config["trial"]
-    if t.get("workers", 1) > 1:
-        from .distributed import run_workers
-        return run_workers(t)
-    torch.set_num_threads(max(1, int(t.get("threads", 1))))
-    extra = {"node_id": ray.get_runtime_context().get_node_id()}
-    callback = EpochReport(t.get("checkpoint_every", 1), extra, fault_for(t["cell"], t["seed"]),
-                           int(os.environ.get("AA_STUDY_FAULT_AFTER_EPOCH", "0")))
-    ckpt = tune.get_checkpoint()
+    torch.set_num_threads(max(1, int(t["cpu"])))
+    callback = EpochReport(t.get("checkpoint_every", 1), {"node_id": ray.get_runtime_context().get_node_id()},
+                           fault_for(t["cell"], t["seed"], rank),
+                           int(os.environ.get("AA_STUDY_FAULT_AFTER_EPOCH", "0")), report=report)
     if ckpt is None and t.get("resume_from"):
         path = t["resume_from"]
         if "://" in path or os.path.isdir(path):
-            ckpt = tune.Checkpoint(path)
-        else:  # e.g. a study moved to another machine without its Ray storage
+            ckpt = checkpoint_cls(path)
+        elif rank == 0:  # e.g. a study moved to another machine without its Ray storage
             print(f"checkpoint {path} no longer exists: training {t['name']} from its first epoch")
     if ckpt is None:
-        fit(t["config"], callbacks=[callback])
+        fit(t["config"], callbacks=[callback], distributed=distributed)
         return
     with ckpt.as_directory() as d:
-        fit(t["config"], callbacks=[callback], ckpt_path=os.path.join(d, "last.ckpt"))
+        fit(t["config"], callbacks=[callback], ckpt_path=os.path.join(d, "last.ckpt"), distributed=distributed)
