@@ -85,11 +85,23 @@ def augment_resnet(
     return model
 
 
+class GlobalAvgPool(nn.Module):
+    """torchvision's ``AdaptiveAvgPool2d((1, 1))`` as a mean over the map: the same values and gradients, bit for bit on
+    the CPU, but its CUDA backward is deterministic (adaptive_avg_pool2d's is not, so `deterministic` runs refuse it)."""
+
+    def forward(self, x):
+        return x.mean((-2, -1), keepdim=True)
+
+
 def _aa_resnet(depth, num_classes, kappa, upsilon, num_heads, pos_enc, stages, small_input, in_channels,
-               input_size, attention_impl):
+               input_size, attention_impl, zero_init_residual=False):
     check_fractions(kappa, upsilon)
     block, layers = _DEPTHS[depth]
-    model = tv.ResNet(block, layers, num_classes=num_classes)
+    # zero_init_residual: the last BatchNorm of every residual branch starts at gamma 0 (Goyal et al. 2017; the TPU
+    # reference ResNet's init_zero), so each block starts as its shortcut; without it ResNet-50 at 224 px diverged
+    # within 10 steps (benchmarks/results/2026-11-25-multi-gpu.md). torchvision applies it after its own init.
+    model = tv.ResNet(block, layers, num_classes=num_classes, zero_init_residual=zero_init_residual)
+    model.avgpool = GlobalAvgPool()
     if small_input or in_channels != 3:
         k, s, p = (3, 1, 1) if small_input else (7, 2, 3)
         model.conv1 = nn.Conv2d(in_channels, 64, k, s, p, bias=False)
@@ -107,15 +119,17 @@ def _builder(depth):
     def build(num_classes: int = 1000, *, kappa: float = 0.0, upsilon: Optional[float] = None,
               num_heads: int = 8, pos_enc: str = "relative", stages: Iterable[int] = DEFAULT_STAGES,
               small_input: bool = False, in_channels: int = 3, input_size=None,
-              attention_impl: str = "auto") -> tv.ResNet:
+              attention_impl: str = "auto", zero_init_residual: bool = False) -> tv.ResNet:
         return _aa_resnet(depth, num_classes, kappa, kappa if upsilon is None else upsilon, num_heads,
-                          pos_enc, stages, small_input, in_channels, input_size, attention_impl)
+                          pos_enc, stages, small_input, in_channels, input_size, attention_impl,
+                          zero_init_residual)
 
     build.__name__ = build.__qualname__ = f"aa_resnet{depth}"
     build.__doc__ = (
         f"AA-ResNet-{depth} on torchvision's ResNet. kappa = d_k/F_out, upsilon = d_v/F_out (default: "
         f"upsilon = kappa), N_h = num_heads, pos_enc in none/relative/sine2d/coordconv, stages from 1-4. "
-        f"input_size sizes the relative tables (default 224, or 32 with small_input); other sizes still run."
+        f"input_size sizes the relative tables (default 224, or 32 with small_input); other sizes still run. "
+        f"zero_init_residual: each residual branch's last BatchNorm starts at 0 (the ImageNet recipe's init)."
     )
     return build
 

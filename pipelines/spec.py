@@ -38,7 +38,7 @@ TOP_KEYS = {"name", "description", "task", "experiment", "report", "grid", "seed
 PROFILE_KEYS = TOP_KEYS - {"name", "profiles", "default_profile", "task"}
 TASKS = ("classification", "detection")
 SCHEDULERS = ("fifo", "asha")
-NOT_IN_CELL_KEY = ("seed", "device", "compile")
+NOT_IN_CELL_KEY = ("seed", "device", "compile", "deterministic")
 NOT_IN_CELL_KEY_DATA = ("root", "num_workers")  # the same batches whatever the number of loader workers
 
 
@@ -110,6 +110,8 @@ def normalise(config: Dict[str, Any]) -> Dict[str, Any]:
     cfg["upsilon"] = float(cfg["kappa"] if cfg.get("upsilon") is None else cfg["upsilon"])
     if cfg["kappa"] == 0 and cfg["upsilon"] == 0:
         cfg["pos_enc"], cfg["num_heads"] = "none", 1
+    if "deterministic" in cfg and cfg["deterministic"] is None:  # written out: a run's params say the mode it used
+        cfg["deterministic"] = cfg.get("task", "classification") == "classification"
     if cfg.get("dataset") in ("imagefolder", "imagenet") and isinstance(cfg.get("data"), dict):
         # the augmentation a trial gets, written out: it is in the run's params and in the cell's key
         from .data import AUGMENT_PRESETS, augment_preset
@@ -301,7 +303,8 @@ def _parse_seeds(seeds) -> List[int]:
 
 
 _TRAIN_TYPES = {"epochs": int, "batch_size": int, "dataset": str, "data": dict, "recipe": str, "optim": dict,
-                "device": str, "compile": bool, "small_input": bool, "stages": list}
+                "device": str, "compile": bool, "small_input": bool, "stages": list, "zero_init_residual": bool,
+                "deterministic": bool}
 
 
 def _parse_train(train) -> Dict[str, Any]:
@@ -460,6 +463,8 @@ def _check_networks(study: Study):
         kw = dict(kappa=c["kappa"], upsilon=c["upsilon"], num_heads=c["num_heads"], pos_enc=c["pos_enc"])
         if c["task"] == "detection":
             from aa_modules.detection import aa_retinanet
+            if c.get("zero_init_residual"):
+                _fail("train.zero_init_residual", "is for classification AA-ResNets, not the detection backbone")
             size = c.get("data", {}).get("min_size", c.get("data", {}).get("size", 128))
             if not isinstance(size, int) or isinstance(size, bool) or size < 32:
                 _fail("train.data.min_size", f"must be an integer >= 32; got {size!r}")
@@ -468,7 +473,10 @@ def _check_networks(study: Study):
         else:
             size, in_ch, n_cls = _data_shape(c)
             if c["arch"].startswith("aa_resnet"):
-                kw.update(stages=tuple(c["stages"]), small_input=c["small_input"])
+                kw.update(stages=tuple(c["stages"]), small_input=c["small_input"],
+                          zero_init_residual=c.get("zero_init_residual", False))
+            elif c.get("zero_init_residual"):
+                _fail("train.zero_init_residual", f"is for the AA-ResNets; {c['arch']} has no such option")
             build, args = build_model, (c["arch"], n_cls, in_ch, size)
         try:
             with torch.device("meta"):

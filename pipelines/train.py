@@ -3,6 +3,7 @@ run this same function."""
 from __future__ import annotations
 
 import copy
+import os
 import math
 from typing import Any, Dict, List, Optional
 
@@ -32,8 +33,13 @@ DEFAULTS: Dict[str, Any] = {
     "compile": False,
     "limit_train_batches": None,
     "grad_clip": None,  # clip the gradient norm to this value (None: no clipping)
+    # deterministic algorithms (torch.use_deterministic_algorithms, cuBLAS workspace, no cuDNN autotuning), so a trial's
+    # result is a function of its cell and seed, not of what shares its GPU; None: on for classification, off for
+    # detection (RetinaNet's losses not yet checked under it on the GPU)
+    "deterministic": None,
+    "zero_init_residual": False,  # AA-ResNets: each residual branch's last BatchNorm starts at 0 (ImageNet profiles)
 }
-ARCH_KEYS = ("kappa", "upsilon", "num_heads", "pos_enc", "stages", "small_input")
+ARCH_KEYS = ("kappa", "upsilon", "num_heads", "pos_enc", "stages", "small_input", "zero_init_residual")
 
 
 def resolve(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -44,6 +50,7 @@ def resolve(config: Dict[str, Any]) -> Dict[str, Any]:
     cfg.update(copy.deepcopy(config))
     if cfg["upsilon"] is None:
         cfg["upsilon"] = cfg["kappa"]
+    cfg["deterministic"] = deterministic_mode(cfg)
     if cfg["task"] not in ("classification", "detection"):
         raise ValueError(f"task must be classification or detection; got {cfg['task']!r}")
     if cfg["device"] not in ("auto", "cpu", "cuda"):
@@ -52,6 +59,29 @@ def resolve(config: Dict[str, Any]) -> Dict[str, Any]:
         raise ValueError("device: cuda requested but no GPU is visible")
     _check_numbers(cfg)
     return cfg
+
+
+def deterministic_mode(cfg: Dict[str, Any]) -> bool:
+    """The `deterministic` setting with its default filled in: on for classification, off for detection."""
+    d = cfg.get("deterministic")
+    if d is None:
+        return cfg.get("task", "classification") == "classification"
+    if not isinstance(d, bool):
+        raise ValueError(f"deterministic must be true, false or null; got {d!r}")
+    return d
+
+
+NONDETERMINISTIC = "does not have a deterministic implementation"
+
+
+def nondeterministic_error(e: RuntimeError) -> RuntimeError:
+    """PyTorch's many-line refusal of an op under deterministic algorithms, as one line naming the op and the way
+    out; any other error unchanged."""
+    if NONDETERMINISTIC not in str(e):
+        return e
+    op = str(e).split(NONDETERMINISTIC)[0].strip()
+    return RuntimeError(f"deterministic: {op} has no deterministic implementation on this device; set "
+                        f"train.deterministic: false to run this study without the same-result guarantee")
 
 
 def _is_int(v) -> bool:
@@ -119,6 +149,8 @@ def arch_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
     kw = {k: cfg[k] for k in ARCH_KEYS}
     if cfg["arch"] == "aa_wide_resnet28_10":
         kw.pop("stages"), kw.pop("small_input")
+        if kw.pop("zero_init_residual"):
+            raise ValueError("zero_init_residual is for the AA-ResNets; aa_wide_resnet28_10 has no such option")
     return kw
 
 
@@ -160,6 +192,10 @@ def fit(config: Dict[str, Any], callbacks: Optional[List[pl.Callback]] = None, l
     dm, module, cfg = built or build(config)
     accel = _accelerator(cfg)
     placement = {"devices": 1}
+    if cfg["deterministic"]:
+        # read by cuBLAS when it creates a handle; set before the first matmul of this process (Lightning sets it
+        # too, but only inside the Trainer, after a reused actor's earlier trial may have made the handle)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if distributed:
         from .distributed import trainer_options
         placement = trainer_options()
@@ -169,10 +205,19 @@ def fit(config: Dict[str, Any], callbacks: Optional[List[pl.Callback]] = None, l
         callbacks=callbacks or [], logger=logger,
         enable_checkpointing=any(isinstance(c, pl.callbacks.Checkpoint) for c in callbacks or []),
         enable_progress_bar=enable_progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
-        limit_train_batches=cfg["limit_train_batches"], deterministic=False,
+        limit_train_batches=cfg["limit_train_batches"], deterministic=cfg["deterministic"],
         gradient_clip_val=cfg["grad_clip"],
     )
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    except RuntimeError as e:
+        one_line = nondeterministic_error(e)
+        if one_line is e:
+            raise
+        raise one_line from None
+    finally:
+        if cfg["deterministic"]:
+            torch.use_deterministic_algorithms(False)  # a process-wide switch: leave none behind for the next trial
     out = {k: float(v) for k, v in trainer.callback_metrics.items()}
     out.update(params=module.profile.params, gflops=module.profile.gflops, gflops_conv=module.profile.gflops_conv)
     return out

@@ -112,6 +112,35 @@ def test_aa_resnet_swaps_the_strided_3x3_conv_in_chosen_stages():
     assert m18(torch.randn(1, 1, 40, 24)).shape == (1, 10)  # another input size at run time
 
 
+def test_zero_init_residual_starts_every_block_as_its_shortcut():
+    """The ImageNet profiles' init: each residual branch's last BatchNorm starts at gamma 0 (AA blocks included),
+    so a block returns relu(shortcut) and the first steps of a deep net stay finite; off by default."""
+    m = A.aa_resnet50(10, kappa=0.25, num_heads=8, zero_init_residual=True)
+    blocks = [b for s in (m.layer1, m.layer2, m.layer3, m.layer4) for b in s]
+    assert isinstance(m.layer3[0].conv2, A.AugmentedConv2d)
+    assert all(float(b.bn3.weight.detach().abs().max()) == 0 for b in blocks)
+    assert all(float(b.bn1.weight.detach().min()) == 1 for b in blocks)
+    b = m.layer2[1].eval()
+    x = torch.relu(torch.randn(2, 512, 8, 8))
+    assert torch.equal(b(x), torch.relu(x))
+    assert all(float(b.bn3.weight.detach().min()) == 1 for b in A.aa_resnet50(10, kappa=0.25, num_heads=8).layer1)
+
+
+def test_global_average_pool_is_torchvision_s_bit_for_bit():
+    """The ResNets pool with a mean (its CUDA backward is deterministic, adaptive_avg_pool2d's is not): the same
+    values and gradients as torchvision's AdaptiveAvgPool2d."""
+    from aa_modules.resnet import GlobalAvgPool
+
+    assert isinstance(A.aa_resnet18(10).avgpool, GlobalAvgPool)
+    for shape in ((4, 512, 7, 7), (3, 64, 5, 3)):
+        x = torch.randn(*shape, requires_grad=True)
+        g = torch.randn(shape[0], shape[1], 1, 1)
+        a = torch.nn.AdaptiveAvgPool2d((1, 1))(x)
+        b = GlobalAvgPool()(x)
+        assert torch.equal(a, b)
+        assert torch.equal(torch.autograd.grad(a, x, g)[0], torch.autograd.grad(b, x, g)[0])
+
+
 def test_aa_resnet_error_names_the_layer():
     with pytest.raises(ValueError, match="layer2.0.conv1 \\(F_out=128\\): dk=38 is not divisible"):
         A.aa_resnet18(10, kappa=0.3, num_heads=4, stages=(2,))
