@@ -46,6 +46,8 @@ def _train_parser(sub):
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--compile", action="store_true", default=None)
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="deterministic algorithms (default: on for classification, off for detection)")
     p.add_argument("--progress", action="store_true", help="show Lightning's progress bar")
     return p
 
@@ -58,7 +60,8 @@ def _train_config(a) -> dict:
         if not isinstance(cfg, dict):
             raise ValueError(f"{a.config}: expected a mapping of training settings")
     flags = {k: getattr(a, k) for k in ("arch", "kappa", "upsilon", "num_heads", "pos_enc", "stages", "dataset",
-                                        "epochs", "batch_size", "recipe", "seed", "device", "compile")}
+                                        "epochs", "batch_size", "recipe", "seed", "device", "compile",
+                                        "deterministic")}
     cfg.update({k: v for k, v in flags.items() if v is not None})
     if a.lr is not None:
         cfg.setdefault("optim", {})["base_lr"] = a.lr

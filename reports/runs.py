@@ -17,7 +17,7 @@ AXES = ["arch", "kappa", "upsilon", "num_heads", "pos_enc"]
 BASELINE_BLIND = ("num_heads", "pos_enc")  # axes a plain convolution (κ = υ = 0) does not have
 METRICS = ["val_top1", "val_top5", "val_loss", "train_loss", "params", "gflops", "gflops_conv", "num_classes", "images_per_s", "epoch",
            "map", "ap50", "ap75", "aps", "apm", "apl"]
-CONTEXT = ["dataset", "data.task", "data.min_gap", "data.image_size", "epochs", "batch_size"]
+CONTEXT = ["dataset", "data.task", "data.min_gap", "data.image_size", "epochs", "batch_size", "deterministic"]
 
 
 class ReportError(ValueError):

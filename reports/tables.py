@@ -99,7 +99,20 @@ def context_caption(runs: pd.DataFrame) -> str:
     proxy = not set(runs["dataset"].dropna().unique()) <= set(FULL_SCALE)
     head = ("PROXY study, not the paper's setting: " if proxy else "") + f"dataset {data}; {archs}; " \
            f"{epochs} epochs; seeds {seeds}."
-    return head + " Values: mean ± 95% CI (Student t) over finished seeds, in %."
+    return head + f" {determinism_note(runs)} Values: mean ± 95% CI (Student t) over finished seeds, in %."
+
+
+def determinism_note(runs: pd.DataFrame) -> str:
+    """Whether the runs used deterministic algorithms (the `deterministic` setting; runs before it recorded none)."""
+    mode = runs["deterministic"].fillna("not recorded")
+    counts = mode.value_counts()
+    if len(counts) == 1:
+        m = counts.index[0]
+        return {"True": "Deterministic algorithms: on.", "False": "Deterministic algorithms: off."}.get(
+            m, "Deterministic algorithms: not recorded (runs made before the setting existed).")
+    parts = ", ".join(f"{n} {'on' if m == 'True' else 'off' if m == 'False' else 'not recorded'}"
+                      for m, n in counts.sort_index().items())
+    return f"Deterministic algorithms: mixed ({parts}): runs made without it can differ with what shares their GPU."
 
 
 # ------------------------------------------------------------------------------------------- layouts

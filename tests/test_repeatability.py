@@ -63,3 +63,39 @@ def test_a_trial_interrupted_and_resumed_ends_as_an_uninterrupted_one(tmp_path):
     resumed = fit(cfg, ckpt_path=str(tmp_path / "last.ckpt"))
     drop = ("images_per_s",)
     assert {k: v for k, v in resumed.items() if k not in drop} == {k: v for k, v in whole.items() if k not in drop}
+
+
+def test_deterministic_mode_changes_no_cpu_number_and_leaves_no_switch_behind():
+    """`deterministic` (on by default for classification) runs PyTorch's deterministic algorithms; on the CPU the
+    numbers are the ones the mode-less runs of existing stores got, and the process-wide switch is off again after
+    the fit, so a reused actor's next trial starts clean."""
+    import torch
+
+    from pipelines.train import fit, resolve
+
+    assert resolve(A)["deterministic"] is True
+    assert resolve({**A, "task": "detection"})["deterministic"] is False
+    torch.set_num_threads(1)
+    drop = ("images_per_s",)
+    on = fit({**A, "epochs": 1})
+    assert not torch.are_deterministic_algorithms_enabled()
+    off = fit({**A, "epochs": 1, "deterministic": False})
+    assert {k: v for k, v in on.items() if k not in drop} == {k: v for k, v in off.items() if k not in drop}
+
+
+def test_an_op_without_a_deterministic_version_is_named_in_one_line():
+    import torch
+
+    from pipelines.train import nondeterministic_error
+
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError) as e:
+            torch.zeros(5).put_(torch.tensor([0, 0]), torch.tensor([1.0, 2.0]))  # no deterministic version, CPU too
+    finally:
+        torch.use_deterministic_algorithms(False)
+    msg = str(nondeterministic_error(e.value))
+    assert "\n" not in msg and msg.startswith("deterministic: put_ has no deterministic")
+    assert "train.deterministic: false" in msg
+    other = RuntimeError("CUDA out of memory")
+    assert nondeterministic_error(other) is other

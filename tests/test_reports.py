@@ -58,6 +58,7 @@ def test_report_numbers_missing_cells_and_formats(tiny_study, workdir):
     assert "+20.00" in md  # relative vs none at kappa 0.25
     assert "55.00 (n=1)" in md
     assert "PROXY study" in md and "synthetic (relative_position, 16 px)" in md
+    assert "Deterministic algorithms: on." in md  # every run recorded the mode it used
     assert "not in this study" in md  # Table 6 rows for 2D sine and CoordConv
     t6 = (workdir / "rep" / "table6.md").read_text()
     assert "77.70" in t6 and "AA-ResNet-50" in t6  # the paper's relative row beside ours
