@@ -3,8 +3,9 @@
 # over every GPU of the host, through `aa-study run` as a user would (resources.workers), on a generated
 # ImageNet-like JPEG tree with the GPU input path (decode: gpu):
 #   bash benchmarks/ddp_scaling.sh [IMAGES] [EPOCHS]       (after `source scripts/gpu-host-env.sh` on the GPU host)
-# Per-GPU batch 128 in both runs (global 128 x workers), learning rate following the global batch. Prints images/s
-# of the last epoch, per GPU, and the scaling efficiency. SMOKE=1: a CPU-sized version (gloo workers, 64 px,
+# Per-GPU batch 128 in both runs (global 128 x workers), learning rate following the global batch, and the same
+# number of steps per epoch (STEPS, default 40), so each run's per-epoch costs weigh the same. Prints images/s of
+# the last epoch's training steps, per GPU, and the scaling efficiency. SMOKE=1: a CPU-sized version (gloo workers, 64 px,
 # AA-ResNet-18) that checks the plumbing on a machine without GPUs. POS_ENC=none: the content-only cell.
 set -euo pipefail
 N=${1:-6000}; EPOCHS=${2:-3}
@@ -28,6 +29,7 @@ train:
   data: {root: $ROOT, resident: false, $TRAIN}
   epochs: $EPOCHS
   batch_size: $B
+  limit_train_batches: ${STEPS:-40}
   recipe: imagenet
   optim: {base_lr: 0.02}  # the recipe's 0.1 with a short run's few warm-up steps went nan within steps
   grad_clip: 1.0

@@ -1,6 +1,10 @@
 """decode: gpu against the same decode on the CPU, on a generated JPEG tree (correctness of the GPU input path):
-    python benchmarks/gpu_decode_check.py [--images 512] [--contiguous-fix 0|1]
-Prints, per batch, whether the GPU output is finite and its largest difference from the CPU output."""
+    python benchmarks/gpu_decode_check.py [--images 512] [--race 20]
+Prints, per batch, whether the GPU output is finite and its largest difference from the CPU output; then the race
+check: each iteration queues ~100 ms of matmuls and one sum per tensor on the training stream, frees the tensors while
+those sums are queued, and decodes a batch; an iteration is corrupted when a sum comes back wrong (nvJPEG wrote into
+a freed block the queued sums still read). Counted for decode_jpeg called on the training stream, and for
+pipelines.data's guarded decode (its own stream, outputs recorded on the training stream)."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +23,7 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--race", type=int, default=20, help="iterations of the race check per decoder")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
         root = make_jpeg_tree(Path(d) / "t", a.images)
@@ -46,10 +51,43 @@ def main(argv=None):
             img = decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB, device="cuda").unsqueeze(0).float()
             h, w = img.shape[-2:]
             view = img[..., h // 4: h // 4 + h // 3, w // 5: w // 5 + w // 3]
-            a = F.interpolate(view, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+            up = F.interpolate(view, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
             b = F.interpolate(view.contiguous(), size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
-            bad += int(not torch.isfinite(a).all() or (a - b).abs().max() > 1e-3)
+            bad += int(not torch.isfinite(up).all() or (up - b).abs().max() > 1e-3)
         print(f"view vs contiguous crop: {bad} of 64 images differ or are not finite")
+        batch = collate_encoded([ds[i] for i in range(min(len(ds), a.batch))])
+        for name, n in race(batch, a.race).items():
+            print(f"race check, {name}: {n} of {a.race} iterations corrupted")
+
+
+def race(batch, iters: int) -> dict:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from pipelines.data import _guarded, _unpack
+
+    dev = torch.device("cuda")
+    files = _unpack(batch[0])
+    sizes = [int(t.numel()) for t in decode_jpeg(files, mode=ImageReadMode.RGB, device=dev)]
+    torch.cuda.synchronize()
+    big = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    decoders = {"decode_jpeg on the training stream": lambda: decode_jpeg(files, mode=ImageReadMode.RGB, device=dev),
+                "guarded (pipelines.data)": lambda: _guarded(
+                    lambda: decode_jpeg(files, mode=ImageReadMode.RGB, device=dev), dev)}
+    out = {}
+    for name, decode in decoders.items():
+        corrupted = 0
+        for _ in range(iters):
+            held = [torch.ones(n, dtype=torch.uint8, device=dev) for n in sizes]
+            for _ in range(40):  # ~100 ms of queued work ahead of the sums
+                big @ big
+            sums = [t.sum() for t in held]
+            del held  # freed while their sums are still queued
+            images = decode()
+            torch.cuda.synchronize()
+            corrupted += int(any(int(s_) != n for s_, n in zip(sums, sizes)))
+            del images
+        out[name] = corrupted
+    return out
 
 
 if __name__ == "__main__":

@@ -434,6 +434,30 @@ def _unpack(packed):
     return out
 
 
+_DECODE_STREAMS: dict = {}
+
+
+def _guarded(decode, device):
+    """Run nvJPEG on a stream of its own, never on the training stream. nvJPEG's hardware engine writes its output
+    buffers without waiting for work already queued on the stream it is given, and PyTorch's caching allocator hands
+    out a block as soon as it is freed on its stream, so a decode on the training stream can overwrite memory that
+    queued kernels still read: NaN losses within a few steps, on every GPU run of 2026-11-25 (torchvision PR 9606,
+    TorchCodec PR 1634). A decode stream's blocks hold only decoded images, and each is recorded on the training
+    stream, so the allocator hands one back to the decoder only once the training stream's work on it has run: the
+    same guarantee as draining the training stream before each decode, without stalling it."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return decode()
+    main = torch.cuda.current_stream(device)
+    side = _DECODE_STREAMS.setdefault(device, torch.cuda.Stream(device))
+    with torch.cuda.stream(side):
+        out = decode()
+    main.wait_stream(side)
+    for t in out:
+        t.record_stream(main)
+    return out
+
+
 def decode_encoded(batch, device, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """An EncodedImages batch -> (normalised float images (B, 3, size, size), labels) on `device`: the JPEGs of the
     batch decoded together by nvJPEG (torchvision.io.decode_jpeg on CUDA), each cropped and resized there
@@ -445,16 +469,18 @@ def decode_encoded(batch, device, size: int, mean=IMAGENET_MEAN, std=IMAGENET_ST
     jpeg = [j for j, d in enumerate(data) if d.dim() == 1]
     decoded = {}
     if jpeg:
-        try:
-            out = decode_jpeg([data[j] for j in jpeg], mode=ImageReadMode.RGB, device=device)
-        except RuntimeError:
-            out = []
-            for j in jpeg:
-                try:
-                    out.append(decode_jpeg(data[j], mode=ImageReadMode.RGB, device=device))
-                except RuntimeError:
-                    out.append(decode_image(data[j], mode=ImageReadMode.RGB).to(device))
-        decoded = dict(zip(jpeg, out))
+        def decode():
+            try:
+                return decode_jpeg([data[j] for j in jpeg], mode=ImageReadMode.RGB, device=device)
+            except RuntimeError:
+                out = []
+                for j in jpeg:
+                    try:
+                        out.append(decode_jpeg(data[j], mode=ImageReadMode.RGB, device=device))
+                    except RuntimeError:
+                        out.append(decode_image(data[j], mode=ImageReadMode.RGB).to(device))
+                return out
+        decoded = dict(zip(jpeg, _guarded(decode, device)))
     rows = []
     for j, d in enumerate(data):
         if j not in decoded:  # already cropped in the loader worker

@@ -134,7 +134,7 @@ class ClassificationModule(pl.LightningModule):
             torch.cuda.reset_peak_memory_stats(self.device)
         self._epoch_images, self._train_batches = 0, 0
         self._train_loss_sum = torch.zeros((), device=self.device)
-        self._epoch_start = time.perf_counter()
+        self._epoch_start = self._last_train_step = time.perf_counter()
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -145,9 +145,14 @@ class ClassificationModule(pl.LightningModule):
         self._epoch_images += x.shape[0]
         return loss
 
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self._last_train_step = time.perf_counter()
+
     def on_train_epoch_end(self):
         self._watch.check()
-        seconds = time.perf_counter() - self._epoch_start
+        # the epoch's training steps only: Lightning runs the validation loop before this hook, and a large
+        # validation set would otherwise be counted as training time
+        seconds = getattr(self, "_last_train_step", time.perf_counter()) - self._epoch_start
         loss, images = self._train_loss_sum / max(1, self._train_batches), self._epoch_images
         if self.trainer.world_size > 1:  # DDP: the mean over ranks (equal step counts) and all ranks' images
             loss = self.trainer.strategy.reduce(loss, reduce_op="mean")
