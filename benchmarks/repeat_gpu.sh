@@ -3,6 +3,7 @@
 # over the host's GPUs. On the GPU host, after `source scripts/gpu-host-env.sh`:
 #   GPUS=all bash benchmarks/repeat_gpu.sh    # the study packed over every GPU (fractional GPUs per trial)
 #   GPUS=0   bash benchmarks/repeat_gpu.sh    # the same study packed on GPU 0 only
+#   GPU_FRACTION=0.2 GPUS=all bash ...        # the same with another GPU share per trial
 #   FITS=1 bash benchmarks/repeat_gpu.sh      # the κ=υ=0.5 relative cell, seed 0, through `aa-study train`: alone,
 #                                             # alone with --no-deterministic, and beside a process looping matmuls
 # Each writes under $OUT: per-trial metrics (exact float reprs) as CSV, wall seconds, GPU utilisation samples.
@@ -38,10 +39,15 @@ fi
 TAG=gpus-${GPUS:-all}
 [ "${GPUS:-all}" = all ] || export CUDA_VISIBLE_DEVICES=$GPUS
 export AA_STUDY_HOME=$(mktemp -d)
+SPEC=studies/quickstart.yaml
+if [ -n "${GPU_FRACTION:-}" ]; then  # the same study with another GPU share per trial (how Ray packs the GPUs)
+  TAG=$TAG-frac$GPU_FRACTION; SPEC=$OUT/quickstart-frac.yaml
+  python3 -c "import yaml,sys; s=yaml.safe_load(open('studies/quickstart.yaml')); s['profiles']['gpu']['resources']['gpu']=float(sys.argv[1]); yaml.safe_dump(s, open(sys.argv[2], 'w'))" "$GPU_FRACTION" "$SPEC"
+fi
 nvidia-smi --query-gpu=index,utilization.gpu --format=csv,noheader,nounits -l 1 > "$OUT/$TAG-util.txt" &
 sampler=$!
 s=$(date +%s.%N)
-python3 -m pipelines.cli run studies/quickstart.yaml --profile gpu > "$OUT/$TAG.log" 2>&1 || { tail -30 "$OUT/$TAG.log"; exit 1; }
+python3 -m pipelines.cli run "$SPEC" --profile gpu > "$OUT/$TAG.log" 2>&1 || { tail -30 "$OUT/$TAG.log"; exit 1; }
 wall=$(python3 -c "print(round($(date +%s.%N) - $s, 1))")
 kill $sampler
 python3 - "$OUT/$TAG.csv" "$wall" <<'PY'
