@@ -83,7 +83,10 @@ def _study_args(p, launch=True):
         p.add_argument("--address", help="join this Ray cluster (default $RAY_ADDRESS, else a local Ray)")
         p.add_argument("--storage", help="Ray Tune storage (a local path, shared on clusters, or a URI); "
                                          "default ./aa-study-runs/ray")
-        p.add_argument("--quiet", action="store_true", help="no Tune progress table")
+        p.add_argument("--quiet", action="store_true",
+                       help="one line per finished trial instead of the live table of cells")
+        p.add_argument("--verbose", action="store_true",
+                       help="Ray's, Tune's and Lightning's own output here (default: in a log file it names)")
         p.add_argument("--dry-run", action="store_true",
                        help="list the trials a launch would run, what each holds, how many run at once on the "
                             "cluster in view and the GPU-hours they take (from a few measured steps, or --rate); "
@@ -117,14 +120,39 @@ def _launch(a, resume: bool) -> int:
         return _fail(cmd, "--rate goes with --dry-run")
     try:
         res = launch(a.study, a.profile, a.tracking_uri, a.storage, a.address, resume=resume,
-                     command=" ".join(["aa-study"] + sys.argv[1:]), verbose=0 if a.quiet else 1, prepared=prepared)
+                     command=" ".join(["aa-study"] + sys.argv[1:]), verbose=1, prepared=prepared,
+                     console="verbose" if a.verbose else "lines" if a.quiet else "live")
     except LaunchError as e:
         return _fail(cmd, e)
     print(f"done: {res.finished} finished, {res.failed} failed, {res.killed} killed, "
           f"{res.skipped} already finished before this launch")
     for name, err in res.errors.items():
         print(f"  FAILED {name}: {err}")
+    if res.experiment_id is not None:
+        _cell_summary(*prepared, res.experiment_id, a)
     return 1 if res.failed or res.killed else 0
+
+
+def _cell_summary(study, uri, exp_id, a) -> None:
+    """After a launch: each cell's finished seeds as mean ± 95 % CI (Student t), the report command and the UI."""
+    from reports.runs import client, load_runs, summarise
+
+    from .progress import cell_label
+    from .tracking import redact, ui_url
+
+    metric = "map" if study.task == "detection" else "val_top1"
+    runs = load_runs(client(uri), exp_id)
+    runs = runs[runs["cell"].isin(study.cells)]
+    cells = summarise(runs, study.cells, metrics=(metric,))
+    print(f"\n{'cell':44} {'n':>3}  {metric} % (mean ± 95% CI, Student t)")
+    for _, r in cells.iterrows():
+        m, ci = r[f"{metric}_mean"], r[f"{metric}_ci95"]
+        value = "—" if m != m else f"{m * 100:.2f}" + (f" ± {ci * 100:.2f}" if ci == ci else " (one seed)")
+        print(f"{cell_label(study.cells[r['cell']]):44} {r['n']:>3}  {value}")
+    prof = f" --profile {study.profile}" if study.profile else ""
+    store = "" if a.tracking_uri is None else f" --tracking-uri {redact(uri)}"
+    print(f"report: aa-study report {a.study}{prof}{store}")
+    print(f"MLflow: {ui_url(uri, exp_id)}" if uri.startswith("http") else f"MLflow UI: aa-study ui {a.study}{prof}{store}")
 
 
 def _status(a) -> int:

@@ -16,6 +16,7 @@ from `tune.get_checkpoint()`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -280,7 +281,10 @@ def plan(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional[s
 
 def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional[str] = None,
            storage: Optional[str] = None, address: Optional[str] = None, resume: bool = False,
-           command: str = "", verbose: int = 1, prepared=None) -> LaunchResult:
+           command: str = "", verbose: int = 1, prepared=None, console: str = "verbose") -> LaunchResult:
+    """console: "verbose" (Ray's, Tune's and Lightning's own output on the terminal, Tune's table if verbose),
+    "live" (a table of the cells, live on a terminal, one line per finished trial elsewhere) or "lines" (those
+    lines only); in both of the latter everything else the launch writes goes to a log file it names."""
     study, uri = prepared or prepare(spec_path, profile, tracking_uri)
     tracker, exp_id, done, unfinished = recorded(study, uri)
     if resume and exp_id is None:
@@ -297,6 +301,23 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
             _close_orphans(tracker, exp_id, unfinished, {})
         return result
 
+    if study.scheduler["type"] == "asha":
+        print("warning: scheduler asha stops weak trials early; cells of an ablation are then compared at "
+              "different budgets (use fifo for ablation tables)", file=sys.stderr)
+    log = None
+    if console != "verbose":
+        log = default_home() / "logs" / f"{study.experiment}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"log: {log} (Ray, Tune and Lightning output; --verbose shows it here)", flush=True)
+    from .progress import quiet_output
+    with (quiet_output(str(log)) if log else contextlib.nullcontext(sys.stdout)) as out:
+        _launch_trials(study, uri, tracker, exp_id, unfinished, pending, result, storage, address, command,
+                       verbose if console == "verbose" else 0, None if console == "verbose" else (out, console))
+    return result
+
+
+def _launch_trials(study, uri, tracker, exp_id, unfinished, pending, result, storage, address, command, verbose,
+                   view):
     init_ray(address, study)
     try:
         tracker = tracker or Tracker(uri)
@@ -307,14 +328,14 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
         reuse = _close_orphans(tracker, exp_id, unfinished, {(t.cell, t.seed) for t in pending})
         parent = tracker.start_launch(exp_id, study, command, spec_text)
         result.parent_run_id = parent
-        print(f"MLflow: {redact(uri)}  experiment {study.experiment!r} (id {exp_id}), launch run {parent}")
+        where = view[0] if view else sys.stdout
+        print(f"MLflow: {redact(uri)}  experiment {study.experiment!r} (id {exp_id}), launch run {parent}", file=where)
         if uri.startswith("http"):
-            print(f"  open {ui_url(uri, exp_id)}")
-        _run_tune(study, pending, reuse, tracker, exp_id, parent, result, storage, verbose)
+            print(f"  open {ui_url(uri, exp_id)}", file=where)
+        _run_tune(study, pending, reuse, tracker, exp_id, parent, result, storage, verbose, view)
     finally:
         import ray
         ray.shutdown()
-    return result
 
 
 HEARTBEAT_S = 20  # a live driver refreshes its launch run's heartbeat tag this often
@@ -366,7 +387,7 @@ def _close_orphans(tracker, exp_id, unfinished: Dict[tuple, list], pending: set)
 
 
 def _run_tune(study: Study, pending: List[Trial], reuse: Dict[tuple, Any], tracker: Tracker, exp_id: str,
-              parent: str, result: LaunchResult, storage: Optional[str], verbose: int):
+              parent: str, result: LaunchResult, storage: Optional[str], verbose: int, view=None):
     from .trial import run_trial
 
     storage_path = storage or str(default_home() / "ray")
@@ -382,11 +403,14 @@ def _run_tune(study: Study, pending: List[Trial], reuse: Dict[tuple, Any], track
                        "workers": res["workers"], "cpu": res["cpu"], "gpu": res["gpu"], "storage": storage_path})
     recorder = MlflowRecorder(tracker, exp_id, parent, study,
                               {k: r.info.run_id for k, r in reuse.items()}, result)
+    progress = None
+    if view is not None:
+        from .progress import Progress
+        progress = Progress(study.cells, trials, result.skipped, "map" if study.task == "detection" else "val_top1",
+                            stream=view[0], live=False if view[1] == "lines" else None)
     scheduler = None
     if study.scheduler["type"] == "asha":
         from ray.tune.schedulers import ASHAScheduler
-        print("warning: scheduler asha stops weak trials early; cells of an ablation are then compared at "
-              "different budgets (use fifo for ablation tables)", file=sys.stderr)
         scheduler = ASHAScheduler(time_attr="epoch", metric="map" if study.task == "detection" else "val_top1", mode="max",
                                   max_t=max(t.config["epochs"] for t in pending),
                                   grace_period=study.scheduler.get("grace_period", 1),
@@ -407,11 +431,12 @@ def _run_tune(study: Study, pending: List[Trial], reuse: Dict[tuple, Any], track
             name=f"{study.experiment}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[recorder], verbose=verbose),
+            callbacks=[recorder] + ([progress] if progress else []), verbose=verbose),
     )
     status = "FINISHED"
     try:
-        tuner.fit()
+        with progress or contextlib.nullcontext():
+            tuner.fit()
     except KeyboardInterrupt:
         status = "KILLED"
         raise

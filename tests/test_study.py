@@ -1,6 +1,8 @@
 """A real study: local Ray, sqlite MLflow, Lightning fits on CPU. Runs, params and tags in the store; a
 relaunch creates no run; a failing cell is retried, recorded FAILED, and finished by `resume` in the
 same run; status and report read the store."""
+from pathlib import Path
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -65,6 +67,10 @@ def test_study_runs_once_resumes_failed_cells_and_reports(tiny_study, workdir, c
     assert main(["resume", str(tiny_study), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "6 already finished, 2 to run" in out and "2 finished, 0 failed" in out
+    # the console: one line per finished trial, then each cell's finished seeds with a CI, the report command
+    assert out.count("\nfinished aa_resnet18·κ") == 2 and "(2 of 2," in out
+    assert "val_top1 % (mean ± 95% CI, Student t)" in out and "aa_resnet18·κ0.25·h2·relative" in out
+    assert "report: aa-study report" in out and "MLflow UI: aa-study ui" in out
     _, _, trials = _runs(workdir)
     assert len(trials) == 8 and all(r.info.status == "FINISHED" for r in trials)
     assert len({(r.data.tags["cell"], r.data.tags["seed"]) for r in trials}) == 8
@@ -147,6 +153,11 @@ def test_driver_sigkilled_mid_study_then_resume_finishes_exactly_once(tiny_study
         done = subprocess.run(cmd + ["resume", str(tiny_study), "--quiet"], env=env, cwd=workdir,
                               capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
+        # through a pipe: the launch's own lines only; Ray's, Tune's and Lightning's output went to the log it named
+        log = next(ln for ln in done.stdout.splitlines() if ln.startswith("log: ")).split()[1]
+        assert "Trial status" not in done.stdout and "LOCAL_RANK" not in done.stdout
+        assert "finished aa_resnet18" in done.stdout and "mean ± 95% CI" in done.stdout
+        assert "GPU available" in Path(log).read_text()  # Lightning's banner, forwarded from the trial's worker
     finally:
         driver.kill()
         kill_env(f"RAY_TMPDIR={ray_tmp}")  # Ray agents that the killed driver left behind
