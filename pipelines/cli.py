@@ -20,9 +20,7 @@ import sys
 
 import yaml
 
-from aa_modules import POS_ENCODINGS
-
-from .model import RECIPES
+from .settings import POS_ENCODINGS, RECIPES
 
 
 def _train_parser(sub):
@@ -107,7 +105,10 @@ def _launch(a, resume: bool) -> int:
 
     cmd = "resume" if resume else "run"
     try:
-        prepared = prepare(a.study, a.profile, a.tracking_uri)
+        prepared = prepare(a.study, a.profile, a.tracking_uri, deep=False)  # launch checks deeply if work is left
+        if a.dry_run:
+            from .spec import check_deep
+            check_deep(prepared[0])
     except (SpecError, TrackingError) as e:
         return _fail(cmd, e)
     if a.dry_run:
@@ -122,7 +123,7 @@ def _launch(a, resume: bool) -> int:
         res = launch(a.study, a.profile, a.tracking_uri, a.storage, a.address, resume=resume,
                      command=" ".join(["aa-study"] + sys.argv[1:]), verbose=1, prepared=prepared,
                      console="verbose" if a.verbose else "lines" if a.quiet else "live")
-    except LaunchError as e:
+    except (LaunchError, SpecError) as e:
         return _fail(cmd, e)
     print(f"done: {res.finished} finished, {res.failed} failed, {res.killed} killed, "
           f"{res.skipped} already finished before this launch")
@@ -137,7 +138,7 @@ def _cell_summary(study, uri, exp_id, a) -> None:
     """After a launch: each cell's finished seeds as mean ± 95 % CI (Student t), the report command and the UI."""
     from reports.runs import client, load_runs, summarise
 
-    from .progress import cell_label
+    from .spec import cell_label
     from .tracking import redact, ui_url
 
     metric = "map" if study.task == "detection" else "val_top1"

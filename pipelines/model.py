@@ -5,7 +5,6 @@ from typing import Optional
 
 import math
 import time
-from dataclasses import dataclass, fields
 
 import pytorch_lightning as pl
 import torch
@@ -14,38 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 import aa_modules
 
-RECIPES = {
-    # Bello et al. CIFAR recipe: lr 0.2 * B / 256, linear warm-up over 5% of the epochs, cosine decay.
-    "cifar": dict(base_lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4, warmup_frac=0.05, label_smoothing=0.0),
-    # A standard ImageNet ResNet recipe: lr 0.1 * B / 256, 5 warm-up epochs (of 90), cosine, smoothing 0.1.
-    "imagenet": dict(base_lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4, warmup_frac=5 / 90,
-                     label_smoothing=0.1),
-    # RetinaNet's schedule: lr 0.01 for a batch of 16 (= 0.16 per 256), warm-up, weight decay 1e-4.
-    "detection": dict(base_lr=0.16, momentum=0.9, nesterov=False, weight_decay=1e-4, warmup_frac=0.05,
-                      label_smoothing=0.0),
-}
-
-
-@dataclass
-class OptimConfig:
-    base_lr: float = 0.1  # learning rate for a batch of 256; scaled linearly with the batch size
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    warmup_frac: float = 0.05
-    label_smoothing: float = 0.0
-
-    @classmethod
-    def from_recipe(cls, recipe: str | None = None, **overrides):
-        base = dict(RECIPES[recipe]) if recipe else {}
-        if recipe and recipe not in RECIPES:
-            raise ValueError(f"recipe must be one of {sorted(RECIPES)}; got {recipe!r}")
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown optimiser settings: {sorted(unknown)}")
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**base)
-
+from .settings import RECIPES, OptimConfig  # noqa: F401  (re-exported: the recipes live with the settings)
 
 class NonFiniteLossError(RuntimeError):
     pass

@@ -18,13 +18,7 @@ from typing import Dict, List, Optional
 
 from ray import tune
 
-
-def cell_label(axes: dict) -> str:
-    """κ0.5·υ0.5·h4·relative (κ = 0: the plain-convolution cell), the readable name of a cell."""
-    if float(axes["kappa"]) == 0 and float(axes["upsilon"]) == 0:
-        return f"{axes['arch']}·plain conv"
-    ups = "" if float(axes["upsilon"]) == float(axes["kappa"]) else f"·υ{float(axes['upsilon']):g}"
-    return f"{axes['arch']}·κ{float(axes['kappa']):g}{ups}·h{axes['num_heads']}·{axes['pos_enc']}"
+from .spec import cell_label
 
 
 @dataclass

@@ -26,11 +26,9 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from aa_modules import ARCHITECTURES, POS_ENCODINGS
-
-from .model import RECIPES
 from .profiles import REPORT_LAYOUTS, choose_profile, experiment_name, merge
-from .train import DEFAULTS as TRAIN_DEFAULTS, setting_problem
+from .settings import ARCHITECTURE_NAMES as ARCHITECTURES, POS_ENCODINGS, RECIPES
+from .settings import DEFAULTS as TRAIN_DEFAULTS, setting_problem
 
 AXES = ("arch", "kappa", "upsilon", "num_heads", "pos_enc")
 TOP_KEYS = {"name", "description", "task", "experiment", "report", "grid", "seeds", "train", "resources",
@@ -132,6 +130,14 @@ KEY_V1_SETTINGS = frozenset({"task", "arch", "kappa", "upsilon", "num_heads", "p
 KEY_VERSION = 1
 
 
+def cell_label(axes: dict) -> str:
+    """κ0.5·υ0.5·h4·relative (κ = 0: the plain-convolution cell), the readable name of a cell."""
+    if float(axes["kappa"]) == 0 and float(axes["upsilon"]) == 0:
+        return f"{axes['arch']}·plain conv"
+    ups = "" if float(axes["upsilon"]) == float(axes["kappa"]) else f"·υ{float(axes['upsilon']):g}"
+    return f"{axes['arch']}·κ{float(axes['kappa']):g}{ups}·h{axes['num_heads']}·{axes['pos_enc']}"
+
+
 def cell_key(config: Dict[str, Any]) -> str:
     cfg = {k: v for k, v in normalise(config).items() if k not in NOT_IN_CELL_KEY
            and (k in KEY_V1_SETTINGS or _canon(v) != _canon(TRAIN_DEFAULTS.get(k)))}
@@ -172,23 +178,34 @@ def read_yaml(path) -> Dict[str, Any]:
     return raw
 
 
-def load_study(path, profile: Optional[str] = None, check_data: bool = True) -> Study:
+def load_study(path, profile: Optional[str] = None, check_data: bool = True, deep: bool = True) -> Study:
+    """The study of a YAML file and profile. deep=False: every check but the two that build things (each distinct
+    network on the meta device, the datasets' files): no torch is imported; `check_deep` runs them later."""
     raw = read_yaml(path)
-    study = parse_study(raw, profile, check_data=check_data)
+    study = parse_study(raw, profile, check_data=check_data, deep=deep)
     study.path = str(Path(path).resolve())
     return study
 
 
-def parse_study(raw: Dict[str, Any], profile: Optional[str] = None, check_data: bool = True) -> Study:
+def check_deep(study: Study, check_data: bool = True) -> None:
+    """The checks that build things: every distinct network on the meta device, and (check_data) the datasets."""
+    _check_networks(study)
+    if check_data:
+        _check_data(study)
+
+
+def parse_study(raw: Dict[str, Any], profile: Optional[str] = None, check_data: bool = True,
+                deep: bool = True) -> Study:
     try:
-        return _parse_study(raw, profile, check_data)
+        return _parse_study(raw, profile, check_data, deep)
     except SpecError:
         raise
     except (TypeError, AttributeError, KeyError, ValueError, OverflowError) as e:  # a shape no check foresaw
         raise SpecError(f"study: malformed spec ({type(e).__name__}: {e})".replace("\n", " ")) from None
 
 
-def _parse_study(raw: Dict[str, Any], profile: Optional[str] = None, check_data: bool = True) -> Study:
+def _parse_study(raw: Dict[str, Any], profile: Optional[str] = None, check_data: bool = True,
+                 deep: bool = True) -> Study:
     for k in raw:
         if not isinstance(k, str) or k not in TOP_KEYS:
             _fail(str(k), f"unknown key (allowed: {', '.join(sorted(TOP_KEYS))})")
@@ -244,9 +261,8 @@ def _parse_study(raw: Dict[str, Any], profile: Optional[str] = None, check_data:
     study.task = task
     study.trials = _expand(study)
     _check_workers(study)
-    _check_networks(study)
-    if check_data:
-        _check_data(study)
+    if deep:
+        check_deep(study, check_data)
     return study
 
 
@@ -337,7 +353,7 @@ def _parse_train(train) -> Dict[str, Any]:
     data = train.get("data", {})
     if isinstance(data.get("root"), str):  # trials may run in another working directory
         train = {**train, "data": {**data, "root": str(Path(data["root"]).expanduser().resolve())}}
-    from .model import OptimConfig
+    from .settings import OptimConfig
     try:
         OptimConfig.from_recipe(train.get("recipe", TRAIN_DEFAULTS["recipe"]), **train.get("optim", {}))
     except (ValueError, TypeError) as e:

@@ -24,9 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ray import tune
-
-from .spec import Study, Trial, load_study
+from .spec import Study, Trial, check_deep, load_study
 from .tracking import (Tracker, check_tracking_uri, default_home, redact, resolve_tracking_uri,
                        store_exists, ui_url)
 
@@ -53,94 +51,101 @@ def _one_line(text: str, limit: int = 500) -> str:
     return line[:limit]
 
 
-class MlflowRecorder(tune.Callback):
-    """A Ray Tune callback that writes each trial's MLflow run from the driver."""
+def _recorder_class():
+    """MlflowRecorder: a Ray Tune callback (built here, so that importing this module does not import Ray: a
+    relaunch with nothing to run never needs it)."""
+    from ray import tune
 
-    def __init__(self, tracker: Tracker, experiment_id: str, parent_id: str, study: Study,
-                 reuse: Dict[tuple, str], result: LaunchResult):
-        self.tracker, self.exp, self.parent, self.study = tracker, experiment_id, parent_id, study
-        self.reuse, self.result = reuse, result
-        self.run_of: Dict[str, str] = {}  # Tune trial id -> MLflow run id
-        self.nodes: Dict[str, List[str]] = {}
-        self.open: set = set()
+    class MlflowRecorder(tune.Callback):
+        """A Ray Tune callback that writes each trial's MLflow run from the driver."""
 
-    def _run(self, trial) -> str:
-        if trial.trial_id in self.run_of:
-            return self.run_of[trial.trial_id]
-        t = trial.config["trial"]
-        key = (t["cell"], t["seed"])
-        if key in self.reuse:
-            rid = self.reuse.pop(key)
-            self.tracker.reopen(rid, self.parent)
-        else:
-            spec_trial = Trial(cell=t["cell"], seed=t["seed"], config=t["config"])
-            rid = self.tracker.start_trial(self.exp, self.parent, self.study, spec_trial)
-        self.tracker.set_tags(rid, {"ray_trial_id": trial.trial_id})
-        self.run_of[trial.trial_id] = rid
-        self.open.add(rid)
-        return rid
+        def __init__(self, tracker: Tracker, experiment_id: str, parent_id: str, study: Study,
+                     reuse: Dict[tuple, str], result: LaunchResult):
+            self.tracker, self.exp, self.parent, self.study = tracker, experiment_id, parent_id, study
+            self.reuse, self.result = reuse, result
+            self.run_of: Dict[str, str] = {}  # Tune trial id -> MLflow run id
+            self.nodes: Dict[str, List[str]] = {}
+            self.open: set = set()
 
-    def on_step_begin(self, iteration, trials, **info):
-        now = time.time()
-        if now - getattr(self, "_beat", 0) >= HEARTBEAT_S:
-            self._beat = now
-            self.tracker.set_tags(self.parent, {"heartbeat": str(int(now))})
+        def _run(self, trial) -> str:
+            if trial.trial_id in self.run_of:
+                return self.run_of[trial.trial_id]
+            t = trial.config["trial"]
+            key = (t["cell"], t["seed"])
+            if key in self.reuse:
+                rid = self.reuse.pop(key)
+                self.tracker.reopen(rid, self.parent)
+            else:
+                spec_trial = Trial(cell=t["cell"], seed=t["seed"], config=t["config"])
+                rid = self.tracker.start_trial(self.exp, self.parent, self.study, spec_trial)
+            self.tracker.set_tags(rid, {"ray_trial_id": trial.trial_id})
+            self.run_of[trial.trial_id] = rid
+            self.open.add(rid)
+            return rid
 
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self._run(trial)
+        def on_step_begin(self, iteration, trials, **info):
+            now = time.time()
+            if now - getattr(self, "_beat", 0) >= HEARTBEAT_S:
+                self._beat = now
+                self.tracker.set_tags(self.parent, {"heartbeat": str(int(now))})
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        rid = self._run(trial)
-        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
-        metrics = {k: v for k, v in result.items() if k in _METRICS and isinstance(v, (int, float))}
-        self.tracker.log_metrics(rid, metrics, step=epoch)
-        node = result.get("node_id")
-        seen = self.nodes.setdefault(rid, [])
-        if node and node not in seen:
-            seen.append(node)
-            self.tracker.set_tags(rid, {"node_id": node, "nodes": ",".join(seen)})
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self._run(trial)
 
-        if result.get("checkpoint_path"):  # a trial of several workers: Ray Train stored rank 0's checkpoint
-            self.tracker.set_tags(rid, {"checkpoint": result["checkpoint_path"]})
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            rid = self._run(trial)
+            epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+            metrics = {k: v for k, v in result.items() if k in _METRICS and isinstance(v, (int, float))}
+            self.tracker.log_metrics(rid, metrics, step=epoch)
+            node = result.get("node_id")
+            seen = self.nodes.setdefault(rid, [])
+            if node and node not in seen:
+                seen.append(node)
+                self.tracker.set_tags(rid, {"node_id": node, "nodes": ",".join(seen)})
 
-    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        rid = self._run(trial)
-        fs = getattr(checkpoint, "filesystem", None)
-        path = checkpoint.path
-        if fs is not None and getattr(fs, "type_name", "local") != "local":
-            path = f"{fs.type_name}://{path}"
-        self.tracker.set_tags(rid, {"checkpoint": path})
+            if result.get("checkpoint_path"):  # a trial of several workers: Ray Train stored rank 0's checkpoint
+                self.tracker.set_tags(rid, {"checkpoint": result["checkpoint_path"]})
 
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        rid = self._run(trial)
-        retries = getattr(trial, "num_failures", 0)
-        self.tracker.set_tags(rid, {"retries": retries, "last_error": _one_line(_error_text(trial))})
+        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+            rid = self._run(trial)
+            fs = getattr(checkpoint, "filesystem", None)
+            path = checkpoint.path
+            if fs is not None and getattr(fs, "type_name", "local") != "local":
+                path = f"{fs.type_name}://{path}"
+            self.tracker.set_tags(rid, {"checkpoint": path})
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        rid = self._run(trial)
-        epochs = trial.last_result.get("epoch") if trial.last_result else None
-        want = trial.config["trial"]["config"]["epochs"]
-        if epochs is not None and epochs < want:
-            self.tracker.set_tags(rid, {"stopped_early": f"epoch {epochs} of {want}"})
-        self.tracker.end(rid, "FINISHED")
-        self.open.discard(rid)
-        self.result.finished += 1
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            rid = self._run(trial)
+            retries = getattr(trial, "num_failures", 0)
+            self.tracker.set_tags(rid, {"retries": retries, "last_error": _one_line(_error_text(trial))})
 
-    def on_trial_error(self, iteration, trials, trial, **info):
-        rid = self._run(trial)
-        err = _one_line(_error_text(trial))
-        self.tracker.set_tags(rid, {"error": err})
-        self.tracker.end(rid, "FAILED")
-        self.open.discard(rid)
-        self.result.failed += 1
-        self.result.errors[trial.config["trial"]["name"]] = err
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            rid = self._run(trial)
+            epochs = trial.last_result.get("epoch") if trial.last_result else None
+            want = trial.config["trial"]["config"]["epochs"]
+            if epochs is not None and epochs < want:
+                self.tracker.set_tags(rid, {"stopped_early": f"epoch {epochs} of {want}"})
+            self.tracker.end(rid, "FINISHED")
+            self.open.discard(rid)
+            self.result.finished += 1
 
-    def close_open(self, status: str = "KILLED"):
-        for rid in list(self.open):
-            self.tracker.set_tags(rid, {"killed_reason": "the launch ended before this trial finished"})
-            self.tracker.end(rid, status)
-            self.result.killed += 1
-        self.open.clear()
+        def on_trial_error(self, iteration, trials, trial, **info):
+            rid = self._run(trial)
+            err = _one_line(_error_text(trial))
+            self.tracker.set_tags(rid, {"error": err})
+            self.tracker.end(rid, "FAILED")
+            self.open.discard(rid)
+            self.result.failed += 1
+            self.result.errors[trial.config["trial"]["name"]] = err
+
+        def close_open(self, status: str = "KILLED"):
+            for rid in list(self.open):
+                self.tracker.set_tags(rid, {"killed_reason": "the launch ended before this trial finished"})
+                self.tracker.end(rid, status)
+                self.result.killed += 1
+            self.open.clear()
+
+    return MlflowRecorder
 
 
 _METRICS = ("train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "peak_gpu_mem_gib",
@@ -165,12 +170,29 @@ def _error_text(trial) -> str:
 
 
 # ------------------------------------------------------------------------------------------- launch
-def prepare(spec_path: str, profile: Optional[str], tracking_uri: Optional[str]) -> tuple:
-    """Steps 1-2: (study, tracking uri). Raises SpecError / TrackingError; writes nothing."""
-    study = load_study(spec_path, profile)
+def prepare(spec_path: str, profile: Optional[str], tracking_uri: Optional[str], deep: bool = True) -> tuple:
+    """Steps 1-2: (study, tracking uri). Raises SpecError / TrackingError; writes nothing. deep=False leaves the
+    checks that build networks and open datasets to `spec.check_deep` (a launch runs them once it knows that
+    something is left to run)."""
+    study = load_study(spec_path, profile, deep=deep)
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)
     return study, uri
+
+
+def check_local_resources(address: Optional[str], study: Study) -> None:
+    """Without a cluster, a local Ray would hold this machine's devices: refuse what it cannot give, before Ray
+    starts or anything (the launch's log included) is written."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return
+    import torch
+
+    gpu = study.resources["gpu"]
+    if gpu > 0 and torch.cuda.device_count() == 0:
+        raise LaunchError(f"resources.gpu: {gpu:g} GPU per trial requested but this machine has no GPU and no "
+                          "Ray cluster was given (--address): use the cpu profile or resources: {gpu: 0}")
+    _check_fits(study, {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}, "this machine",
+                " (give --address of a larger Ray cluster)")
 
 
 def init_ray(address: Optional[str], study: Study):
@@ -183,14 +205,7 @@ def init_ray(address: Optional[str], study: Study):
     env = {k: v for k, v in os.environ.items() if k.startswith("AA_STUDY_FAULT")}
     runtime_env = {"env_vars": env} if env else None
     gpu = study.resources["gpu"]
-    if not address:  # a local Ray would hold this machine's devices: refuse what it cannot give before starting it
-        import torch
-
-        if gpu > 0 and torch.cuda.device_count() == 0:
-            raise LaunchError(f"resources.gpu: {gpu:g} GPU per trial requested but this machine has no GPU and no "
-                              "Ray cluster was given (--address): use the cpu profile or resources: {gpu: 0}")
-        _check_fits(study, {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}, "this machine",
-                    " (give --address of a larger Ray cluster)")
+    check_local_resources(address, study)
     try:
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env)
@@ -285,7 +300,7 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
     """console: "verbose" (Ray's, Tune's and Lightning's own output on the terminal, Tune's table if verbose),
     "live" (a table of the cells, live on a terminal, one line per finished trial elsewhere) or "lines" (those
     lines only); in both of the latter everything else the launch writes goes to a log file it names."""
-    study, uri = prepared or prepare(spec_path, profile, tracking_uri)
+    study, uri = prepared or prepare(spec_path, profile, tracking_uri, deep=False)
     tracker, exp_id, done, unfinished = recorded(study, uri)
     if resume and exp_id is None:
         raise LaunchError(f"nothing to resume: experiment {study.experiment!r} is not in {uri} "
@@ -300,6 +315,8 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
         if tracker is not None:
             _close_orphans(tracker, exp_id, unfinished, {})
         return result
+    check_deep(study)  # networks and data, before Ray starts or anything is written
+    check_local_resources(address, study)
 
     if study.scheduler["type"] == "asha":
         print("warning: scheduler asha stops weak trials early; cells of an ablation are then compared at "
@@ -388,6 +405,8 @@ def _close_orphans(tracker, exp_id, unfinished: Dict[tuple, list], pending: set)
 
 def _run_tune(study: Study, pending: List[Trial], reuse: Dict[tuple, Any], tracker: Tracker, exp_id: str,
               parent: str, result: LaunchResult, storage: Optional[str], verbose: int, view=None):
+    from ray import tune
+
     from .trial import run_trial
 
     storage_path = storage or str(default_home() / "ray")
@@ -401,7 +420,7 @@ def _run_tune(study: Study, pending: List[Trial], reuse: Dict[tuple, Any], track
                        "checkpoint_every": study.checkpoint_every,
                        "resume_from": prev.data.tags.get("checkpoint") if prev is not None else None,
                        "workers": res["workers"], "cpu": res["cpu"], "gpu": res["gpu"], "storage": storage_path})
-    recorder = MlflowRecorder(tracker, exp_id, parent, study,
+    recorder = _recorder_class()(tracker, exp_id, parent, study,
                               {k: r.info.run_id for k, r in reuse.items()}, result)
     progress = None
     if view is not None:

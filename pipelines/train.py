@@ -4,42 +4,15 @@ from __future__ import annotations
 
 import copy
 import os
-import math
 from typing import Any, Dict, List, Optional
 
 import pytorch_lightning as pl
 import torch
 
 from .data import DETECTION_DATASETS, DataError, make_datamodule
-from .model import ClassificationModule, OptimConfig
-
-DEFAULTS: Dict[str, Any] = {
-    "task": "classification",  # or detection (RetinaNet; datasets coco, synthetic_coco)
-    "arch": "aa_resnet18",
-    "kappa": 0.25,
-    "upsilon": None,  # None: tied to kappa
-    "num_heads": 4,
-    "pos_enc": "relative",
-    "stages": [2, 3, 4],
-    "small_input": True,
-    "dataset": "synthetic",
-    "data": {},  # options of the data module (root, task, image_size, ...)
-    "epochs": 5,
-    "batch_size": 128,
-    "recipe": "cifar",
-    "optim": {},  # overrides of the recipe (base_lr, momentum, nesterov, weight_decay, warmup_frac, ...)
-    "seed": 0,
-    "device": "auto",  # auto | cpu | cuda
-    "compile": False,
-    "limit_train_batches": None,
-    "grad_clip": None,  # clip the gradient norm to this value (None: no clipping)
-    # deterministic algorithms (torch.use_deterministic_algorithms, cuBLAS workspace, no cuDNN autotuning), so a trial's
-    # result is a function of its cell and seed, not of what shares its GPU; None: on for classification, off for
-    # detection (RetinaNet's losses not yet checked under it on the GPU)
-    "deterministic": None,
-    "zero_init_residual": False,  # AA-ResNets: each residual branch's last BatchNorm starts at 0 (ImageNet profiles)
-}
-ARCH_KEYS = ("kappa", "upsilon", "num_heads", "pos_enc", "stages", "small_input", "zero_init_residual")
+from .model import ClassificationModule
+from .settings import (ARCH_KEYS, DEFAULTS, NONDETERMINISTIC, NUMERIC_SETTINGS, OptimConfig,  # noqa: F401
+                       _check_numbers, deterministic_mode, nondeterministic_error, setting_problem)
 
 
 def resolve(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -59,69 +32,6 @@ def resolve(config: Dict[str, Any]) -> Dict[str, Any]:
         raise ValueError("device: cuda requested but no GPU is visible")
     _check_numbers(cfg)
     return cfg
-
-
-def deterministic_mode(cfg: Dict[str, Any]) -> bool:
-    """The `deterministic` setting with its default filled in: on for classification, off for detection."""
-    d = cfg.get("deterministic")
-    if d is None:
-        return cfg.get("task", "classification") == "classification"
-    if not isinstance(d, bool):
-        raise ValueError(f"deterministic must be true, false or null; got {d!r}")
-    return d
-
-
-NONDETERMINISTIC = "does not have a deterministic implementation"
-
-
-def nondeterministic_error(e: RuntimeError) -> RuntimeError:
-    """PyTorch's many-line refusal of an op under deterministic algorithms, as one line naming the op and the way
-    out; any other error unchanged."""
-    if NONDETERMINISTIC not in str(e):
-        return e
-    op = str(e).split(NONDETERMINISTIC)[0].strip()
-    return RuntimeError(f"deterministic: {op} has no deterministic implementation on this device; set "
-                        f"train.deterministic: false to run this study without the same-result guarantee")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-NUMERIC_SETTINGS = ("epochs", "batch_size", "seed", "grad_clip", "limit_train_batches")
-
-
-def setting_problem(key: str, value) -> Optional[str]:
-    """What is wrong with a numeric training setting (None: nothing), for `aa-study train` and the spec alike:
-    what would otherwise fail deep inside a fit, or train nothing."""
-    if key in ("epochs", "batch_size"):
-        ok, want = _is_int(value) and value >= 1, "an integer >= 1"
-    elif key == "seed":
-        ok, want = _is_int(value) and value >= 0, "an integer >= 0"
-    elif key == "grad_clip":
-        ok, want = value is None or (_is_number(value) and value > 0), "a number > 0 or null"
-    elif key == "limit_train_batches":
-        ok = value is None or (_is_int(value) and value >= 1) or (isinstance(value, float) and 0 < value <= 1)
-        want = "an integer >= 1, a fraction in (0, 1] or null"
-    elif key == "base_lr":
-        ok, want = value is None or (_is_number(value) and value > 0), "a number > 0"
-    else:
-        return None
-    return None if ok else f"must be {want}; got {value!r}"
-
-
-def _check_numbers(cfg):
-    for key in NUMERIC_SETTINGS:
-        problem = setting_problem(key, cfg[key])
-        if problem:
-            raise ValueError(f"{key} {problem}")
-    problem = setting_problem("base_lr", (cfg["optim"] if isinstance(cfg["optim"], dict) else {}).get("base_lr"))
-    if problem:
-        raise ValueError(f"optim.base_lr (--lr) {problem}")
 
 
 def build(config: Dict[str, Any]):

@@ -238,3 +238,22 @@ def test_a_new_setting_at_its_default_changes_no_key(monkeypatch):
     assert not set(changed) & set(before) and len(set(changed)) == len(set(before))
     spec["train"]["label_noise"] = None  # written out at its default: the same cells as not writing it
     assert [t.cell for t in parse_study(spec, "cpu").trials] == before
+
+
+def test_settings_name_what_aa_modules_builds_and_reading_a_study_imports_no_torch():
+    """pipelines/settings.py lists the architectures and encodings by name so that reading a study needs no torch
+    (a relaunch with nothing to run answers in seconds); the lists must be aa_modules' own."""
+    import subprocess
+    import sys
+
+    import aa_modules
+    from pipelines import settings
+
+    assert set(settings.ARCHITECTURE_NAMES) == set(aa_modules.ARCHITECTURES)
+    assert tuple(settings.POS_ENCODINGS) == tuple(aa_modules.POS_ENCODINGS)
+    code = ("import sys; from pipelines.spec import load_study; "
+            f"s = load_study({str(ROOT / 'studies/table5.yaml')!r}, 'cpu', deep=False); "
+            "print(len(s.trials), 'torch' in sys.modules, 'pytorch_lightning' in sys.modules, 'ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[1:] == ["False", "False", "False"], out.stdout

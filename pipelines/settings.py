@@ -1,0 +1,137 @@
+"""The training settings, their defaults and checks, and the optimiser recipes: plain data, no torch or Lightning,
+so a study can be read and checked (and a relaunch with nothing to run answered) without importing the trainer.
+`pipelines/train.py` trains with them; `pipelines/spec.py` validates studies against them."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Dict, Optional
+
+# The architectures and encodings aa_modules builds, by name (aa_modules imports torch; a test checks these
+# against aa_modules.ARCHITECTURES and aa_modules.POS_ENCODINGS).
+ARCHITECTURE_NAMES = ("aa_resnet18", "aa_resnet34", "aa_resnet50", "aa_resnet101", "aa_wide_resnet28_10")
+POS_ENCODINGS = ("none", "relative", "sine2d", "coordconv")
+
+DEFAULTS: Dict[str, Any] = {
+    "task": "classification",  # or detection (RetinaNet; datasets coco, synthetic_coco)
+    "arch": "aa_resnet18",
+    "kappa": 0.25,
+    "upsilon": None,  # None: tied to kappa
+    "num_heads": 4,
+    "pos_enc": "relative",
+    "stages": [2, 3, 4],
+    "small_input": True,
+    "dataset": "synthetic",
+    "data": {},  # options of the data module (root, task, image_size, ...)
+    "epochs": 5,
+    "batch_size": 128,
+    "recipe": "cifar",
+    "optim": {},  # overrides of the recipe (base_lr, momentum, nesterov, weight_decay, warmup_frac, ...)
+    "seed": 0,
+    "device": "auto",  # auto | cpu | cuda
+    "compile": False,
+    "limit_train_batches": None,
+    "grad_clip": None,  # clip the gradient norm to this value (None: no clipping)
+    # deterministic algorithms (torch.use_deterministic_algorithms, cuBLAS workspace, no cuDNN autotuning), so a trial's
+    # result is a function of its cell and seed, not of what shares its GPU; None: on for classification, off for
+    # detection (RetinaNet's losses not yet checked under it on the GPU)
+    "deterministic": None,
+    "zero_init_residual": False,  # AA-ResNets: each residual branch's last BatchNorm starts at 0 (ImageNet profiles)
+}
+ARCH_KEYS = ("kappa", "upsilon", "num_heads", "pos_enc", "stages", "small_input", "zero_init_residual")
+
+
+def deterministic_mode(cfg: Dict[str, Any]) -> bool:
+    """The `deterministic` setting with its default filled in: on for classification, off for detection."""
+    d = cfg.get("deterministic")
+    if d is None:
+        return cfg.get("task", "classification") == "classification"
+    if not isinstance(d, bool):
+        raise ValueError(f"deterministic must be true, false or null; got {d!r}")
+    return d
+
+
+NONDETERMINISTIC = "does not have a deterministic implementation"
+
+
+def nondeterministic_error(e: RuntimeError) -> RuntimeError:
+    """PyTorch's many-line refusal of an op under deterministic algorithms, as one line naming the op and the way
+    out; any other error unchanged."""
+    if NONDETERMINISTIC not in str(e):
+        return e
+    op = str(e).split(NONDETERMINISTIC)[0].strip()
+    return RuntimeError(f"deterministic: {op} has no deterministic implementation on this device; set "
+                        f"train.deterministic: false to run this study without the same-result guarantee")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+NUMERIC_SETTINGS = ("epochs", "batch_size", "seed", "grad_clip", "limit_train_batches")
+
+
+def setting_problem(key: str, value) -> Optional[str]:
+    """What is wrong with a numeric training setting (None: nothing), for `aa-study train` and the spec alike:
+    what would otherwise fail deep inside a fit, or train nothing."""
+    if key in ("epochs", "batch_size"):
+        ok, want = _is_int(value) and value >= 1, "an integer >= 1"
+    elif key == "seed":
+        ok, want = _is_int(value) and value >= 0, "an integer >= 0"
+    elif key == "grad_clip":
+        ok, want = value is None or (_is_number(value) and value > 0), "a number > 0 or null"
+    elif key == "limit_train_batches":
+        ok = value is None or (_is_int(value) and value >= 1) or (isinstance(value, float) and 0 < value <= 1)
+        want = "an integer >= 1, a fraction in (0, 1] or null"
+    elif key == "base_lr":
+        ok, want = value is None or (_is_number(value) and value > 0), "a number > 0"
+    else:
+        return None
+    return None if ok else f"must be {want}; got {value!r}"
+
+
+def _check_numbers(cfg):
+    for key in NUMERIC_SETTINGS:
+        problem = setting_problem(key, cfg[key])
+        if problem:
+            raise ValueError(f"{key} {problem}")
+    problem = setting_problem("base_lr", (cfg["optim"] if isinstance(cfg["optim"], dict) else {}).get("base_lr"))
+    if problem:
+        raise ValueError(f"optim.base_lr (--lr) {problem}")
+
+
+RECIPES = {
+    # Bello et al. CIFAR recipe: lr 0.2 * B / 256, linear warm-up over 5% of the epochs, cosine decay.
+    "cifar": dict(base_lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4, warmup_frac=0.05, label_smoothing=0.0),
+    # A standard ImageNet ResNet recipe: lr 0.1 * B / 256, 5 warm-up epochs (of 90), cosine, smoothing 0.1.
+    "imagenet": dict(base_lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4, warmup_frac=5 / 90,
+                     label_smoothing=0.1),
+    # RetinaNet's schedule: lr 0.01 for a batch of 16 (= 0.16 per 256), warm-up, weight decay 1e-4.
+    "detection": dict(base_lr=0.16, momentum=0.9, nesterov=False, weight_decay=1e-4, warmup_frac=0.05,
+                      label_smoothing=0.0),
+}
+
+
+@dataclass
+class OptimConfig:
+    base_lr: float = 0.1  # learning rate for a batch of 256; scaled linearly with the batch size
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    warmup_frac: float = 0.05
+    label_smoothing: float = 0.0
+
+    @classmethod
+    def from_recipe(cls, recipe: str | None = None, **overrides):
+        base = dict(RECIPES[recipe]) if recipe else {}
+        if recipe and recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {sorted(RECIPES)}; got {recipe!r}")
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown optimiser settings: {sorted(unknown)}")
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
