@@ -130,12 +130,20 @@ KEY_V1_SETTINGS = frozenset({"task", "arch", "kappa", "upsilon", "num_heads", "p
 KEY_VERSION = 1
 
 
-def cell_label(axes: dict) -> str:
-    """κ0.5·υ0.5·h4·relative (κ = 0: the plain-convolution cell), the readable name of a cell."""
+def cell_label(axes: dict, arch: bool = True) -> str:
+    """aa_resnet18·κ0.5·h4·relative (υ shown only where it differs from κ; κ = υ = 0: the plain-convolution cell),
+    the readable name of a cell; arch=False leaves the architecture out (a study of one architecture)."""
+    head = f"{axes['arch']}·" if arch else ""
     if float(axes["kappa"]) == 0 and float(axes["upsilon"]) == 0:
-        return f"{axes['arch']}·plain conv"
+        return f"{head}plain conv"
     ups = "" if float(axes["upsilon"]) == float(axes["kappa"]) else f"·υ{float(axes['upsilon']):g}"
-    return f"{axes['arch']}·κ{float(axes['kappa']):g}{ups}·h{axes['num_heads']}·{axes['pos_enc']}"
+    return f"{head}κ{float(axes['kappa']):g}{ups}·h{axes['num_heads']}·{axes['pos_enc']}"
+
+
+def run_label(study: "Study", trial: "Trial") -> str:
+    """A trial's MLflow run name: its cell's label and seed, short enough for the runs table (κ0.5·h4·relative·s1;
+    the architecture only where the study has several)."""
+    return f"{cell_label(study.cells[trial.cell], arch=len(set(study.axes.get('arch', []))) > 1)}·s{trial.seed}"
 
 
 def cell_key(config: Dict[str, Any]) -> str:

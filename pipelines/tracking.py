@@ -181,11 +181,12 @@ class Tracker:
     def start_trial(self, experiment_id: str, parent_id: str, study, trial) -> str:
         from mlflow.entities import Param
 
-        from .spec import KEY_VERSION
+        from .spec import KEY_VERSION, cell_label, run_label
         tags = {"kind": "trial", "study": study.name, "profile": study.profile, "cell": trial.cell,
+                "cell_label": cell_label(study.cells[trial.cell]),  # a readable column to group runs by
                 "seed": str(trial.seed), "code_version": code_version(), "mlflow.parentRunId": parent_id,
                 "workers": str(study.resources.get("workers", 1)), "key_version": str(KEY_VERSION)}
-        run = self.client.create_run(experiment_id, run_name=trial.name, tags=tags)
+        run = self.client.create_run(experiment_id, run_name=run_label(study, trial), tags=tags)
         params = {"cell": trial.cell, **flatten(trial.config)}
         self.client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
         return run.info.run_id

@@ -48,6 +48,9 @@ def test_study_runs_once_resumes_failed_cells_and_reports(tiny_study, workdir, c
         assert t["mlflow.parentRunId"] == parent and t["study"] == "tiny" and t["kind"] == "trial"
         assert {"arch", "kappa", "upsilon", "num_heads", "pos_enc", "seed"} <= set(p)
         assert p["seed"] == t["seed"] and p["cell"] == t["cell"] and t["ray_trial_id"]
+        # readable in the MLflow runs table: a short run name, and a cell label to group by
+        assert r.info.run_name == f"κ{float(p['kappa']):g}·h2·{p['pos_enc']}·s{t['seed']}", r.info.run_name
+        assert t["cell_label"] == f"aa_resnet18·κ{float(p['kappa']):g}·h2·{p['pos_enc']}"
         if r.info.status == "FINISHED":
             assert t["node_id"]  # reported by the trial with its first epoch
             hist = c.get_metric_history(r.info.run_id, "val_top1")
