@@ -31,7 +31,7 @@ train:
   batch_size: $B
   limit_train_batches: ${STEPS:-40}
   recipe: imagenet
-  optim: {base_lr: 0.02}  # the recipe's 0.1 with a short run's few warm-up steps went nan within steps
+  optim: {base_lr: 0.02}  # a short run has only a few warm-up steps: a lower rate and clipping keep it finite
   grad_clip: 1.0
   zero_init_residual: true  # the paper profiles' init: without it ResNet-50 at 224 px diverged within 10 steps
   stages: [2, 3, 4]

@@ -83,9 +83,9 @@ def loader_rate(root: str, decode: str, workers: int, batch: int, steps: int, si
     return seen / (time.perf_counter() - t0)
 
 
-# The paper profiles' zero-initialised residual branches (without them the loss went nan within 3-11 steps on the
-# H100, 2026-11-25, and ResNet-50 diverged on the CPU too), base_lr 0.02 and gradient clipping: a rate benchmark's
-# short run has only a few warm-up steps, and its steps must stay finite.
+# The paper profiles' zero-initialised residual branches (without them ResNet-50 diverged on the CPU within 10
+# steps), base_lr 0.02 and gradient clipping: a rate benchmark's short run has only a few warm-up steps, and its
+# steps must stay finite. (The NaN losses of the first GPU runs were the nvJPEG race, pipelines/data.py: _guarded.)
 CELL = {"arch": "aa_resnet50", "kappa": 0.25, "num_heads": 8, "pos_enc": "relative", "stages": [2, 3, 4],
         "small_input": False, "recipe": "imagenet", "optim": {"base_lr": 0.02}, "grad_clip": 1.0,
         "zero_init_residual": True, "seed": 0}

@@ -11,7 +11,8 @@ Architecture (layers import only downwards; the lowest first):
 - ``data``, ``synthetic``, ``coco``, ``model``, ``detection``, ``train``: one Lightning fit of one trial
   (`train.fit`), shared by ``aa-study train`` and every study trial.
 - ``trial``, ``distributed``: a fit inside a Ray Tune trial, on one device or as a Ray Train worker group.
-- ``study``: a launch: the store says what is left, Ray Tune runs it, the recorder writes MLflow;
-  ``progress``: the launch's console; ``plan``: ``--dry-run``.
+- ``study``: a launch: the store says what is left, Ray Tune runs it; ``recorder``: the Tune callback through
+  which the driver writes MLflow; ``progress``: the launch's console; ``plan``: ``--dry-run``. Ray is imported
+  only by these callbacks and once a launch has trials to run.
 - ``cli``: ``aa-study``. ``reports`` (a sibling package) reads MLflow only.
 """

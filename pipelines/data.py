@@ -449,7 +449,9 @@ def _guarded(decode, device):
     if device.type != "cuda":
         return decode()
     main = torch.cuda.current_stream(device)
-    side = _DECODE_STREAMS.setdefault(device, torch.cuda.Stream(device))
+    side = _DECODE_STREAMS.get(device)
+    if side is None:
+        side = _DECODE_STREAMS[device] = torch.cuda.Stream(device)
     with torch.cuda.stream(side):
         out = decode()
     main.wait_stream(side)

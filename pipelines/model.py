@@ -120,7 +120,7 @@ class ClassificationModule(pl.LightningModule):
         self._watch.check()
         # the epoch's training steps only: Lightning runs the validation loop before this hook, and a large
         # validation set would otherwise be counted as training time
-        seconds = getattr(self, "_last_train_step", time.perf_counter()) - self._epoch_start
+        seconds = self._last_train_step - self._epoch_start
         loss, images = self._train_loss_sum / max(1, self._train_batches), self._epoch_images
         if self.trainer.world_size > 1:  # DDP: the mean over ranks (equal step counts) and all ranks' images
             loss = self.trainer.strategy.reduce(loss, reduce_op="mean")

@@ -28,7 +28,7 @@ import yaml
 
 from .profiles import REPORT_LAYOUTS, choose_profile, experiment_name, merge
 from .settings import ARCHITECTURE_NAMES as ARCHITECTURES, POS_ENCODINGS, RECIPES
-from .settings import DEFAULTS as TRAIN_DEFAULTS, setting_problem
+from .settings import DEFAULTS as TRAIN_DEFAULTS, deterministic_mode, setting_problem
 
 AXES = ("arch", "kappa", "upsilon", "num_heads", "pos_enc")
 TOP_KEYS = {"name", "description", "task", "experiment", "report", "grid", "seeds", "train", "resources",
@@ -108,8 +108,8 @@ def normalise(config: Dict[str, Any]) -> Dict[str, Any]:
     cfg["upsilon"] = float(cfg["kappa"] if cfg.get("upsilon") is None else cfg["upsilon"])
     if cfg["kappa"] == 0 and cfg["upsilon"] == 0:
         cfg["pos_enc"], cfg["num_heads"] = "none", 1
-    if "deterministic" in cfg and cfg["deterministic"] is None:  # written out: a run's params say the mode it used
-        cfg["deterministic"] = cfg.get("task", "classification") == "classification"
+    if "deterministic" in cfg:  # written out: a run's params say the mode it used
+        cfg["deterministic"] = deterministic_mode(cfg)
     if cfg.get("dataset") in ("imagefolder", "imagenet") and isinstance(cfg.get("data"), dict):
         # the augmentation a trial gets, written out: it is in the run's params and in the cell's key
         from .data import AUGMENT_PRESETS, augment_preset
@@ -123,7 +123,7 @@ def normalise(config: Dict[str, Any]) -> Dict[str, Any]:
 
 
 # The training settings that key version 1 hashes, defaults included (the DEFAULTS of the day it was frozen).
-# Frozen: a new setting goes into pipelines/train.py: DEFAULTS only, never here.
+# Frozen: a new setting goes into pipelines/settings.py: DEFAULTS only, never here.
 KEY_V1_SETTINGS = frozenset({"task", "arch", "kappa", "upsilon", "num_heads", "pos_enc", "stages", "small_input",
                              "dataset", "data", "epochs", "batch_size", "recipe", "optim", "seed", "device",
                              "compile", "limit_train_batches", "grad_clip"})

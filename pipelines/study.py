@@ -51,124 +51,6 @@ def _one_line(text: str, limit: int = 500) -> str:
     return line[:limit]
 
 
-def _recorder_class():
-    """MlflowRecorder: a Ray Tune callback (built here, so that importing this module does not import Ray: a
-    relaunch with nothing to run never needs it)."""
-    from ray import tune
-
-    class MlflowRecorder(tune.Callback):
-        """A Ray Tune callback that writes each trial's MLflow run from the driver."""
-
-        def __init__(self, tracker: Tracker, experiment_id: str, parent_id: str, study: Study,
-                     reuse: Dict[tuple, str], result: LaunchResult):
-            self.tracker, self.exp, self.parent, self.study = tracker, experiment_id, parent_id, study
-            self.reuse, self.result = reuse, result
-            self.run_of: Dict[str, str] = {}  # Tune trial id -> MLflow run id
-            self.nodes: Dict[str, List[str]] = {}
-            self.open: set = set()
-
-        def _run(self, trial) -> str:
-            if trial.trial_id in self.run_of:
-                return self.run_of[trial.trial_id]
-            t = trial.config["trial"]
-            key = (t["cell"], t["seed"])
-            if key in self.reuse:
-                rid = self.reuse.pop(key)
-                self.tracker.reopen(rid, self.parent)
-            else:
-                spec_trial = Trial(cell=t["cell"], seed=t["seed"], config=t["config"])
-                rid = self.tracker.start_trial(self.exp, self.parent, self.study, spec_trial)
-            self.tracker.set_tags(rid, {"ray_trial_id": trial.trial_id})
-            self.run_of[trial.trial_id] = rid
-            self.open.add(rid)
-            return rid
-
-        def on_step_begin(self, iteration, trials, **info):
-            now = time.time()
-            if now - getattr(self, "_beat", 0) >= HEARTBEAT_S:
-                self._beat = now
-                self.tracker.set_tags(self.parent, {"heartbeat": str(int(now))})
-
-        def on_trial_start(self, iteration, trials, trial, **info):
-            self._run(trial)
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            rid = self._run(trial)
-            epoch = int(result.get("epoch", result.get("training_iteration", 0)))
-            metrics = {k: v for k, v in result.items() if k in _METRICS and isinstance(v, (int, float))}
-            self.tracker.log_metrics(rid, metrics, step=epoch)
-            node = result.get("node_id")
-            seen = self.nodes.setdefault(rid, [])
-            if node and node not in seen:
-                seen.append(node)
-                self.tracker.set_tags(rid, {"node_id": node, "nodes": ",".join(seen)})
-
-            if result.get("checkpoint_path"):  # a trial of several workers: Ray Train stored rank 0's checkpoint
-                self.tracker.set_tags(rid, {"checkpoint": result["checkpoint_path"]})
-
-        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-            rid = self._run(trial)
-            fs = getattr(checkpoint, "filesystem", None)
-            path = checkpoint.path
-            if fs is not None and getattr(fs, "type_name", "local") != "local":
-                path = f"{fs.type_name}://{path}"
-            self.tracker.set_tags(rid, {"checkpoint": path})
-
-        def on_trial_recover(self, iteration, trials, trial, **info):
-            rid = self._run(trial)
-            retries = getattr(trial, "num_failures", 0)
-            self.tracker.set_tags(rid, {"retries": retries, "last_error": _one_line(_error_text(trial))})
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            rid = self._run(trial)
-            epochs = trial.last_result.get("epoch") if trial.last_result else None
-            want = trial.config["trial"]["config"]["epochs"]
-            if epochs is not None and epochs < want:
-                self.tracker.set_tags(rid, {"stopped_early": f"epoch {epochs} of {want}"})
-            self.tracker.end(rid, "FINISHED")
-            self.open.discard(rid)
-            self.result.finished += 1
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            rid = self._run(trial)
-            err = _one_line(_error_text(trial))
-            self.tracker.set_tags(rid, {"error": err})
-            self.tracker.end(rid, "FAILED")
-            self.open.discard(rid)
-            self.result.failed += 1
-            self.result.errors[trial.config["trial"]["name"]] = err
-
-        def close_open(self, status: str = "KILLED"):
-            for rid in list(self.open):
-                self.tracker.set_tags(rid, {"killed_reason": "the launch ended before this trial finished"})
-                self.tracker.end(rid, status)
-                self.result.killed += 1
-            self.open.clear()
-
-    return MlflowRecorder
-
-
-_METRICS = ("train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "peak_gpu_mem_gib",
-            "params", "gflops", "gflops_conv", "num_classes", "epoch", "map", "ap50", "ap75", "aps", "apm", "apl")
-
-
-def _error_text(trial) -> str:
-    for attr in ("error_msg",):
-        msg = getattr(trial, attr, None)
-        if msg:
-            return msg
-    path = getattr(trial, "error_file", None)
-    if path and os.path.exists(path):
-        return Path(path).read_text()
-    getter = getattr(trial, "get_error", None)
-    if callable(getter):
-        try:
-            return repr(getter())
-        except Exception:  # noqa: BLE001 - best effort
-            pass
-    return "unknown error"
-
-
 # ------------------------------------------------------------------------------------------- launch
 def prepare(spec_path: str, profile: Optional[str], tracking_uri: Optional[str], deep: bool = True) -> tuple:
     """Steps 1-2: (study, tracking uri). Raises SpecError / TrackingError; writes nothing. deep=False leaves the
@@ -204,8 +86,7 @@ def init_ray(address: Optional[str], study: Study):
     # the test-only fault switch travels to the trials (pipelines/trial.py)
     env = {k: v for k, v in os.environ.items() if k.startswith("AA_STUDY_FAULT")}
     runtime_env = {"env_vars": env} if env else None
-    gpu = study.resources["gpu"]
-    check_local_resources(address, study)
+    gpu = study.resources["gpu"]  # the local machine was checked by check_local_resources (launch)
     try:
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env)
@@ -420,7 +301,9 @@ def _run_tune(study: Study, pending: List[Trial], reuse: Dict[tuple, Any], track
                        "checkpoint_every": study.checkpoint_every,
                        "resume_from": prev.data.tags.get("checkpoint") if prev is not None else None,
                        "workers": res["workers"], "cpu": res["cpu"], "gpu": res["gpu"], "storage": storage_path})
-    recorder = _recorder_class()(tracker, exp_id, parent, study,
+    from .recorder import MlflowRecorder
+
+    recorder = MlflowRecorder(tracker, exp_id, parent, study,
                               {k: r.info.run_id for k, r in reuse.items()}, result)
     progress = None
     if view is not None:
