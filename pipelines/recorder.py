@@ -11,7 +11,8 @@ from typing import Dict, List
 from ray import tune
 
 from .spec import Study, Trial
-from .study import HEARTBEAT_S, LaunchResult, _one_line
+from .planner import HEARTBEAT_S
+from .study import LaunchResult, _one_line
 from .tracking import Tracker
 
 _METRICS = ("train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "peak_gpu_mem_gib",

@@ -4,8 +4,9 @@ Order of a launch (`aa-study run` / `resume`), so that a mistake is named before
   1. the spec is validated (pipelines.spec; data opened, networks built on the meta device);
   2. the tracking URI is checked (a server answers /health; a sqlite path is creatable);
   3. Ray starts (local, dashboard off) or joins `--address`; GPU requests are checked against the cluster;
-  4. MLflow: the study's experiment; runs left RUNNING by a launch that died are closed as KILLED (or
-     reopened and continued from their last checkpoint); cell × seed FINISHED in the store are skipped;
+  4. MLflow: the planner (pipelines/planner.py) reads the store and decides each trial: done (FINISHED,
+     skipped), continue (from its run's last checkpoint), retry, fresh, or the whole launch refused (another live
+     driver); runs left RUNNING by a launch that died are closed as KILLED;
   5. one parent run for the launch; Tune runs the rest, one trial per cell × seed, and the driver's
      callback writes each trial's run (the only writer of the store).
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .spec import Study, Trial, check_deep, load_study
+from .spec import Study, check_deep, load_study
 from .tracking import (Tracker, check_tracking_uri, default_home, redact, resolve_tracking_uri,
                        store_exists, ui_url)
 
@@ -148,31 +149,25 @@ def trials_that_fit(study: Study, have: Dict[str, float]) -> int:
     return max(0, min(fits)) if fits else 0
 
 
-def recorded(study: Study, uri: str) -> tuple:
-    """(tracker or None, experiment id or None, FINISHED (cell, seed) keys, {key: other runs}); reading only:
-    no store is created."""
+def read_plan(study: Study, uri: str, resume: bool = False) -> tuple:
+    """(tracker or None, experiment id or None, the launch's `planner.Plan`); reading only: no store is created."""
+    from .planner import driver_alive, make_plan, records_of
+
     tracker = Tracker(uri) if store_exists(uri) else None
     exp_id = tracker.experiment_id(study.experiment) if tracker else None
-    done, unfinished = set(), {}
-    if exp_id is not None:
-        for r in tracker.runs(exp_id):
-            key = (r.data.tags.get("cell"), int(r.data.tags.get("seed", -1)))
-            if r.info.status == "FINISHED":
-                done.add(key)
-            else:
-                unfinished.setdefault(key, []).append(r)
-    return tracker, exp_id, done, unfinished
+    runs, launches = records_of(tracker, exp_id)
+    return tracker, exp_id, make_plan(study.trials, runs, launches, driver_alive, resume=resume,
+                                      launched=exp_id is not None, experiment=study.experiment)
 
 
 def plan(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional[str] = None,
          address: Optional[str] = None, rate: Optional[float] = None, prepared=None) -> List[str]:
     """`aa-study run --dry-run`: the launch's trials, resources and an estimate; nothing started or written."""
-    from .plan import dry_run
+    from .estimate import dry_run
 
     study, uri = prepared or prepare(spec_path, profile, tracking_uri)
-    _, _, done, _ = recorded(study, uri)
-    pending = [t for t in study.trials if (t.cell, t.seed) not in done]
-    return dry_run(study, pending, len(study.trials) - len(pending), address, rate)
+    _, _, the_plan = read_plan(study, uri)
+    return dry_run(study, [p.trial for p in the_plan.pending], the_plan.done, address, rate)
 
 
 def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional[str] = None,
@@ -180,21 +175,25 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
            command: str = "", verbose: int = 1, prepared=None, console: str = "verbose") -> LaunchResult:
     """console: "verbose" (Ray's, Tune's and Lightning's own output on the terminal, Tune's table if verbose),
     "live" (a table of the cells, live on a terminal, one line per finished trial elsewhere) or "lines" (those
-    lines only); in both of the latter everything else the launch writes goes to a log file it names."""
+    lines only); in both of the latter everything else the launch writes goes to a log file it names.
+
+    The planner (pipelines/planner.py) decides what each trial is; this function only executes its plan."""
+    from .planner import Action, execute_closing
+
     study, uri = prepared or prepare(spec_path, profile, tracking_uri, deep=False)
-    tracker, exp_id, done, unfinished = recorded(study, uri)
-    if resume and exp_id is None:
-        raise LaunchError(f"nothing to resume: experiment {study.experiment!r} is not in {uri} "
-                          "(start it with aa-study run)")
-    if tracker is not None and exp_id is not None:
-        _refuse_if_another_launch_runs(tracker, exp_id)
-    pending = [t for t in study.trials if (t.cell, t.seed) not in done]
-    result = LaunchResult(exp_id, None, skipped=len(study.trials) - len(pending))
+    tracker, exp_id, the_plan = read_plan(study, uri, resume)
+    if the_plan.refused:
+        raise LaunchError(the_plan.refused)
+    pending = the_plan.pending
+    result = LaunchResult(exp_id, None, skipped=the_plan.done)
+    again = the_plan.count(Action.CONTINUE) + the_plan.count(Action.RETRY)
     print(f"study {study.name} (profile {study.profile or '-'}): {len(study.cells)} cells x {len(study.seeds)} "
-          f"seeds = {len(study.trials)} trials; {result.skipped} already finished, {len(pending)} to run")
+          f"seeds = {len(study.trials)} trials; {result.skipped} already finished, {len(pending)} to run"
+          + (f" ({the_plan.count(Action.CONTINUE)} from a checkpoint, {the_plan.count(Action.RETRY)} again "
+             "from epoch 1)" if again else ""))
     if not pending:
         if tracker is not None:
-            _close_orphans(tracker, exp_id, unfinished, {})
+            execute_closing(tracker, the_plan)
         return result
     check_deep(study)  # networks and data, before Ray starts or anything is written
     check_local_resources(address, study)
@@ -209,13 +208,14 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
         print(f"log: {log} (Ray, Tune and Lightning output; --verbose shows it here)", flush=True)
     from .progress import quiet_output
     with (quiet_output(str(log)) if log else contextlib.nullcontext(sys.stdout)) as out:
-        _launch_trials(study, uri, tracker, exp_id, unfinished, pending, result, storage, address, command,
+        _launch_trials(study, uri, tracker, exp_id, the_plan, result, storage, address, command,
                        verbose if console == "verbose" else 0, None if console == "verbose" else (out, console))
     return result
 
 
-def _launch_trials(study, uri, tracker, exp_id, unfinished, pending, result, storage, address, command, verbose,
-                   view):
+def _launch_trials(study, uri, tracker, exp_id, the_plan, result, storage, address, command, verbose, view):
+    from .planner import execute_closing
+
     init_ray(address, study)
     try:
         tracker = tracker or Tracker(uri)
@@ -223,69 +223,22 @@ def _launch_trials(study, uri, tracker, exp_id, unfinished, pending, result, sto
                                                    tags={"study": study.name, "profile": study.profile})
         result.experiment_id = exp_id
         spec_text = Path(study.path).read_text() if study.path else None
-        reuse = _close_orphans(tracker, exp_id, unfinished, {(t.cell, t.seed) for t in pending})
+        execute_closing(tracker, the_plan)
         parent = tracker.start_launch(exp_id, study, command, spec_text)
         result.parent_run_id = parent
         where = view[0] if view else sys.stdout
         print(f"MLflow: {redact(uri)}  experiment {study.experiment!r} (id {exp_id}), launch run {parent}", file=where)
         if uri.startswith("http"):
             print(f"  open {ui_url(uri, exp_id)}", file=where)
-        _run_tune(study, pending, reuse, tracker, exp_id, parent, result, storage, verbose, view)
+        _run_tune(study, the_plan.pending, tracker, exp_id, parent, result, storage, verbose, view)
     finally:
         import ray
         ray.shutdown()
 
 
-HEARTBEAT_S = 20  # a live driver refreshes its launch run's heartbeat tag this often
-STALE_S = 120  # a RUNNING launch on another host with an older heartbeat is taken as dead
-
-
-def _launch_alive(run) -> bool:
-    import socket
-
-    tags = run.data.tags
-    if tags.get("host") == socket.gethostname() and tags.get("pid", "").isdigit():
-        try:
-            os.kill(int(tags["pid"]), 0)  # same machine: the driver process decides
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    beat = tags.get("heartbeat", "")
-    return beat.isdigit() and time.time() - int(beat) < STALE_S
-
-
-def _refuse_if_another_launch_runs(tracker, exp_id):
-    """Two drivers on one study would take over each other's runs: refuse before anything is written."""
-    for r in tracker.runs(exp_id, kind="launch", statuses=("RUNNING",)):
-        if _launch_alive(r):
-            t = r.data.tags
-            raise LaunchError(f"another launch of this study is running (launch run {r.info.run_id}, host "
-                              f"{t.get('host', '?')}, pid {t.get('pid', '?')}); wait for it, or stop it and use "
-                              "aa-study resume")
-
-
-def _close_orphans(tracker, exp_id, unfinished: Dict[tuple, list], pending: set) -> Dict[tuple, Any]:
-    """Runs not FINISHED from earlier launches: the latest one of a pending cell × seed is reused (and
-    continued from its checkpoint); every other one that is still RUNNING is closed as KILLED."""
-    reuse = {}
-    for key, runs in unfinished.items():
-        runs = sorted(runs, key=lambda r: r.info.start_time or 0)
-        if key in pending:
-            reuse[key] = runs.pop()
-        for r in runs:
-            if r.info.status == "RUNNING":
-                tracker.set_tags(r.info.run_id, {"killed_reason": "orphaned: its launch ended without finishing it"})
-                tracker.end(r.info.run_id, "KILLED")
-    if exp_id is not None:
-        for r in tracker.runs(exp_id, kind="launch", statuses=("RUNNING",)):
-            tracker.end(r.info.run_id, "KILLED")
-    return reuse
-
-
-def _run_tune(study: Study, pending: List[Trial], reuse: Dict[tuple, Any], tracker: Tracker, exp_id: str,
-              parent: str, result: LaunchResult, storage: Optional[str], verbose: int, view=None):
+def _run_tune(study: Study, pending: list, tracker: Tracker, exp_id: str, parent: str, result: LaunchResult,
+              storage: Optional[str], verbose: int, view=None):
+    """Tune runs the plan's pending trials (`planner.TrialPlan`s); the recorder reopens the runs they keep."""
     from ray import tune
 
     from .trial import run_trial
@@ -295,16 +248,15 @@ def _run_tune(study: Study, pending: List[Trial], reuse: Dict[tuple, Any], track
         storage_path = str(Path(storage_path).expanduser().resolve())
     res = study.resources
     trials = []
-    for t in pending:
-        prev = reuse.get((t.cell, t.seed))
+    for p in pending:
+        t = p.trial
         trials.append({"cell": t.cell, "seed": t.seed, "name": t.name, "config": t.config,
-                       "checkpoint_every": study.checkpoint_every,
-                       "resume_from": prev.data.tags.get("checkpoint") if prev is not None else None,
+                       "checkpoint_every": study.checkpoint_every, "resume_from": p.resume_from,
                        "workers": res["workers"], "cpu": res["cpu"], "gpu": res["gpu"], "storage": storage_path})
     from .recorder import MlflowRecorder
 
     recorder = MlflowRecorder(tracker, exp_id, parent, study,
-                              {k: r.info.run_id for k, r in reuse.items()}, result)
+                              {(p.trial.cell, p.trial.seed): p.run_id for p in pending if p.run_id}, result)
     progress = None
     if view is not None:
         from .progress import Progress
@@ -314,7 +266,7 @@ def _run_tune(study: Study, pending: List[Trial], reuse: Dict[tuple, Any], track
     if study.scheduler["type"] == "asha":
         from ray.tune.schedulers import ASHAScheduler
         scheduler = ASHAScheduler(time_attr="epoch", metric="map" if study.task == "detection" else "val_top1", mode="max",
-                                  max_t=max(t.config["epochs"] for t in pending),
+                                  max_t=max(p.trial.config["epochs"] for p in pending),
                                   grace_period=study.scheduler.get("grace_period", 1),
                                   reduction_factor=study.scheduler.get("reduction_factor", 3))
     if res["workers"] > 1:  # the trial only waits for its Ray Train workers, which hold the CPUs and GPUs
@@ -355,7 +307,7 @@ def _run_tune(study: Study, pending: List[Trial], reuse: Dict[tuple, Any], track
 
 # ------------------------------------------------------------------------------------------- status
 def status(spec_path: str, profile: Optional[str], tracking_uri: Optional[str]) -> Dict[str, Any]:
-    study = load_study(spec_path, profile, check_data=False)
+    study = load_study(spec_path, profile, deep=False)  # reading the store needs no network or dataset
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)
     rows = {c: {"finished": 0, "running": 0, "failed": 0, "killed": 0} for c in study.cells}
@@ -364,13 +316,15 @@ def status(spec_path: str, profile: Optional[str], tracking_uri: Optional[str]) 
         tracker = Tracker(uri)
         exp_id = tracker.experiment_id(study.experiment)
     if exp_id is not None:
+        from .planner import records_of
+
         best: Dict[tuple, str] = {}
         rank = {"FINISHED": 3, "RUNNING": 2, "FAILED": 1, "KILLED": 0, "SCHEDULED": 0}
         seeds = set(study.seeds)  # a cell's runs of other seeds (a study sharing the experiment) are not this study's
-        for r in tracker.runs(exp_id):
-            key = (r.data.tags.get("cell"), int(r.data.tags.get("seed", -1)))
-            if key[0] in rows and key[1] in seeds and rank.get(r.info.status, 0) >= rank.get(best.get(key, "KILLED"), -1):
-                best[key] = r.info.status
+        for r in records_of(tracker, exp_id)[0]:
+            key = r.key
+            if key[0] in rows and key[1] in seeds and rank.get(r.status, 0) >= rank.get(best.get(key, "KILLED"), -1):
+                best[key] = r.status
         for (cell, _), st in best.items():
             rows[cell][st.lower() if st.lower() in rows[cell] else "killed"] += 1
     n_seeds = len(study.seeds)
