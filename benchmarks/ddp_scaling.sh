@@ -44,7 +44,7 @@ profiles:
 EOF
 for W in 1 "$MAX"; do
   s=$(date +%s.%N)
-  python3 -m pipelines.cli run "$SPEC" --profile "w$W" --tracking-uri "$STORE" --storage "$DIR/ray" \
+  python3 -m aa_study.cli run "$SPEC" --profile "w$W" --tracking-uri "$STORE" --storage "$DIR/ray" \
     > "$LOGS/ddp-w$W.log" 2>&1 || { tail -40 "$LOGS/ddp-w$W.log"; exit 1; }
   echo "w$W $(python3 -c "print(f'{$(date +%s.%N) - $s:.1f}')")" | tee -a "$DIR/wall.txt"
 done

@@ -1,4 +1,4 @@
-"""One fit through `pipelines.train.fit` (the trial code path, without Ray or MLflow), printing val top-1 per
+"""One fit through `pipelines.training.fit.fit` (the trial code path, without Ray or MLflow), printing val top-1 per
 epoch: for searching synthetic task settings quickly, many fits at once (benchmarks/task_search.sh).
 
     python benchmarks/fit_curve.py NAME --task pair_orientation --min-gap 4 --lr 0.03 --kappa 0.5 --pos-enc relative
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipelines.train import fit  # noqa: E402
+from pipelines.training.fit import fit  # noqa: E402
 
 
 class PrintEpoch(pl.Callback):

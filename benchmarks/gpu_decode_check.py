@@ -63,7 +63,7 @@ def main(argv=None):
 def race(batch, iters: int) -> dict:
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from pipelines.data import _guarded, _unpack
+    from pipelines.data.images import _guarded, _unpack
 
     dev = torch.device("cuda")
     files = _unpack(batch[0])

@@ -38,10 +38,10 @@ seed: 0
 device: auto
 YAML
   for run in alone-1 alone-2; do
-    /usr/bin/time -f "$run wall %e s" python3 -m pipelines.cli train --config /tmp/cell.yaml 2>&1 | tail -30 | tee "$out/train-$run.json"
+    /usr/bin/time -f "$run wall %e s" python3 -m aa_study.cli train --config /tmp/cell.yaml 2>&1 | tail -30 | tee "$out/train-$run.json"
   done
   python3 -c "$(sed -n '/^BUSY = """/,/^"""/p' benchmarks/determinism.py | sed '1d;$d' | sed 's/{seconds}/3600/')" &
   busy=$!; sleep 12
-  /usr/bin/time -f "busy wall %e s" python3 -m pipelines.cli train --config /tmp/cell.yaml 2>&1 | tail -30 | tee "$out/train-busy.json"
+  /usr/bin/time -f "busy wall %e s" python3 -m aa_study.cli train --config /tmp/cell.yaml 2>&1 | tail -30 | tee "$out/train-busy.json"
   kill $busy
 fi

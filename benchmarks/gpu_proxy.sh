@@ -17,11 +17,11 @@ for study in "$@"; do
   left=$(( end - $(date +%s) ))
   [ "$left" -gt 30 ] || break
   echo "== $study ($left s left)"
-  /usr/bin/time -f "$study wall %e s" timeout -s INT -k 20 "$left" python3 -m pipelines.cli run "$spec" --profile ${PROFILE:-gpu} --quiet 2>&1 \
+  /usr/bin/time -f "$study wall %e s" timeout -s INT -k 20 "$left" python3 -m aa_study.cli run "$spec" --profile ${PROFILE:-gpu} --quiet 2>&1 \
     | grep -v "Warning\|warn(" | grep "^done\|^study\|wall\|FAILED\|rror" 
 done
 kill $sampler
 for study in "$@"; do
-  python3 -m pipelines.cli status "$(spec_of "$study")" --profile ${PROFILE:-gpu}
+  python3 -m aa_study.cli status "$(spec_of "$study")" --profile ${PROFILE:-gpu}
 done
 tar -C /tmp/runs -cf "$OUT/store.tar" mlflow.db artifacts

@@ -45,7 +45,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--workers", type=int, default=4)
     a = p.parse_args(argv)
-    from pipelines.train import fit
+    from pipelines.training.fit import fit
 
     with tempfile.TemporaryDirectory() as d:
         os.environ.setdefault("AA_STUDY_HOME", str(Path(d) / "home"))

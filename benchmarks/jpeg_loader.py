@@ -85,14 +85,14 @@ def loader_rate(root: str, decode: str, workers: int, batch: int, steps: int, si
 
 # The paper profiles' zero-initialised residual branches (without them ResNet-50 diverged on the CPU within 10
 # steps), base_lr 0.02 and gradient clipping: a rate benchmark's short run has only a few warm-up steps, and its
-# steps must stay finite. (The NaN losses of the first GPU runs were the nvJPEG race, pipelines/data.py: _guarded.)
+# steps must stay finite. (The NaN losses of the first GPU runs were the nvJPEG race, pipelines/data/images.py: _guarded.)
 CELL = {"arch": "aa_resnet50", "kappa": 0.25, "num_heads": 8, "pos_enc": "relative", "stages": [2, 3, 4],
         "small_input": False, "recipe": "imagenet", "optim": {"base_lr": 0.02}, "grad_clip": 1.0,
         "zero_init_residual": True, "seed": 0}
 
 
 def train_rate(root: str, decode: str, workers: int, batch: int, steps: int) -> float:
-    from pipelines.train import fit
+    from pipelines.training.fit import fit
 
     m = fit({**CELL, "dataset": "imagefolder", "epochs": 2, "batch_size": batch, "limit_train_batches": steps,
              "data": {"root": root, "image_size": 224, "augment": "imagenet", "num_workers": workers,
@@ -106,8 +106,8 @@ def model_rate(batch: int, steps: int) -> float:
     import pytorch_lightning as pl
     import torch
 
-    from pipelines.model import ClassificationModule, OptimConfig
-    from pipelines.train import arch_kwargs, fit, resolve
+    from pipelines.training.classifier import ClassificationModule, OptimConfig
+    from pipelines.training.fit import arch_kwargs, fit, resolve
 
     class Fixed(pl.LightningDataModule):
         def __init__(self):

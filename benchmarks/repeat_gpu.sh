@@ -18,7 +18,7 @@ s = load_study("studies/quickstart.yaml", "gpu", check_data=False)
 (t,) = [t for t in s.trials if t.config["kappa"] == 0.5 and t.config["pos_enc"] == "relative" and t.seed == 0]
 print(yaml.safe_dump({k: v for k, v in t.config.items() if k != "deterministic"}))
 PY
-  fit() { s=$(date +%s.%N); python3 -m pipelines.cli train --config "$OUT/cell.yaml" "$@" 2>"$OUT/fit-$1.err" \
+  fit() { s=$(date +%s.%N); python3 -m aa_study.cli train --config "$OUT/cell.yaml" "$@" 2>"$OUT/fit-$1.err" \
     | python3 -c "import json,sys; m=json.load(sys.stdin); print(json.dumps({k: m[k] for k in ('val_loss','val_top1','train_loss')}))"
     echo "wall $(python3 -c "print(round($(date +%s.%N) - $s, 1))")"; }
   echo "alone, deterministic (1): $(fit --deterministic)"
@@ -47,7 +47,7 @@ fi
 nvidia-smi --query-gpu=index,utilization.gpu --format=csv,noheader,nounits -l 1 > "$OUT/$TAG-util.txt" &
 sampler=$!
 s=$(date +%s.%N)
-python3 -m pipelines.cli run "$SPEC" --profile gpu > "$OUT/$TAG.log" 2>&1 || { tail -30 "$OUT/$TAG.log"; exit 1; }
+python3 -m aa_study.cli run "$SPEC" --profile gpu > "$OUT/$TAG.log" 2>&1 || { tail -30 "$OUT/$TAG.log"; exit 1; }
 wall=$(python3 -c "print(round($(date +%s.%N) - $s, 1))")
 kill $sampler
 python3 - "$OUT/$TAG.csv" "$wall" <<'PY'

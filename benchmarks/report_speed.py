@@ -28,7 +28,7 @@ def main(argv=None):
             "grid": {"arch": ["aa_resnet18"], "kappa": [0.25, 0.5, 0.75, 1.0], "num_heads": [1, 2, 4, 8],
                      "pos_enc": ["none", "sine2d", "coordconv", "relative"]},
             "seeds": a.seeds, "train": {"dataset": "synthetic", "stages": [4], "device": "cpu"}}
-    study = parse_study(spec, check_data=False)
+    study = parse_study(spec)
     with tempfile.TemporaryDirectory() as d:
         uri = f"sqlite:///{d}/mlflow.db"
         tracker = Tracker(uri)

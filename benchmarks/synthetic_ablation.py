@@ -1,4 +1,4 @@
-"""A short ablation on the synthetic tasks through `pipelines.train.fit` (the trial code path), and the
+"""A short ablation on the synthetic tasks through `pipelines.training.fit.fit` (the trial code path), and the
 Fashion-MNIST data-path throughput comparison.
 
     python benchmarks/synthetic_ablation.py [--tasks same_corners relative_position] [--epochs 12] [--seeds 0 1]
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import environment, markdown_table  # noqa: E402
-from pipelines.train import fit  # noqa: E402
+from pipelines.training.fit import fit  # noqa: E402
 
 CELLS = [("kappa=0", dict(kappa=0.0)), ("kappa=0.5 none", dict(kappa=0.5, pos_enc="none")),
          ("kappa=0.5 relative", dict(kappa=0.5, pos_enc="relative"))]

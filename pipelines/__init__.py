@@ -1,18 +1,23 @@
 """Training, data, studies and tracking for aa_modules networks.
 
-Architecture (layers import only downwards; the lowest first):
+Architecture: layers import only downwards (tests/test_layers.py checks it, and that no import cycle exists);
+the lowest first. One datum flows one way: YAML -> spec -> plan -> trials -> MLflow -> reports.
 
 - ``settings``: the training settings, their defaults and checks, the optimiser recipes, the architecture and
-  encoding names. Plain data: no torch, Lightning or Ray.
+  encoding names, the augmentation presets. Plain data: no torch, Lightning or Ray.
 - ``profiles``, ``spec``: a study YAML and profile -> a `spec.Study` (cells, seeds, resources) and each cell's
-  key. Light checks need only ``settings``; ``spec.check_deep`` builds every distinct network on the meta device
-  and opens the datasets (torch), run when a launch has something to run, or by ``--dry-run``.
+  key, with every check that needs no torch (`aa-study --help` and a spec error answer in a fraction of a second).
 - ``tracking``: the MLflow store (the one writer is the launch's driver); imports MLflow only when used.
-- ``data``, ``synthetic``, ``coco``, ``model``, ``detection``, ``train``: one Lightning fit of one trial
-  (`train.fit`), shared by ``aa-study train`` and every study trial.
-- ``trial``, ``distributed``: a fit inside a Ray Tune trial, on one device or as a Ray Train worker group.
-- ``study``: a launch: the store says what is left, Ray Tune runs it; ``recorder``: the Tune callback through
-  which the driver writes MLflow; ``progress``: the launch's console; ``plan``: ``--dry-run``. Ray is imported
-  only by these callbacks and once a launch has trials to run.
-- ``cli``: ``aa-study``. ``reports`` (a sibling package) reads MLflow only.
+- ``data`` (package): datasets as Lightning data modules; `make_datamodule` (registry); each module declares its
+  image shape. ``images`` (tensor and image-folder modules, GPU JPEG decode), ``synthetic``, ``coco``.
+- ``training`` (package): one Lightning fit of one trial (``fit.fit``), shared by ``aa-study train`` and every
+  study trial; ``classifier`` and ``detector`` (the Lightning modules); ``checks`` (the spec checks that build
+  networks on the meta device and open datasets, run once a launch has something to run).
+- ``launch`` (package): a study launch. ``planner`` decides from the store what each trial is (done, continue,
+  retry, fresh, or the launch refused); ``driver`` executes the plan through Ray Tune; ``tune_trial`` (the
+  trainable), ``trial_fit`` (a fit reporting to Tune or Ray Train), ``workers`` (a trial over a Ray Train group);
+  ``recorder`` (the driver's MLflow writer), ``console`` (live progress), ``resources``, ``outcome``,
+  ``estimate`` (``--dry-run``). Ray is imported only once a launch has trials to run.
+- ``reports`` (a sibling package, beside ``launch``): reads MLflow only.
+- ``aa_study.cli``: ``aa-study``, the one layer above both ``pipelines`` and ``reports``.
 """

@@ -1,6 +1,6 @@
 """The training settings, their defaults and checks, and the optimiser recipes: plain data, no torch or Lightning,
 so a study can be read and checked (and a relaunch with nothing to run answered) without importing the trainer.
-`pipelines/train.py` trains with them; `pipelines/spec.py` validates studies against them."""
+`pipelines/training/fit.py` trains with them; `pipelines/spec.py` validates studies against them."""
 from __future__ import annotations
 
 import math
@@ -135,3 +135,11 @@ class OptimConfig:
             raise ValueError(f"unknown optimiser settings: {sorted(unknown)}")
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
+
+
+AUGMENT_PRESETS = ("auto", "none", "light", "imagenet")  # ImageFolder augmentation (pipelines/data/images.py)
+
+
+def augment_preset(augment: str, image_size: int) -> str:
+    """The preset ``auto`` stands for: light (pad + crop) below 128 px, imagenet (RandomResizedCrop) from 128."""
+    return augment if augment != "auto" else ("imagenet" if image_size >= 128 else "light")

@@ -52,7 +52,7 @@ class SpecError(ValueError):
 class Trial:
     cell: str  # cell key
     seed: int
-    config: Dict[str, Any]  # a complete pipelines.train config (seed included)
+    config: Dict[str, Any]  # a complete pipelines.training.fit config (seed included)
 
     @property
     def name(self) -> str:
@@ -112,7 +112,7 @@ def normalise(config: Dict[str, Any]) -> Dict[str, Any]:
         cfg["deterministic"] = deterministic_mode(cfg)
     if cfg.get("dataset") in ("imagefolder", "imagenet") and isinstance(cfg.get("data"), dict):
         # the augmentation a trial gets, written out: it is in the run's params and in the cell's key
-        from .data import AUGMENT_PRESETS, augment_preset
+        from .settings import AUGMENT_PRESETS, augment_preset
 
         data = cfg["data"]
         size, aug = data.get("image_size", 224), data.get("augment", "auto")
@@ -186,34 +186,26 @@ def read_yaml(path) -> Dict[str, Any]:
     return raw
 
 
-def load_study(path, profile: Optional[str] = None, check_data: bool = True, deep: bool = True) -> Study:
-    """The study of a YAML file and profile. deep=False: every check but the two that build things (each distinct
-    network on the meta device, the datasets' files): no torch is imported; `check_deep` runs them later."""
+def load_study(path, profile: Optional[str] = None) -> Study:
+    """The study of a YAML file and profile, with every check that needs no torch. The checks that build things
+    (each distinct network on the meta device, the datasets' files) are pipelines/training/checks.py's
+    `check_deep`, run once a launch has something to run (or `load_checked_study`: both at once)."""
     raw = read_yaml(path)
-    study = parse_study(raw, profile, check_data=check_data, deep=deep)
+    study = parse_study(raw, profile)
     study.path = str(Path(path).resolve())
     return study
 
 
-def check_deep(study: Study, check_data: bool = True) -> None:
-    """The checks that build things: every distinct network on the meta device, and (check_data) the datasets."""
-    _check_networks(study)
-    if check_data:
-        _check_data(study)
-
-
-def parse_study(raw: Dict[str, Any], profile: Optional[str] = None, check_data: bool = True,
-                deep: bool = True) -> Study:
+def parse_study(raw: Dict[str, Any], profile: Optional[str] = None) -> Study:
     try:
-        return _parse_study(raw, profile, check_data, deep)
+        return _parse_study(raw, profile)
     except SpecError:
         raise
     except (TypeError, AttributeError, KeyError, ValueError, OverflowError) as e:  # a shape no check foresaw
         raise SpecError(f"study: malformed spec ({type(e).__name__}: {e})".replace("\n", " ")) from None
 
 
-def _parse_study(raw: Dict[str, Any], profile: Optional[str] = None, check_data: bool = True,
-                 deep: bool = True) -> Study:
+def _parse_study(raw: Dict[str, Any], profile: Optional[str] = None) -> Study:
     for k in raw:
         if not isinstance(k, str) or k not in TOP_KEYS:
             _fail(str(k), f"unknown key (allowed: {', '.join(sorted(TOP_KEYS))})")
@@ -269,8 +261,6 @@ def _parse_study(raw: Dict[str, Any], profile: Optional[str] = None, check_data:
     study.task = task
     study.trials = _expand(study)
     _check_workers(study)
-    if deep:
-        check_deep(study, check_data)
     return study
 
 
@@ -432,29 +422,6 @@ def _expand(study: Study) -> List[Trial]:
     return trials
 
 
-# ------------------------------------------------------------------------------------ deep checks
-_KNOWN_SHAPES = {"fashion_mnist": ((28, 28), 1, 10), "cifar100": ((32, 32), 3, 100)}
-
-
-def _data_shape(train_cfg) -> tuple:
-    ds, data = train_cfg["dataset"], train_cfg.get("data", {})
-    if ds in _KNOWN_SHAPES:
-        return _KNOWN_SHAPES[ds]
-    if ds == "synthetic":
-        from .synthetic import SYNTHETIC_TASKS
-        task = data.get("task", "same_corners")
-        if not isinstance(task, str) or task not in SYNTHETIC_TASKS:
-            _fail("train.data.task", f"unknown synthetic task {task!r} (tasks: {', '.join(sorted(SYNTHETIC_TASKS))})")
-        size = data.get("image_size", 32)
-        if not isinstance(size, int) or isinstance(size, bool) or size < 8:
-            _fail("train.data.image_size", f"must be an integer >= 8; got {size!r}")
-        return (size, size), 1, SYNTHETIC_TASKS[task].num_classes
-    size = data.get("image_size", 224)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 8:
-        _fail("train.data.image_size", f"must be an integer >= 8; got {size!r}")
-    return (size, size), 3, 1000
-
-
 def _check_workers(study: Study):
     """Several workers per trial: DDP splits each global batch (train.batch_size) evenly between them."""
     w = study.resources["workers"]
@@ -467,65 +434,3 @@ def _check_workers(study: Study):
         if t.config["batch_size"] % w:
             _fail("train.batch_size", f"{t.config['batch_size']} is the global batch, split evenly between "
                                       f"{w} workers: use a multiple of {w}")
-
-
-def _check_networks(study: Study):
-    """Build every distinct network on the meta device: heads that do not divide d_k or d_v at some
-    augmented layer, or a stage list the architecture lacks, are found here, before Ray starts."""
-    import torch
-
-    from .model import build_model
-
-    done = set()
-    for t in study.trials:
-        c = t.config
-        sig = (c["arch"], c["kappa"], c["upsilon"], c["num_heads"], c["pos_enc"], tuple(c["stages"]),
-               c["small_input"], c["dataset"], json.dumps(_canon(c.get("data", {}))))
-        if sig in done:
-            continue
-        done.add(sig)
-        kw = dict(kappa=c["kappa"], upsilon=c["upsilon"], num_heads=c["num_heads"], pos_enc=c["pos_enc"])
-        if c["task"] == "detection":
-            from aa_modules.detection import aa_retinanet
-            if c.get("zero_init_residual"):
-                _fail("train.zero_init_residual", "is for classification AA-ResNets, not the detection backbone")
-            size = c.get("data", {}).get("min_size", c.get("data", {}).get("size", 128))
-            if not isinstance(size, int) or isinstance(size, bool) or size < 32:
-                _fail("train.data.min_size", f"must be an integer >= 32; got {size!r}")
-            kw.update(stages=tuple(c["stages"]), min_size=size, max_size=max(size, 1333))
-            build, args = aa_retinanet, (2, c["arch"])
-        else:
-            size, in_ch, n_cls = _data_shape(c)
-            if c["arch"].startswith("aa_resnet"):
-                kw.update(stages=tuple(c["stages"]), small_input=c["small_input"],
-                          zero_init_residual=c.get("zero_init_residual", False))
-            elif c.get("zero_init_residual"):
-                _fail("train.zero_init_residual", f"is for the AA-ResNets; {c['arch']} has no such option")
-            build, args = build_model, (c["arch"], n_cls, in_ch, size)
-        try:
-            with torch.device("meta"):
-                build(*args, **kw)
-        except (ValueError, TypeError, OverflowError, ZeroDivisionError, RuntimeError) as e:
-            _fail("grid", f"{c['arch']} with kappa={c['kappa']:g}, upsilon={c['upsilon']:g}, "
-                          f"num_heads={c['num_heads']}: {e}")
-
-
-def _check_data(study: Study):
-    """Open each distinct dataset once (paths, files, formats) and check image size against the model."""
-    from .data import DataError
-    from .train import build_data
-
-    done = set()
-    for t in study.trials:
-        c = t.config
-        sig = (c["dataset"], json.dumps(_canon(c.get("data", {}))), c["arch"], c["small_input"])
-        if sig in done:
-            continue
-        done.add(sig)
-        try:
-            build_data({**c, "device": "auto"})  # the driver may have no GPU; trials are placed by Ray
-        except DataError as e:
-            _fail("train.data", str(e))
-        except (ValueError, TypeError, OverflowError, KeyError) as e:  # e.g. a data option of the wrong type
-            _fail("train.data", f"{c['dataset']} options {c.get('data', {})} are not valid ({type(e).__name__}: {e})"
-                  .replace("\n", " "))

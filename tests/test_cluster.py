@@ -47,7 +47,7 @@ def test_two_node_cluster_survives_losing_the_worker(workdir):
         worker = _ray(["start", f"--address=127.0.0.1:{HEAD_PORT}", "--num-cpus=1",
                        f"--node-manager-port={WORKER_NM_PORT}", "--disable-usage-stats"], env)
         assert worker.returncode == 0, worker.stderr[-2000:]
-        driver = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", str(path), "--quiet",
+        driver = subprocess.Popen([sys.executable, "-m", "aa_study.cli", "run", str(path), "--quiet",
                                    "--address", f"127.0.0.1:{HEAD_PORT}"], env=env, cwd=workdir,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         # wait until both trials run, on two nodes, and one has a checkpoint; then kill the worker node

@@ -11,10 +11,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import write_study
-from pipelines.cli import main
-from pipelines.coco import CocoDataModule, hflip, make_synthetic_coco
+from aa_study.cli import main
+from pipelines.data.coco import CocoDataModule, hflip, make_synthetic_coco
 from pipelines.data import DataError
-from pipelines.detection import coco_stats
+from pipelines.training.detector import coco_stats
 
 
 @pytest.fixture

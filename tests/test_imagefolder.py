@@ -75,7 +75,7 @@ def test_same_seed_same_batches_with_0_and_2_workers(tmp_path, workdir):
 
 
 def test_fits_with_0_and_2_workers_give_the_same_metrics(tmp_path, workdir):
-    from pipelines.train import fit
+    from pipelines.training.fit import fit
 
     root = _tree(tmp_path / "t")
     cfg = {"arch": "aa_resnet18", "kappa": 0.5, "num_heads": 2, "pos_enc": "relative", "stages": [4],

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from pipelines.data import DataError, make_datamodule, read_idx
-from pipelines.model import ClassificationModule, NonFiniteLossError
-from pipelines.synthetic import SYNTHETIC_TASKS, make_synthetic
-from pipelines.train import fit
+from pipelines.training.classifier import ClassificationModule, NonFiniteLossError
+from pipelines.data.synthetic import SYNTHETIC_TASKS, make_synthetic
+from pipelines.training.fit import fit
 
 
 def _write_idx(path, array, gz):
@@ -114,7 +114,7 @@ def test_synthetic_deterministic_and_balanced(task):
 
 
 def test_relative_position_labels_match_glyph_positions():
-    from pipelines.synthetic import glyph_bank
+    from pipelines.data.synthetic import glyph_bank
     x, y = make_synthetic("relative_position", 16, 32, seed=0)
     g = 4
     bank = torch.from_numpy(glyph_bank(g))
@@ -131,7 +131,7 @@ def test_relative_position_labels_match_glyph_positions():
 
 @pytest.mark.parametrize("min_gap", [None, 4])
 def test_pair_orientation_labels_match_the_matching_pairs_orientation_and_gap(min_gap):
-    from pipelines.synthetic import glyph_bank
+    from pipelines.data.synthetic import glyph_bank
     size, g = 64, 8
     x, y = make_synthetic("pair_orientation", 24, size, seed=1, min_gap=min_gap)
     bank = torch.from_numpy(glyph_bank(g))
@@ -192,7 +192,7 @@ def test_a_few_dozen_steps_lower_the_loss():
 
 
 def test_image_size_checked_against_model(fashion_root):
-    from pipelines.train import build
+    from pipelines.training.fit import build
     with pytest.raises(DataError, match="use small_input: true"):
         build(dict(dataset="fashion_mnist", small_input=False, data=dict(root=str(fashion_root))))
 
@@ -243,7 +243,7 @@ def test_device_batches_epoch_against_a_per_image_reference():
 
 def test_deferred_non_finite_check_names_the_first_bad_step():
     """The GPU path (read every few steps, no host sync per step) names the same step as an immediate check."""
-    from pipelines.model import NonFiniteWatch
+    from pipelines.training.classifier import NonFiniteWatch
 
     w = NonFiniteWatch(every=4, defer=True)
     losses = [1.0, 0.9, 0.8, 0.7, 0.6, float("inf"), float("nan"), 0.5]

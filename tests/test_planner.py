@@ -1,10 +1,10 @@
-"""The planner (pipelines/planner.py): every case of what a launch does with a trial, on in-memory records, and
+"""The planner (pipelines/launch/planner.py): every case of what a launch does with a trial, on in-memory records, and
 the records read from a real sqlite MLflow store."""
 from types import SimpleNamespace as T
 
 import pytest
 
-from pipelines.planner import (STALE_S, Action, LaunchRecord, RunRecord, driver_alive, execute_closing,
+from pipelines.launch.planner import (STALE_S, Action, LaunchRecord, RunRecord, driver_alive, execute_closing,
                                make_plan, records_of)
 
 TRIALS = [T(cell="a", seed=0), T(cell="a", seed=1), T(cell="b", seed=0)]
@@ -91,7 +91,7 @@ def test_records_of_a_real_store_and_closing_the_orphans(tiny_study, workdir):
     from pipelines.spec import load_study
     from pipelines.tracking import Tracker
 
-    study = load_study(tiny_study, "cpu", deep=False)
+    study = load_study(tiny_study, "cpu")
     tracker = Tracker(f"sqlite:///{workdir / 'runs' / 'mlflow.db'}")
     exp = tracker.experiment_id(study.experiment, create=True)
     assert records_of(tracker, None) == ([], [])

@@ -1,6 +1,6 @@
 """A trial's result is a function of its cell and seed: the same metrics, bit for bit, whether it runs alone, after
 another trial in the same process (as in a reused Ray actor) in either order, or interrupted and resumed from its
-checkpoint. On the CPU, through `pipelines.train.fit`, the function every study trial runs."""
+checkpoint. On the CPU, through `pipelines.training.fit.fit`, the function every study trial runs."""
 import json
 import subprocess
 import sys
@@ -18,7 +18,7 @@ B = {**CELL, "pos_enc": "none", "kappa": 0.25, "seed": 1}
 RUN = textwrap.dedent("""
     import json, sys, torch
     torch.set_num_threads(1)
-    from pipelines.train import fit
+    from pipelines.training.fit import fit
     out = [fit(cfg) for cfg in json.loads(sys.argv[1])]
     print("RESULT " + json.dumps([{k: v for k, v in m.items() if k not in ("images_per_s",)} for m in out]))
 """)
@@ -45,7 +45,7 @@ def test_a_trial_interrupted_and_resumed_ends_as_an_uninterrupted_one(tmp_path):
     import pytorch_lightning as pl
     import torch
 
-    from pipelines.train import fit
+    from pipelines.training.fit import fit
 
     torch.set_num_threads(1)
 
@@ -71,7 +71,7 @@ def test_deterministic_mode_changes_no_cpu_number_and_leaves_no_switch_behind():
     the fit, so a reused actor's next trial starts clean."""
     import torch
 
-    from pipelines.train import fit, resolve
+    from pipelines.training.fit import fit, resolve
 
     assert resolve(A)["deterministic"] is True
     assert resolve({**A, "task": "detection"})["deterministic"] is False
@@ -86,7 +86,7 @@ def test_deterministic_mode_changes_no_cpu_number_and_leaves_no_switch_behind():
 def test_an_op_without_a_deterministic_version_is_named_in_one_line():
     import torch
 
-    from pipelines.train import nondeterministic_error
+    from pipelines.training.fit import nondeterministic_error
 
     torch.use_deterministic_algorithms(True)
     try:

@@ -115,7 +115,7 @@ def test_report_shows_cells_without_any_run_as_missing(tiny_study, workdir):
 
 
 def test_report_cli_errors(tiny_study, workdir, capsys):
-    from pipelines.cli import main
+    from aa_study.cli import main
 
     assert main(["report", str(tiny_study)]) == 2
     assert "no store at" in capsys.readouterr().err
@@ -212,12 +212,13 @@ def test_heads_study_rejects_heads_that_do_not_divide(workdir):
     from pathlib import Path
 
     from pipelines.spec import SpecError, parse_study
+    from pipelines.training.checks import check_deep
 
     raw = yaml.safe_load((Path(__file__).resolve().parent.parent / "studies" / "heads.yaml").read_text())
     raw["grid"]["num_heads"] = [1, 3]
     raw["profiles"]["cpu"] = {}
     with pytest.raises(SpecError, match=r"layer3\.0\.conv1 \(F_out=256\): dk=64 is not divisible by num_heads=3"):
-        parse_study(raw, "cpu", check_data=False)
+        check_deep(parse_study(raw, "cpu"))
 
 
 def test_same_runs_same_files_figure_series_and_html_in_chromium(tiny_study, workdir, tmp_path):
@@ -261,7 +262,7 @@ def test_same_runs_same_files_figure_series_and_html_in_chromium(tiny_study, wor
 def test_a_study_sharing_an_experiment_reports_its_own_cells_only(tiny_study, workdir, capsys):
     """figure5 and table6 share table5's runs: a study's report shows the cells its spec defines and says how
     many runs of other cells it left out (another study's, or an older code version's keys)."""
-    from pipelines.cli import main
+    from aa_study.cli import main
 
     values = {(k, e, s): 0.5 + k / 10 + (e == "relative") / 10 + s / 100
               for k in (0.25, 0.5) for e in ("none", "relative") for s in (0, 1)}

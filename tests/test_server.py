@@ -40,7 +40,7 @@ def test_tracking_server_restarted_mid_study(tiny_study, workdir):
     port, db = free_port(), workdir / "srv.db"
     uri = f"http://127.0.0.1:{port}"
     server = _server(db, port, workdir)
-    cmd = [sys.executable, "-m", "pipelines.cli"]
+    cmd = [sys.executable, "-m", "aa_study.cli"]
     try:
         driver = subprocess.Popen(cmd + ["run", str(tiny_study), "--quiet", "--tracking-uri", uri], cwd=workdir,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

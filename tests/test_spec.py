@@ -5,7 +5,7 @@ import yaml
 from pathlib import Path
 
 from conftest import TINY_STUDY, store_files
-from pipelines.cli import main
+from aa_study.cli import main
 from pipelines.spec import cell_key, load_study, parse_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,7 +174,7 @@ def test_shipped_studies_validate_in_every_profile():
     for path in sorted(root.glob("*.yaml")):
         raw = yaml.safe_load(path.read_text())
         for profile in raw.get("profiles", {}):
-            study = load_study(path, profile, check_data=False)
+            study = load_study(path, profile)
             assert study.trials, (path.name, profile)
 
 
@@ -183,8 +183,8 @@ def test_figure5_shares_table5_runs(profile):
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent / "studies"
-    t5 = load_study(root / "table5.yaml", profile, check_data=False)
-    f5 = load_study(root / "figure5.yaml", profile, check_data=False)
+    t5 = load_study(root / "table5.yaml", profile)
+    f5 = load_study(root / "figure5.yaml", profile)
     assert f5.experiment == t5.experiment
     assert set(t5.cells) < set(f5.cells)  # every Table 5 cell is a Figure 5 cell: run once, used twice
     assert {c["pos_enc"] for k, c in f5.cells.items() if k not in t5.cells} == {"none"}
@@ -195,12 +195,12 @@ def test_paper_profiles_replace_data_of_another_dataset_and_clear_optim():
     to ImageNet), and `optim: {}` leaves the recipe's own learning rate."""
     from pipelines.spec import load_study
 
-    s = load_study(ROOT / "studies/table5.yaml", "paper", check_data=False)
+    s = load_study(ROOT / "studies/table5.yaml", "paper")
     assert s.train["dataset"] == "imagenet" and "task" not in s.train["data"]
     assert s.train["data"]["image_size"] == 224 and s.train["optim"] == {}
-    s = load_study(ROOT / "studies/table7.yaml", "paper", check_data=False)
+    s = load_study(ROOT / "studies/table7.yaml", "paper")
     assert set(s.train["data"]) == {"root", "min_size", "num_workers"}
-    s = load_study(ROOT / "studies/table5.yaml", "gpu", check_data=False)  # same dataset: data still merges
+    s = load_study(ROOT / "studies/table5.yaml", "gpu")  # same dataset: data still merges
     assert s.train["data"]["task"] == "same_corners" and s.train["optim"] == {"base_lr": 0.03}
 
 
@@ -211,7 +211,7 @@ def _shipped_keys():
     out = {}
     for f in sorted((ROOT / "studies").glob("*.yaml")):
         for prof in yaml.safe_load(f.read_text()).get("profiles") or {}:
-            out[f"{f.name}:{prof}"] = sorted({t.cell for t in load_study(str(f), prof, check_data=False).trials})
+            out[f"{f.name}:{prof}"] = sorted({t.cell for t in load_study(str(f), prof).trials})
     return out
 
 
@@ -252,7 +252,7 @@ def test_settings_name_what_aa_modules_builds_and_reading_a_study_imports_no_tor
     assert set(settings.ARCHITECTURE_NAMES) == set(aa_modules.ARCHITECTURES)
     assert tuple(settings.POS_ENCODINGS) == tuple(aa_modules.POS_ENCODINGS)
     code = ("import sys; from pipelines.spec import load_study; "
-            f"s = load_study({str(ROOT / 'studies/table5.yaml')!r}, 'cpu', deep=False); "
+            f"s = load_study({str(ROOT / 'studies/table5.yaml')!r}, 'cpu'); "
             "print(len(s.trials), 'torch' in sys.modules, 'pytorch_lightning' in sys.modules, 'ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from conftest import TINY_STUDY, store_files
 from pipelines.spec import SpecError, parse_study
+from pipelines.training.checks import check_deep
 
 BASE = yaml.safe_load(TINY_STUDY)
 FIELDS = ("name", "grid", "seeds", "train", "resources", "max_failures", "scheduler", "report", "profiles",
@@ -54,8 +55,9 @@ def mutated_specs(draw):
 @given(spec=mutated_specs())
 def test_spec_loader_never_raises_anything_but_one_line(workdir, spec):
     before = store_files(workdir)
-    try:
-        parse_study(spec, "cpu" if isinstance(spec.get("profiles"), dict) and "cpu" in spec["profiles"] else None)
+    try:  # parsing, then the checks that build networks and open datasets (as a launch runs them)
+        check_deep(parse_study(spec, "cpu" if isinstance(spec.get("profiles"), dict) and "cpu" in spec["profiles"]
+                               else None))
     except SpecError as e:
         msg = str(e)
         assert msg and "\n" not in msg and ":" in msg, msg

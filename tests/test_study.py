@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import kill_env, small_study
-from pipelines.cli import main
+from aa_study.cli import main
 from pipelines.spec import load_study
 
 
@@ -132,7 +132,7 @@ def test_driver_sigkilled_mid_study_then_resume_finishes_exactly_once(tiny_study
     tiny_study.write_text(tiny_study.read_text().replace("epochs: 2", "epochs: 3"))
     ray_tmp = tempfile.mkdtemp(prefix="aar", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
-    cmd = [sys.executable, "-m", "pipelines.cli"]
+    cmd = [sys.executable, "-m", "aa_study.cli"]
     driver = subprocess.Popen(cmd + ["run", str(tiny_study), "--quiet"], env=env, cwd=workdir,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -205,7 +205,7 @@ def test_a_second_launch_of_a_running_study_is_refused(tiny_study, workdir, caps
 
     ray_tmp = tempfile.mkdtemp(prefix="aad", dir="/tmp")
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
-    driver = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", str(tiny_study), "--quiet"], env=env,
+    driver = subprocess.Popen([sys.executable, "-m", "aa_study.cli", "run", str(tiny_study), "--quiet"], env=env,
                               cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 180

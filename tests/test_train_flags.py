@@ -10,7 +10,7 @@ import pytest
     (["--seed", "-3"], "seed must be an integer >= 0; got -3"),
 ])
 def test_train_flags_are_checked_before_any_work(flags, message, workdir, capsys):
-    from pipelines.cli import main
+    from aa_study.cli import main
 
     assert main(["train", "--dataset", "synthetic", "--data", "image_size=16", "--device", "cpu", *flags]) == 2
     err = capsys.readouterr().err.strip()

@@ -44,7 +44,7 @@ def _wait_healthy(base: str):
 def test_ui_serves_the_study_and_chromium_opens_its_runs(tiny_study, workdir, tmp_path):
     study, exp = _store_with_study(tiny_study, workdir)
     port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "ui", str(tiny_study), "--port", str(port)],
+    ui = subprocess.Popen([sys.executable, "-m", "aa_study.cli", "ui", str(tiny_study), "--port", str(port)],
                           cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env={**os.environ}, start_new_session=True)
     try:
@@ -83,7 +83,7 @@ def test_ui_serves_the_study_and_chromium_opens_its_runs(tiny_study, workdir, tm
 
 
 def test_ui_without_a_store_says_so(tiny_study, workdir, capsys):
-    from pipelines.cli import main
+    from aa_study.cli import main
 
     assert main(["ui", str(tiny_study)]) == 2
     assert "no store at" in capsys.readouterr().err
@@ -91,7 +91,7 @@ def test_ui_without_a_store_says_so(tiny_study, workdir, capsys):
 
 def test_ui_warns_when_bound_to_every_interface(tiny_study, workdir):
     _store_with_study(tiny_study, workdir)
-    ui = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "ui", str(tiny_study), "--host", "0.0.0.0",
+    ui = subprocess.Popen([sys.executable, "-m", "aa_study.cli", "ui", str(tiny_study), "--host", "0.0.0.0",
                            "--port", str(free_port())], cwd=workdir, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -104,7 +104,7 @@ def test_ui_warns_when_bound_to_every_interface(tiny_study, workdir):
 def test_ui_refuses_a_taken_port_before_printing_a_link(tiny_study, workdir, capsys):
     import socket
 
-    from pipelines.cli import main
+    from aa_study.cli import main
 
     _store_with_study(tiny_study, workdir)
     with socket.socket() as holder:
@@ -121,7 +121,7 @@ def test_ui_refuses_a_taken_port_before_printing_a_link(tiny_study, workdir, cap
 def test_stopping_ui_stops_its_server(tiny_study, workdir):
     _store_with_study(tiny_study, workdir)
     port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "ui", str(tiny_study), "--port", str(port)],
+    ui = subprocess.Popen([sys.executable, "-m", "aa_study.cli", "ui", str(tiny_study), "--port", str(port)],
                           cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -4,7 +4,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import small_study
-from pipelines.cli import main
+from aa_study.cli import main
 from pipelines.data import EpochSampler, batch_slices
 from pipelines.spec import SpecError, load_study
 
@@ -39,7 +39,7 @@ def test_spec_refuses_impossible_worker_requests(workdir):
                          ("resources: {workers: 3}", "train.batch_size")]:  # 64 is not a multiple of 3
         path = small_study(workdir, kappa=[0.5], pos_enc=["none"], epochs=1, extra=extra)
         with pytest.raises(SpecError, match=field.replace(".", r"\.")):
-            load_study(path, "cpu", check_data=False)
+            load_study(path, "cpu")
 
 
 def test_launch_refuses_more_workers_than_the_machine_has(workdir, capsys):
@@ -55,7 +55,7 @@ def test_launch_refuses_more_workers_than_the_machine_has(workdir, capsys):
 def test_two_worker_trials_finish_once_and_a_killed_worker_resumes_from_the_checkpoint(workdir, capsys,
                                                                                        monkeypatch, tmp_path):
     path = small_study(workdir, kappa=[0.5], pos_enc=["none", "relative"], epochs=3, extra=WORKERS)
-    study = load_study(path, "cpu", check_data=False)
+    study = load_study(path, "cpu")
     victim = study.trials[1].cell
     marks = tmp_path / "faults"
     marks.mkdir()

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 
 from ray import tune
 
-from .spec import cell_label
+from ..spec import cell_label
 
 
 @dataclass

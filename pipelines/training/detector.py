@@ -13,7 +13,7 @@ import torch
 import aa_modules
 from aa_modules.detection import aa_retinanet
 
-from .model import NonFiniteWatch, OptimConfig, sgd_warmup_cosine
+from .classifier import NonFiniteWatch, OptimConfig, sgd_warmup_cosine
 
 COCO_STATS = ("map", "ap50", "ap75", "aps", "apm", "apl")
 

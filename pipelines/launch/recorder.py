@@ -1,5 +1,5 @@
 """The launch driver's MLflow writer: a Ray Tune callback fed by Tune's result stream, so the driver is the store's
-only writer (pipelines/study.py). Its own module so that reading a study, or a relaunch with nothing to run,
+only writer (pipelines/launch/driver.py). Its own module so that reading a study, or a relaunch with nothing to run,
 never imports Ray."""
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Dict, List
 
 from ray import tune
 
-from .spec import Study, Trial
+from ..spec import Study, Trial
 from .planner import HEARTBEAT_S
-from .study import LaunchResult, _one_line
-from .tracking import Tracker
+from .outcome import LaunchResult, one_line
+from ..tracking import Tracker
 
 _METRICS = ("train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "peak_gpu_mem_gib",
             "params", "gflops", "gflops_conv", "num_classes", "epoch", "map", "ap50", "ap75", "aps", "apm", "apl")
@@ -97,7 +97,7 @@ class MlflowRecorder(tune.Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         rid = self._run(trial)
         retries = getattr(trial, "num_failures", 0)
-        self.tracker.set_tags(rid, {"retries": retries, "last_error": _one_line(_error_text(trial))})
+        self.tracker.set_tags(rid, {"retries": retries, "last_error": one_line(_error_text(trial))})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         rid = self._run(trial)
@@ -111,7 +111,7 @@ class MlflowRecorder(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         rid = self._run(trial)
-        err = _one_line(_error_text(trial))
+        err = one_line(_error_text(trial))
         self.tracker.set_tags(rid, {"error": err})
         self.tracker.end(rid, "FAILED")
         self.open.discard(rid)

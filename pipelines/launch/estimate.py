@@ -10,7 +10,7 @@ import os
 import time
 from typing import Dict, List, Optional
 
-from .spec import Study
+from ..spec import Study
 
 
 def cluster_view(address: Optional[str]) -> tuple:
@@ -35,8 +35,8 @@ def measure_rate(dm, size, cfg, steps: int = 3) -> tuple:
     import torch
     import torch.nn.functional as F
 
-    from .model import build_model
-    from .train import arch_kwargs
+    from ..training.classifier import build_model
+    from ..training.fit import arch_kwargs
 
     dev = torch.device("cuda" if torch.cuda.is_available() and cfg["device"] != "cpu" else "cpu")
     model = build_model(cfg["arch"], dm.num_classes, dm.in_channels, tuple(size), **arch_kwargs(cfg)).to(dev)
@@ -74,8 +74,8 @@ def train_images(dm) -> Optional[int]:
 
 
 def dry_run(study: Study, pending: List, finished: int, address: Optional[str], rate: Optional[float]) -> List[str]:
-    from .study import trials_that_fit
-    from .train import build_data
+    from .resources import trials_that_fit
+    from ..training.fit import build_data
 
     have, where = cluster_view(address)
     r = study.resources

@@ -4,7 +4,7 @@ Order of a launch (`aa-study run` / `resume`), so that a mistake is named before
   1. the spec is validated (pipelines.spec; data opened, networks built on the meta device);
   2. the tracking URI is checked (a server answers /health; a sqlite path is creatable);
   3. Ray starts (local, dashboard off) or joins `--address`; GPU requests are checked against the cluster;
-  4. MLflow: the planner (pipelines/planner.py) reads the store and decides each trial: done (FINISHED,
+  4. MLflow: the planner (pipelines/launch/planner.py) reads the store and decides each trial: done (FINISHED,
      skipped), continue (from its run's last checkpoint), retry, fresh, or the whole launch refused (another live
      driver); runs left RUNNING by a launch that died are closed as KILLED;
   5. one parent run for the launch; Tune runs the rest, one trial per cell × seed, and the driver's
@@ -25,57 +25,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .spec import Study, check_deep, load_study
-from .tracking import (Tracker, check_tracking_uri, default_home, redact, resolve_tracking_uri,
+from ..spec import Study, load_study
+from .outcome import LaunchError, LaunchResult, one_line  # noqa: F401  (LaunchError: the cli's)
+from .resources import _check_fits, check_local_resources, concurrent_trials, trials_that_fit  # noqa: F401
+from ..tracking import (Tracker, check_tracking_uri, default_home, redact, resolve_tracking_uri,
                        store_exists, ui_url)
 
 
-class LaunchError(ValueError):
-    """A launch that cannot start (cluster, resources, nothing to resume); one line."""
-
-
-@dataclass
-class LaunchResult:
-    experiment_id: Optional[str]
-    parent_run_id: Optional[str]
-    skipped: int  # cell × seed already FINISHED
-    finished: int = 0
-    failed: int = 0
-    killed: int = 0
-    errors: Dict[str, str] = field(default_factory=dict)
-
-
-def _one_line(text: str, limit: int = 500) -> str:
-    lines = [l.strip() for l in str(text).strip().splitlines() if l.strip()]
-    # the last line of a traceback names the exception; prefer it
-    line = lines[-1] if lines else ""
-    return line[:limit]
-
-
 # ------------------------------------------------------------------------------------------- launch
-def prepare(spec_path: str, profile: Optional[str], tracking_uri: Optional[str], deep: bool = True) -> tuple:
-    """Steps 1-2: (study, tracking uri). Raises SpecError / TrackingError; writes nothing. deep=False leaves the
-    checks that build networks and open datasets to `spec.check_deep` (a launch runs them once it knows that
-    something is left to run)."""
-    study = load_study(spec_path, profile, deep=deep)
+def prepare(spec_path: str, profile: Optional[str], tracking_uri: Optional[str], deep: bool = False) -> tuple:
+    """Steps 1-2: (study, tracking uri). Raises SpecError / TrackingError; writes nothing. The checks that build
+    networks and open datasets (`training.checks.check_deep`) run with deep=True, else once a launch knows that
+    something is left to run."""
+    study = load_study(spec_path, profile)
+    if deep:
+        check_deep(study)
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)
     return study, uri
 
 
-def check_local_resources(address: Optional[str], study: Study) -> None:
-    """Without a cluster, a local Ray would hold this machine's devices: refuse what it cannot give, before Ray
-    starts or anything (the launch's log included) is written."""
-    if address or os.environ.get("RAY_ADDRESS"):
-        return
-    import torch
+def check_deep(study: Study) -> None:
+    from ..training.checks import check_deep as deep_checks  # torch: imported once something is left to run
 
-    gpu = study.resources["gpu"]
-    if gpu > 0 and torch.cuda.device_count() == 0:
-        raise LaunchError(f"resources.gpu: {gpu:g} GPU per trial requested but this machine has no GPU and no "
-                          "Ray cluster was given (--address): use the cpu profile or resources: {gpu: 0}")
-    _check_fits(study, {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}, "this machine",
-                " (give --address of a larger Ray cluster)")
+    deep_checks(study)
 
 
 def init_ray(address: Optional[str], study: Study):
@@ -84,7 +57,7 @@ def init_ray(address: Optional[str], study: Study):
     address = address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    # the test-only fault switch travels to the trials (pipelines/trial.py)
+    # the test-only fault switch travels to the trials (pipelines/launch/trial_fit.py)
     env = {k: v for k, v in os.environ.items() if k.startswith("AA_STUDY_FAULT")}
     runtime_env = {"env_vars": env} if env else None
     gpu = study.resources["gpu"]  # the local machine was checked by check_local_resources (launch)
@@ -94,7 +67,7 @@ def init_ray(address: Optional[str], study: Study):
         else:
             ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise LaunchError(f"address: cannot join the Ray cluster at {address!r} ({_one_line(e)})") from None
+        raise LaunchError(f"address: cannot join the Ray cluster at {address!r} ({one_line(e)})") from None
     res = ray.cluster_resources()
     if gpu > 0 and res.get("GPU", 0) <= 0:
         ray.shutdown()
@@ -108,45 +81,6 @@ def init_ray(address: Optional[str], study: Study):
     if gpu == 0 and study.train.get("device") == "cuda":
         ray.shutdown()
         raise LaunchError("train.device: cuda needs resources.gpu > 0 (Ray hides GPUs from trials that ask for none)")
-
-
-def trial_needs(study: Study) -> Dict[str, float]:
-    """The CPUs and GPUs one trial holds while it runs (all its workers)."""
-    r = study.resources
-    if r["workers"] == 1:
-        return {"CPU": r["cpu"], "GPU": r["gpu"]}
-    from .distributed import TRIAL_CPU
-    return {"CPU": r["workers"] * r["cpu"] + TRIAL_CPU, "GPU": r["workers"] * r["gpu"]}
-
-
-def _check_fits(study: Study, have: Dict[str, float], where: str, hint: str = ""):
-    r, need = study.resources, trial_needs(study)
-    per = f" ({r['workers']} workers x {r['cpu']:g})" if r["workers"] > 1 else ""
-    if need["CPU"] > have.get("CPU", 0) + 1e-9:
-        raise LaunchError(f"resources.cpu: a trial needs {need['CPU']:g} CPUs{per} but {where} has "
-                          f"{have.get('CPU', 0):g}{hint}")
-    if r["workers"] > 1 and need["GPU"] > have.get("GPU", 0):
-        raise LaunchError(f"resources.workers: a trial needs {need['GPU']:g} GPUs ({r['workers']} workers x 1) but "
-                          f"{where} has {have.get('GPU', 0):g}{hint}")
-
-
-def concurrent_trials(study: Study, have: Optional[Dict[str, float]] = None) -> Optional[int]:
-    """How many trials of several workers run at once (None: Tune's own placement decides, for one-worker
-    trials). Set, because such a trial holds almost nothing itself: Tune would otherwise start every trial
-    and leave their worker groups waiting for each other's GPUs."""
-    if study.resources["workers"] == 1:
-        return None
-    if have is None:
-        import ray
-        have = ray.cluster_resources()
-    return max(1, trials_that_fit(study, have))
-
-
-def trials_that_fit(study: Study, have: Dict[str, float]) -> int:
-    """How many trials the CPUs and GPUs in `have` hold at once."""
-    need = trial_needs(study)
-    fits = [int(have.get(k, 0) // need[k]) for k in ("CPU", "GPU") if need[k] > 0]
-    return max(0, min(fits)) if fits else 0
 
 
 def read_plan(study: Study, uri: str, resume: bool = False) -> tuple:
@@ -165,7 +99,7 @@ def plan(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional[s
     """`aa-study run --dry-run`: the launch's trials, resources and an estimate; nothing started or written."""
     from .estimate import dry_run
 
-    study, uri = prepared or prepare(spec_path, profile, tracking_uri)
+    study, uri = prepared or prepare(spec_path, profile, tracking_uri, deep=True)
     _, _, the_plan = read_plan(study, uri)
     return dry_run(study, [p.trial for p in the_plan.pending], the_plan.done, address, rate)
 
@@ -177,10 +111,10 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
     "live" (a table of the cells, live on a terminal, one line per finished trial elsewhere) or "lines" (those
     lines only); in both of the latter everything else the launch writes goes to a log file it names.
 
-    The planner (pipelines/planner.py) decides what each trial is; this function only executes its plan."""
+    The planner (pipelines/launch/planner.py) decides what each trial is; this function only executes its plan."""
     from .planner import Action, execute_closing
 
-    study, uri = prepared or prepare(spec_path, profile, tracking_uri, deep=False)
+    study, uri = prepared or prepare(spec_path, profile, tracking_uri)
     tracker, exp_id, the_plan = read_plan(study, uri, resume)
     if the_plan.refused:
         raise LaunchError(the_plan.refused)
@@ -206,7 +140,7 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
         log = default_home() / "logs" / f"{study.experiment}-{time.strftime('%Y%m%d-%H%M%S')}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         print(f"log: {log} (Ray, Tune and Lightning output; --verbose shows it here)", flush=True)
-    from .progress import quiet_output
+    from .console import quiet_output
     with (quiet_output(str(log)) if log else contextlib.nullcontext(sys.stdout)) as out:
         _launch_trials(study, uri, tracker, exp_id, the_plan, result, storage, address, command,
                        verbose if console == "verbose" else 0, None if console == "verbose" else (out, console))
@@ -241,7 +175,7 @@ def _run_tune(study: Study, pending: list, tracker: Tracker, exp_id: str, parent
     """Tune runs the plan's pending trials (`planner.TrialPlan`s); the recorder reopens the runs they keep."""
     from ray import tune
 
-    from .trial import run_trial
+    from .tune_trial import run_trial
 
     storage_path = storage or str(default_home() / "ray")
     if "://" not in storage_path:
@@ -259,7 +193,7 @@ def _run_tune(study: Study, pending: list, tracker: Tracker, exp_id: str, parent
                               {(p.trial.cell, p.trial.seed): p.run_id for p in pending if p.run_id}, result)
     progress = None
     if view is not None:
-        from .progress import Progress
+        from .console import Progress
         progress = Progress(study.cells, trials, result.skipped, "map" if study.task == "detection" else "val_top1",
                             stream=view[0], live=False if view[1] == "lines" else None)
     scheduler = None
@@ -270,7 +204,7 @@ def _run_tune(study: Study, pending: list, tracker: Tracker, exp_id: str, parent
                                   grace_period=study.scheduler.get("grace_period", 1),
                                   reduction_factor=study.scheduler.get("reduction_factor", 3))
     if res["workers"] > 1:  # the trial only waits for its Ray Train workers, which hold the CPUs and GPUs
-        from .distributed import TRIAL_CPU
+        from .resources import TRIAL_CPU
         trainable = tune.with_resources(run_trial, {"cpu": TRIAL_CPU})
     else:
         trainable = tune.with_resources(run_trial, {"cpu": res["cpu"], "gpu": res["gpu"]})
@@ -307,7 +241,7 @@ def _run_tune(study: Study, pending: list, tracker: Tracker, exp_id: str, parent
 
 # ------------------------------------------------------------------------------------------- status
 def status(spec_path: str, profile: Optional[str], tracking_uri: Optional[str]) -> Dict[str, Any]:
-    study = load_study(spec_path, profile, deep=False)  # reading the store needs no network or dataset
+    study = load_study(spec_path, profile)  # reading the store needs no network or dataset
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)
     rows = {c: {"finished": 0, "running": 0, "failed": 0, "killed": 0} for c in study.cells}

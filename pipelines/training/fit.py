@@ -9,9 +9,9 @@ from typing import Any, Dict, List, Optional
 import pytorch_lightning as pl
 import torch
 
-from .data import DETECTION_DATASETS, DataError, make_datamodule
-from .model import ClassificationModule
-from .settings import (ARCH_KEYS, DEFAULTS, NONDETERMINISTIC, NUMERIC_SETTINGS, OptimConfig,  # noqa: F401
+from ..data import DETECTION_DATASETS, DataError, make_datamodule
+from .classifier import ClassificationModule
+from ..settings import (ARCH_KEYS, DEFAULTS, NONDETERMINISTIC, NUMERIC_SETTINGS, OptimConfig,  # noqa: F401
                        _check_numbers, deterministic_mode, nondeterministic_error, setting_problem)
 
 
@@ -39,7 +39,7 @@ def build(config: Dict[str, Any]):
     dm, image_size, cfg = build_data(config)
     pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
     if cfg["task"] == "detection":
-        from .detection import DetectionModule
+        from .detector import DetectionModule
 
         backbone = {k: cfg[k] for k in ("kappa", "upsilon", "num_heads", "pos_enc", "stages")}
         optim = OptimConfig.from_recipe(cfg["recipe"], **cfg["optim"])
@@ -94,21 +94,19 @@ def _accelerator(cfg):
 
 def fit(config: Dict[str, Any], callbacks: Optional[List[pl.Callback]] = None, logger=False,
         ckpt_path: Optional[str] = None, enable_progress_bar: bool = False, built=None,
-        distributed: bool = False) -> Dict[str, float]:
+        placement: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
     """Train and validate; returns the final epoch's metrics plus params and GFLOPs. ``built``: what
-    `build(config)` returned, when the caller has already built (and so checked) the trial. ``distributed``:
-    this process is one worker of a Ray Train group (pipelines/distributed.py); DDP over the group, each rank
-    training on its part of every global batch of ``batch_size``."""
+    `build(config)` returned, when the caller has already built (and so checked) the trial. ``placement``: the
+    Trainer's device and strategy options when this process is one worker of a Ray Train group
+    (pipelines/launch/workers.py: DDP over the group, each rank training on its part of every global batch of
+    ``batch_size``); default one device."""
     dm, module, cfg = built or build(config)
     accel = _accelerator(cfg)
-    placement = {"devices": 1}
+    placement = placement or {"devices": 1}
     if cfg["deterministic"]:
         # read by cuBLAS when it creates a handle; set before the first matmul of this process (Lightning sets it
         # too, but only inside the Trainer, after a reused actor's earlier trial may have made the handle)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    if distributed:
-        from .distributed import trainer_options
-        placement = trainer_options()
     trainer = pl.Trainer(
         accelerator=accel, max_epochs=cfg["epochs"], **placement,
         precision="bf16-mixed" if accel == "gpu" else "32-true",

@@ -1,7 +1,7 @@
 """One trial on several workers (`resources.workers` > 1): Ray Train V2's pattern inside Tune.
 
-The Tune trial (pipelines/trial.py) runs `run_workers`, which starts a `TorchTrainer` of N workers (a GPU
-each, or CPU workers with gloo) and waits for it; each worker runs the same `pipelines.train.fit` as a
+The Tune trial (pipelines/launch/tune_trial.py) runs `run_workers`, which starts a `TorchTrainer` of N workers (a GPU
+each, or CPU workers with gloo) and waits for it; each worker runs the same `pipelines.training.fit.fit` as a
 one-device trial, with Lightning's DDP over the process group Ray Train set up. Rank 0's epoch metrics and
 checkpoint travel to Tune through Ray's `TuneReportCallback` (as `checkpoint_path` in the result), so the
 driver's MLflow record is the same as for a one-device trial.
@@ -23,7 +23,6 @@ import torch
 from pytorch_lightning.plugins.environments import LightningEnvironment
 from pytorch_lightning.strategies import DDPStrategy
 
-TRIAL_CPU = 0.01  # what the Tune trial itself holds while its workers train (it only waits)
 
 
 class RayTrainEnvironment(LightningEnvironment):
@@ -69,7 +68,7 @@ def trainer_options() -> Dict[str, Any]:
 
 
 def run_workers(t: Dict[str, Any]) -> None:
-    """Inside a Tune trial: train t (the trial's dict, pipelines/study.py) on t["workers"] Ray Train workers."""
+    """Inside a Tune trial: train t (the trial's dict, pipelines/launch/driver.py) on t["workers"] Ray Train workers."""
     from ray import tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -92,11 +91,11 @@ def run_workers(t: Dict[str, Any]) -> None:
 def _worker(t: Dict[str, Any]) -> None:
     import ray.train
 
-    from .trial import train_trial
+    from .trial_fit import train_trial
 
     # this Train run's latest checkpoint (a retry), else the one the launch resumes from
     train_trial(t, ray.train.get_checkpoint(), ray.train.Checkpoint, rank=ray.train.get_context().get_world_rank(),
-                report=_train_report, distributed=True)
+                report=_train_report, placement=trainer_options())
 
 
 def _train_report(metrics, checkpoint_dir: Optional[str], rank: int) -> None:

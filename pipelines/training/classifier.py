@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 import aa_modules
 
-from .settings import RECIPES, OptimConfig  # noqa: F401  (re-exported: the recipes live with the settings)
+from ..settings import RECIPES, OptimConfig  # noqa: F401  (re-exported: the recipes live with the settings)
 
 class NonFiniteLossError(RuntimeError):
     pass

@@ -16,7 +16,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from .data import DataError
+from .images import DataError
 from .synthetic import NUM_GLYPHS, glyph_bank
 
 SPLITS = {"train": ("train2017", "annotations/instances_train2017.json"),

@@ -253,6 +253,11 @@ class TensorDataModule(pl.LightningDataModule):
 class FashionMNISTDataModule(TensorDataModule):
     name, num_classes, in_channels = "fashion_mnist", 10, 1
 
+    @classmethod
+    def declared_shape(cls, options) -> tuple:
+        """((H, W), channels, classes) of this dataset's images with these options, without opening it."""
+        return (28, 28), cls.in_channels, cls.num_classes
+
     def __init__(self, root: str = FASHION_MNIST_DEFAULT_ROOT, limit_train: Optional[int] = None, **kw):
         super().__init__(**kw)
         self.root, self.limit_train = root, limit_train
@@ -267,6 +272,10 @@ class FashionMNISTDataModule(TensorDataModule):
 class CIFAR100DataModule(TensorDataModule):
     name, num_classes, in_channels = "cifar100", 100, 3
 
+    @classmethod
+    def declared_shape(cls, options) -> tuple:
+        return (32, 32), cls.in_channels, cls.num_classes
+
     def __init__(self, root: str = "data/cifar100", **kw):
         super().__init__(**kw)
         self.root = root
@@ -276,10 +285,17 @@ class CIFAR100DataModule(TensorDataModule):
 
 
 class SyntheticDataModule(TensorDataModule):
-    """Generated tasks that need long-range or relative-position information (see pipelines.synthetic)."""
+    """Generated tasks that need long-range or relative-position information (see pipelines.data.synthetic)."""
 
     name, in_channels = "synthetic", 1
     flip = False  # a flip changes left/right answers
+
+    @classmethod
+    def declared_shape(cls, options) -> tuple:
+        task, size = options.get("task", "same_corners"), options.get("image_size", 32)
+        if not isinstance(task, str) or task not in SYNTHETIC_TASKS:
+            raise DataError(f"unknown synthetic task {task!r} (tasks: {', '.join(sorted(SYNTHETIC_TASKS))})")
+        return (size, size), cls.in_channels, SYNTHETIC_TASKS[task].num_classes
 
     def __init__(self, task: str = "same_corners", image_size: int = 32, train_samples: int = 8192,
                  val_samples: int = 2048, data_seed: int = 0, min_gap: Optional[int] = None, **kw):
@@ -297,12 +313,7 @@ class SyntheticDataModule(TensorDataModule):
         return make_synthetic(self.task, n, self.size, seed=2 * self.data_seed + offset, min_gap=self.min_gap)
 
 
-AUGMENT_PRESETS = ("auto", "none", "light", "imagenet")
-
-
-def augment_preset(augment: str, image_size: int) -> str:
-    """The preset ``auto`` stands for: light (pad + crop) below 128 px, imagenet (RandomResizedCrop) from 128."""
-    return augment if augment != "auto" else ("imagenet" if image_size >= 128 else "light")
+from ..settings import AUGMENT_PRESETS, augment_preset  # noqa: E402,F401  (plain data: spec keys cells by them)
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -524,6 +535,13 @@ class ImageFolderDataModule(pl.LightningDataModule):
     in_channels = 3
     RESIDENT_MAX_BYTES = 2 * 2 ** 30
 
+    @classmethod
+    def declared_shape(cls, options) -> tuple:
+        """The class count is the tree's, known once it is opened: 1000 stands for it in a network built to check
+        its structure (meta device)."""
+        size = options.get("image_size", 224)
+        return (size, size), 3, 1000
+
     def __init__(self, root: str, batch_size: int = 64, image_size: int = 224, val_fraction: float = 0.1,
                  num_workers: int = 4, seed: int = 0, resize: Optional[int] = None, device=None,
                  augment: str = "auto", flip: bool = True, pad: Optional[int] = None, crop_scale=(0.08, 1.0),
@@ -680,7 +698,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         from PIL import Image
         from torchvision.transforms import functional as TF
 
-        from .tracking import default_home
+        from ..tracking import default_home
 
         # the key changes with any file's path, size or time, the label map or the size: a stale cache is never read
         key = repr((str(self.root.resolve()), split, self.size,
@@ -775,29 +793,3 @@ class ImageNetDataModule(ImageFolderDataModule):
         if val is None:
             raise DataError(f"imagenet expects {self.root}/train and {self.root}/val ImageFolder trees")
         super().check()
-
-
-DATASETS = {
-    "fashion_mnist": FashionMNISTDataModule,
-    "cifar100": CIFAR100DataModule,
-    "synthetic": SyntheticDataModule,
-    "imagefolder": ImageFolderDataModule,
-    "imagenet": ImageNetDataModule,
-}
-
-
-DETECTION_DATASETS = ("coco", "synthetic_coco")  # in pipelines.coco, which imports this module
-
-
-def make_datamodule(name: str, **options):
-    if not isinstance(name, str) or name not in (*DATASETS, *DETECTION_DATASETS):
-        raise DataError(f"dataset must be one of {sorted(DATASETS) + list(DETECTION_DATASETS)}; got {name!r}")
-    if name in DETECTION_DATASETS:
-        from .coco import CocoDataModule, SyntheticCocoDataModule
-        cls = CocoDataModule if name == "coco" else SyntheticCocoDataModule
-    else:
-        cls = DATASETS[name]
-    try:
-        return cls(**options)
-    except TypeError as e:
-        raise DataError(f"dataset {name}: {e}") from None

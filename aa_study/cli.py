@@ -20,7 +20,7 @@ import sys
 
 import yaml
 
-from .settings import POS_ENCODINGS, RECIPES
+from pipelines.settings import POS_ENCODINGS, RECIPES
 
 
 def _train_parser(sub):
@@ -99,20 +99,18 @@ def _fail(cmd, e) -> int:
 
 
 def _launch(a, resume: bool) -> int:
-    from .spec import SpecError
-    from .study import LaunchError, launch, prepare
-    from .tracking import TrackingError
+    from pipelines.spec import SpecError
+    from pipelines.launch.driver import LaunchError, launch, prepare
+    from pipelines.tracking import TrackingError
 
     cmd = "resume" if resume else "run"
     try:
-        prepared = prepare(a.study, a.profile, a.tracking_uri, deep=False)  # launch checks deeply if work is left
-        if a.dry_run:
-            from .spec import check_deep
-            check_deep(prepared[0])
+        # the checks that build networks and open datasets run once a launch knows something is left to run
+        prepared = prepare(a.study, a.profile, a.tracking_uri, deep=a.dry_run)
     except (SpecError, TrackingError) as e:
         return _fail(cmd, e)
     if a.dry_run:
-        from .study import plan
+        from pipelines.launch.driver import plan
         if a.rate is not None and not a.rate > 0:
             return _fail(cmd, f"--rate must be a number of images/s > 0; got {a.rate}")
         print("\n".join(plan(a.study, a.profile, a.tracking_uri, a.address, a.rate, prepared=prepared)))
@@ -138,8 +136,8 @@ def _cell_summary(study, uri, exp_id, a) -> None:
     """After a launch: each cell's finished seeds as mean ± 95 % CI (Student t), the report command and the UI."""
     from reports.runs import client, load_runs, summarise
 
-    from .spec import cell_label
-    from .tracking import redact, ui_url
+    from pipelines.spec import cell_label
+    from pipelines.tracking import redact, ui_url
 
     metric = "map" if study.task == "detection" else "val_top1"
     runs = load_runs(client(uri), exp_id)
@@ -157,9 +155,9 @@ def _cell_summary(study, uri, exp_id, a) -> None:
 
 
 def _status(a) -> int:
-    from .spec import SpecError
-    from .study import status
-    from .tracking import TrackingError
+    from pipelines.spec import SpecError
+    from pipelines.launch.driver import status
+    from pipelines.tracking import TrackingError
 
     try:
         st = status(a.study, a.profile, a.tracking_uri)
@@ -185,13 +183,13 @@ def _status(a) -> int:
 def _ui(a) -> int:
     import subprocess
 
-    from .spec import SpecError, load_study
-    from .tracking import TrackingError, Tracker, check_tracking_uri, resolve_tracking_uri, sqlite_path, ui_url
+    from pipelines.spec import SpecError, load_study
+    from pipelines.tracking import TrackingError, Tracker, check_tracking_uri, resolve_tracking_uri, sqlite_path, ui_url
 
     try:
         uri = resolve_tracking_uri(a.tracking_uri)
         check_tracking_uri(uri)
-        study = load_study(a.study, a.profile, check_data=False) if a.study else None
+        study = load_study(a.study, a.profile) if a.study else None
     except (SpecError, TrackingError) as e:
         return _fail("ui", e)
     path = sqlite_path(uri)
@@ -258,9 +256,9 @@ def _report(a) -> int:
     from reports.build import make_report
     from reports.runs import ReportError
 
-    from .profiles import experiment_name
-    from .spec import SpecError, load_study
-    from .tracking import (TrackingError, check_tracking_uri, default_home, resolve_tracking_uri, sqlite_path,
+    from pipelines.profiles import experiment_name
+    from pipelines.spec import SpecError, load_study
+    from pipelines.tracking import (TrackingError, check_tracking_uri, default_home, resolve_tracking_uri, sqlite_path,
                            store_exists)
 
     try:
@@ -268,7 +266,7 @@ def _report(a) -> int:
             raise ReportError("give a study YAML or --experiment NAME (one of them)")
         experiment, layouts, study, name, cells = a.experiment, None, None, a.experiment, None
         if a.study:  # its experiment, layouts and cells as this code version keys them (no data check)
-            s = load_study(a.study, a.profile, check_data=False)
+            s = load_study(a.study, a.profile)
             experiment, study, cells = s.experiment, s.name, s.cells
             layouts = s.report.split(",") if s.report else []
             name = experiment_name(s.name, {}, s.profile or None)  # NAME-PROFILE even on a shared experiment
@@ -323,8 +321,8 @@ def main(argv=None) -> int:
     _train_parser(sub)
     a = parser.parse_args(argv)
     if a.command == "make-data":
-        from .coco import make_synthetic_coco
-        from .data import DataError
+        from pipelines.data.coco import make_synthetic_coco
+        from pipelines.data import DataError
         try:
             counts = make_synthetic_coco(a.out, images=a.images, size=a.size, classes=a.classes, seed=a.seed)
         except (DataError, OSError) as e:
@@ -340,8 +338,8 @@ def main(argv=None) -> int:
     if a.command == "ui":
         return _ui(a)
     if a.command == "train":
-        from .data import DataError
-        from .train import build, fit
+        from pipelines.data import DataError
+        from pipelines.training.fit import build, fit
 
         try:
             cfg = _train_config(a)

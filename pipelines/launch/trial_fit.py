@@ -1,8 +1,8 @@
-"""The Ray Tune trainable: one function of `config`, running `pipelines.train.fit` (the same code path as
-`aa-study train`) and reporting each epoch's metrics, with a checkpoint, to Tune. A trial of several workers
-(`resources.workers`) runs the same fit in each worker of a Ray Train group (pipelines/distributed.py).
+"""The fit of one trial, in whatever process runs it: `train_trial` runs `pipelines.training.fit.fit` (the same code
+path as `aa-study train`) and reports each epoch's metrics, with a checkpoint, to Tune (pipelines/launch/
+tune_trial.py calls it) or, in each worker of a Ray Train group, to Ray Train (pipelines/launch/workers.py).
 
-It writes nothing to MLflow: the driver does (pipelines/study.py, MlflowRecorder). `config["trial"]` holds the
+It writes nothing to MLflow: the driver does (pipelines/launch/driver.py, MlflowRecorder). `config["trial"]` holds the
 trial's training config, its cell key and seed, and where to resume from (a checkpoint of an earlier
 launch); a retry inside one launch resumes from `tune.get_checkpoint()` (several workers: from the Train run's
 latest checkpoint).
@@ -92,23 +92,13 @@ def _tune_report(metrics, checkpoint_dir, rank):
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
 
 
-def run_trial(config: Dict[str, Any]) -> None:
-    from ray import tune
-
-    t = config["trial"]
-    if t["workers"] > 1:
-        from .distributed import run_workers
-        return run_workers(t)
-    train_trial(t, tune.get_checkpoint(), tune.Checkpoint)
-
-
-def train_trial(t: Dict[str, Any], ckpt, checkpoint_cls, rank: int = 0, report=None, distributed: bool = False):
+def train_trial(t: Dict[str, Any], ckpt, checkpoint_cls, rank: int = 0, report=None, placement=None):
     """What trains, in a one-worker trial's process or in each worker of a group: the fit of t, reporting each
     epoch through `report` (Tune's by default), from `ckpt` (a retry's latest) if given, else from the
     checkpoint an earlier launch recorded (opened as `checkpoint_cls`), else from its first epoch."""
     import ray
 
-    from .train import fit
+    from ..training.fit import fit
 
     torch.set_num_threads(max(1, int(t["cpu"])))
     callback = EpochReport(t.get("checkpoint_every", 1), {"node_id": ray.get_runtime_context().get_node_id()},
@@ -121,7 +111,7 @@ def train_trial(t: Dict[str, Any], ckpt, checkpoint_cls, rank: int = 0, report=N
         elif rank == 0:  # e.g. a study moved to another machine without its Ray storage
             print(f"checkpoint {path} no longer exists: training {t['name']} from its first epoch")
     if ckpt is None:
-        fit(t["config"], callbacks=[callback], distributed=distributed)
+        fit(t["config"], callbacks=[callback], placement=placement)
         return
     with ckpt.as_directory() as d:
-        fit(t["config"], callbacks=[callback], ckpt_path=os.path.join(d, "last.ckpt"), distributed=distributed)
+        fit(t["config"], callbacks=[callback], ckpt_path=os.path.join(d, "last.ckpt"), placement=placement)

@@ -1,0 +1,1 @@
+"""The `aa-study` command: the one layer above both `pipelines` (run, resume, status, train, ui) and `reports`."""
