@@ -134,20 +134,25 @@ def _launch(a, resume: bool) -> int:
 
 def _cell_summary(study, uri, exp_id, a) -> None:
     """After a launch: each cell's finished seeds as mean ± 95 % CI (Student t), the report command and the UI."""
-    from reports.runs import client, load_runs, summarise
+    from reports.stats import describe
 
     from pipelines.spec import cell_label
-    from pipelines.tracking import redact, ui_url
+    from pipelines.tracking import open_reader, redact, ui_url
 
     metric = "map" if study.task == "detection" else "val_top1"
-    runs = load_runs(client(uri), exp_id)
-    runs = runs[runs["cell"].isin(study.cells)]
-    cells = summarise(runs, study.cells, metrics=(metric,))
+    reader = open_reader(uri)  # an embedded store: sqlite3, no MLflow import
+    latest = reader.latest_metrics(exp_id, (metric,))
+    values: dict = {c: [] for c in study.cells}
+    for r in reader.run_rows(exp_id, "trial"):
+        cell = r.tags.get("cell")
+        if r.status == "FINISHED" and cell in values and metric in latest.get(r.run_id, {}):
+            values[cell].append(latest[r.run_id][metric])
     print(f"\n{'cell':44} {'n':>3}  {metric} % (mean ± 95% CI, Student t)")
-    for _, r in cells.iterrows():
-        m, ci = r[f"{metric}_mean"], r[f"{metric}_ci95"]
+    for cell, vals in values.items():
+        d = describe(vals)
+        m, ci = d["mean"], d["ci95"]
         value = "—" if m != m else f"{m * 100:.2f}" + (f" ± {ci * 100:.2f}" if ci == ci else " (one seed)")
-        print(f"{cell_label(study.cells[r['cell']]):44} {r['n']:>3}  {value}")
+        print(f"{cell_label(study.cells[cell]):44} {d['n']:>3}  {value}")
     prof = f" --profile {study.profile}" if study.profile else ""
     store = "" if a.tracking_uri is None else f" --tracking-uri {redact(uri)}"
     print(f"report: aa-study report {a.study}{prof}{store}")

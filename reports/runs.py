@@ -13,6 +13,8 @@ import pandas as pd
 
 from pipelines.tracking import search_runs  # MLflow only: that module imports no Ray and no model code
 
+from .stats import describe, t_ci95  # noqa: F401  (re-exported)
+
 AXES = ["arch", "kappa", "upsilon", "num_heads", "pos_enc"]
 BASELINE_BLIND = ("num_heads", "pos_enc")  # axes a plain convolution (κ = υ = 0) does not have
 METRICS = ["val_top1", "val_top5", "val_loss", "train_loss", "params", "gflops", "gflops_conv", "num_classes", "images_per_s", "epoch",
@@ -78,24 +80,6 @@ def _download(c, run_id, path) -> str:
     with tempfile.TemporaryDirectory() as d:
         local = c.download_artifacts(run_id, path, d)
         return Path(local).read_text()
-
-
-def t_ci95(values: List[float]) -> float:
-    """Half-width of the Student-t 95% confidence interval of the mean (nan for n < 2)."""
-    from scipy import stats
-
-    n = len(values)
-    if n < 2:
-        return math.nan
-    s = pd.Series(values).std(ddof=1)
-    return float(stats.t.ppf(0.975, n - 1) * s / math.sqrt(n))
-
-
-def describe(values: List[float]) -> Dict[str, float]:
-    """mean, std (n - 1), n and the Student-t 95% CI half-width of some values (nan where undefined)."""
-    s = pd.Series(values, dtype=float)
-    return {"mean": float(s.mean()) if len(s) else math.nan, "std": float(s.std(ddof=1)) if len(s) > 1 else math.nan,
-            "n": len(s), "ci95": t_ci95(values)}
 
 
 def summarise(df: pd.DataFrame, cells: Optional[Dict[str, dict]] = None,

@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from scipy import stats
 
 ALPHA = 0.05  # family-wise, over the contrasts of one report (Holm)
 POWER = 0.8  # for the seeds-to-resolve estimate
@@ -52,6 +51,36 @@ class Contrast:
         return (self.ci_hi - self.ci_lo) / 2 > abs(self.diff)
 
 
+def _t():
+    """Student's t distribution (scipy, imported when a statistic is computed: a launch's summary stays light)."""
+    from scipy import stats
+
+    return stats.t
+
+
+def t_ci95(values: List[float]) -> float:
+    """Half-width of the Student-t 95% confidence interval of the mean (nan for n < 2)."""
+    n = len(values)
+    if n < 2:
+        return math.nan
+    return float(_t().ppf(0.975, n - 1) * _std(values) / math.sqrt(n))
+
+
+def _std(values) -> float:
+    import numpy as np  # the summation order pandas uses, so that reports repeat to the last digit
+
+    return float(np.std(np.asarray(values, dtype=float), ddof=1))
+
+
+def describe(values: List[float]) -> Dict[str, float]:
+    """mean, std (n - 1), n and the Student-t 95% CI half-width of some values (nan where undefined)."""
+    import numpy as np
+
+    values = [float(v) for v in values]
+    return {"mean": float(np.mean(np.asarray(values))) if values else math.nan,
+            "std": _std(values) if len(values) > 1 else math.nan, "n": len(values), "ci95": t_ci95(values)}
+
+
 def _t_seeds_needed(effect: float, sd: float, paired: bool, limit: int = 1000) -> Optional[int]:
     """Smallest n per cell with power POWER to detect `effect` at level ALPHA (two-sided t test)."""
     if effect == 0 or math.isnan(effect) or math.isnan(sd):
@@ -61,7 +90,7 @@ def _t_seeds_needed(effect: float, sd: float, paired: bool, limit: int = 1000) -
     for n in range(2, limit + 1):
         df = n - 1 if paired else 2 * n - 2
         se = sd / math.sqrt(n) if paired else sd * math.sqrt(2 / n)
-        if abs(effect) / se >= stats.t.ppf(1 - ALPHA / 2, df) + stats.t.ppf(POWER, df):
+        if abs(effect) / se >= _t().ppf(1 - ALPHA / 2, df) + _t().ppf(POWER, df):
             return n
     return limit
 
@@ -84,9 +113,9 @@ def compare(a: Dict[int, float], b: Dict[int, float], label: str = "", name_a: s
             c.p = 0.0 if mean != 0 else 1.0
         else:
             se = sd / math.sqrt(n)
-            half = stats.t.ppf(1 - ALPHA / 2, n - 1) * se
+            half = _t().ppf(1 - ALPHA / 2, n - 1) * se
             c.ci_lo, c.ci_hi = mean - half, mean + half
-            c.p = float(2 * stats.t.sf(abs(mean) / se, n - 1))
+            c.p = float(2 * _t().sf(abs(mean) / se, n - 1))
         c.seeds_needed = _t_seeds_needed(mean, sd, paired=True)
     elif len(va) >= 2 and len(vb) >= 2:
         na, nb = len(va), len(vb)
@@ -101,9 +130,9 @@ def compare(a: Dict[int, float], b: Dict[int, float], label: str = "", name_a: s
         else:
             df = se2 ** 2 / ((sa2 / na) ** 2 / (na - 1) + (sb2 / nb) ** 2 / (nb - 1))
             se = math.sqrt(se2)
-            half = stats.t.ppf(1 - ALPHA / 2, df) * se
+            half = _t().ppf(1 - ALPHA / 2, df) * se
             c.ci_lo, c.ci_hi = c.diff - half, c.diff + half
-            c.p = float(2 * stats.t.sf(abs(c.diff) / se, df))
+            c.p = float(2 * _t().sf(abs(c.diff) / se, df))
         c.seeds_needed = _t_seeds_needed(c.diff, math.sqrt((sa2 + sb2) / 2), paired=False)
     return c
 

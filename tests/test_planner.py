@@ -125,3 +125,36 @@ def test_the_plan_does_not_depend_on_the_order_runs_are_read(order):
     runs = [RunRecord("x", "a", 0, "KILLED", 10, "/x"), RunRecord("y", "a", 0, "FAILED", 20)]
     plan = make_plan(TRIALS, runs if order else runs[::-1])
     assert _actions(plan)[("a", 0)] == (Action.RETRY, "y", None)  # the latest attempt decides
+
+
+def test_the_sqlite_reader_reads_what_mlflow_reads(tiny_study, workdir):
+    """The fast path (sqlite3, no MLflow import) against the reference (MLflow's client) on one real store: runs of
+    both kinds, every status, tags, a deleted run, several metric steps, another experiment beside it."""
+    from pipelines.spec import load_study
+    from pipelines.tracking import SqliteReader, Tracker, open_reader
+
+    study = load_study(tiny_study, "cpu")
+    uri = f"sqlite:///{workdir / 'runs' / 'mlflow.db'}"
+    assert open_reader(uri) is None  # no store yet, and none is created
+    tracker = Tracker(uri)
+    exp = tracker.experiment_id(study.experiment, create=True)
+    other = tracker.experiment_id("someone-else", create=True)
+    parent = tracker.start_launch(exp, study, "aa-study run", None)
+    for i, (t, status) in enumerate(zip(study.trials, ["FINISHED", "FAILED", "KILLED", "RUNNING", "FINISHED"])):
+        rid = tracker.start_trial(exp, parent, study, t)
+        for step in (1, 2):
+            tracker.log_metrics(rid, {"val_top1": 0.1 * i + 0.01 * step, "val_loss": 2.0 - step}, step=step)
+        if status != "RUNNING":
+            tracker.end(rid, status)
+    gone = tracker.start_trial(exp, parent, study, study.trials[0])
+    tracker.client.delete_run(gone)
+    tracker.start_trial(other, parent, study, study.trials[0])
+
+    fast = open_reader(uri)
+    assert isinstance(fast, SqliteReader)
+    assert fast.experiment_id(study.experiment) == exp and fast.experiment_id("nope") is None
+    for kind in ("trial", "launch"):
+        assert fast.run_rows(exp, kind) == tracker.run_rows(exp, kind)
+    assert gone not in {r.run_id for r in fast.run_rows(exp)}
+    assert fast.latest_metrics(exp, ["val_top1"]) == tracker.latest_metrics(exp, ["val_top1"])
+    assert records_of(fast, exp) == records_of(tracker, exp)

@@ -28,8 +28,8 @@ from typing import Any, Dict, List, Optional
 from ..spec import Study, load_study
 from .outcome import LaunchError, LaunchResult, one_line  # noqa: F401  (LaunchError: the cli's)
 from .resources import _check_fits, check_local_resources, concurrent_trials, trials_that_fit  # noqa: F401
-from ..tracking import (Tracker, check_tracking_uri, default_home, redact, resolve_tracking_uri,
-                       store_exists, ui_url)
+from ..tracking import (Tracker, check_tracking_uri, default_home, open_reader, redact, resolve_tracking_uri,
+                       ui_url)
 
 
 # ------------------------------------------------------------------------------------------- launch
@@ -84,13 +84,14 @@ def init_ray(address: Optional[str], study: Study):
 
 
 def read_plan(study: Study, uri: str, resume: bool = False) -> tuple:
-    """(tracker or None, experiment id or None, the launch's `planner.Plan`); reading only: no store is created."""
+    """(store reader or None, experiment id or None, the launch's `planner.Plan`); reading only: no store is
+    created, and an embedded store is read without MLflow (`tracking.open_reader`)."""
     from .planner import driver_alive, make_plan, records_of
 
-    tracker = Tracker(uri) if store_exists(uri) else None
-    exp_id = tracker.experiment_id(study.experiment) if tracker else None
-    runs, launches = records_of(tracker, exp_id)
-    return tracker, exp_id, make_plan(study.trials, runs, launches, driver_alive, resume=resume,
+    reader = open_reader(uri)
+    exp_id = reader.experiment_id(study.experiment) if reader else None
+    runs, launches = records_of(reader, exp_id)
+    return reader, exp_id, make_plan(study.trials, runs, launches, driver_alive, resume=resume,
                                       launched=exp_id is not None, experiment=study.experiment)
 
 
@@ -115,7 +116,7 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
     from .planner import Action, execute_closing
 
     study, uri = prepared or prepare(spec_path, profile, tracking_uri)
-    tracker, exp_id, the_plan = read_plan(study, uri, resume)
+    _, exp_id, the_plan = read_plan(study, uri, resume)
     if the_plan.refused:
         raise LaunchError(the_plan.refused)
     pending = the_plan.pending
@@ -126,8 +127,8 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
           + (f" ({the_plan.count(Action.CONTINUE)} from a checkpoint, {the_plan.count(Action.RETRY)} again "
              "from epoch 1)" if again else ""))
     if not pending:
-        if tracker is not None:
-            execute_closing(tracker, the_plan)
+        if the_plan.close or the_plan.close_launches:
+            execute_closing(Tracker(uri), the_plan)
         return result
     check_deep(study)  # networks and data, before Ray starts or anything is written
     check_local_resources(address, study)
@@ -142,17 +143,17 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
         print(f"log: {log} (Ray, Tune and Lightning output; --verbose shows it here)", flush=True)
     from .console import quiet_output
     with (quiet_output(str(log)) if log else contextlib.nullcontext(sys.stdout)) as out:
-        _launch_trials(study, uri, tracker, exp_id, the_plan, result, storage, address, command,
+        _launch_trials(study, uri, exp_id, the_plan, result, storage, address, command,
                        verbose if console == "verbose" else 0, None if console == "verbose" else (out, console))
     return result
 
 
-def _launch_trials(study, uri, tracker, exp_id, the_plan, result, storage, address, command, verbose, view):
+def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, command, verbose, view):
     from .planner import execute_closing
 
     init_ray(address, study)
     try:
-        tracker = tracker or Tracker(uri)
+        tracker = Tracker(uri)
         exp_id = exp_id or tracker.experiment_id(study.experiment, create=True,
                                                    tags={"study": study.name, "profile": study.profile})
         result.experiment_id = exp_id
@@ -245,17 +246,15 @@ def status(spec_path: str, profile: Optional[str], tracking_uri: Optional[str]) 
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)
     rows = {c: {"finished": 0, "running": 0, "failed": 0, "killed": 0} for c in study.cells}
-    exp_id = None
-    if store_exists(uri):
-        tracker = Tracker(uri)
-        exp_id = tracker.experiment_id(study.experiment)
+    reader = open_reader(uri)
+    exp_id = reader.experiment_id(study.experiment) if reader else None
     if exp_id is not None:
         from .planner import records_of
 
         best: Dict[tuple, str] = {}
         rank = {"FINISHED": 3, "RUNNING": 2, "FAILED": 1, "KILLED": 0, "SCHEDULED": 0}
         seeds = set(study.seeds)  # a cell's runs of other seeds (a study sharing the experiment) are not this study's
-        for r in records_of(tracker, exp_id)[0]:
+        for r in records_of(reader, exp_id)[0]:
             key = r.key
             if key[0] in rows and key[1] in seeds and rank.get(r.status, 0) >= rank.get(best.get(key, "KILLED"), -1):
                 best[key] = r.status

@@ -157,19 +157,19 @@ def _pid_exists(pid: int) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ the store
-def records_of(tracker, experiment_id: Optional[str]) -> Tuple[List[RunRecord], List[LaunchRecord]]:
-    """The trial and launch runs of an experiment, as the planner's records (reading only)."""
+def records_of(reader, experiment_id: Optional[str]) -> Tuple[List[RunRecord], List[LaunchRecord]]:
+    """The trial and launch runs of an experiment, as the planner's records (reading only). `reader`: a
+    `tracking.SqliteReader` or a `tracking.Tracker` (anything with `run_rows`)."""
     if experiment_id is None:
         return [], []
     runs = []
-    for r in tracker.runs(experiment_id):
-        tags = r.data.tags
-        seed = tags.get("seed", "")
-        runs.append(RunRecord(r.info.run_id, tags.get("cell"), int(seed) if seed.lstrip("-").isdigit() else -1,
-                              r.info.status, r.info.start_time or 0, tags.get("checkpoint") or None))
-    launches = [LaunchRecord(r.info.run_id, r.info.status, r.data.tags.get("host", ""), r.data.tags.get("pid", ""),
-                             r.data.tags.get("heartbeat", ""))
-                for r in tracker.runs(experiment_id, kind="launch")]
+    for r in reader.run_rows(experiment_id, "trial"):
+        seed = r.tags.get("seed", "")
+        runs.append(RunRecord(r.run_id, r.tags.get("cell"), int(seed) if seed.lstrip("-").isdigit() else -1,
+                              r.status, r.start_time, r.tags.get("checkpoint") or None))
+    launches = [LaunchRecord(r.run_id, r.status, r.tags.get("host", ""), r.tags.get("pid", ""),
+                             r.tags.get("heartbeat", ""))
+                for r in reader.run_rows(experiment_id, "launch")]
     return runs, launches
 
 
