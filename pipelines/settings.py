@@ -5,12 +5,46 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Dict, Optional
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
-# The architectures and encodings aa_modules builds, by name (aa_modules imports torch; a test checks these
-# against aa_modules.ARCHITECTURES and aa_modules.POS_ENCODINGS).
-ARCHITECTURE_NAMES = ("aa_resnet18", "aa_resnet34", "aa_resnet50", "aa_resnet101", "aa_wide_resnet28_10")
+class Architecture(NamedTuple):
+    """What training, the spec's checks and detection need to know of one architecture aa_modules builds."""
+    takes: Tuple[str, ...]  # the training settings it takes as keyword arguments
+    input_size: str  # "hw": its builder takes input_size=(H, W); "side": one int
+    detection_backbone: bool  # aa_modules.detection builds a RetinaNet on it
+
+
+_RESNET = Architecture(("kappa", "upsilon", "num_heads", "pos_enc", "stages", "small_input", "zero_init_residual"),
+                       "hw", True)
+# The one registry of architecture names (aa_modules imports torch; a test checks it against
+# aa_modules.ARCHITECTURES and aa_modules.detection.BACKBONES).
+ARCHITECTURES: Dict[str, Architecture] = {
+    "aa_resnet18": _RESNET, "aa_resnet34": _RESNET, "aa_resnet50": _RESNET, "aa_resnet101": _RESNET,
+    "aa_wide_resnet28_10": Architecture(("kappa", "upsilon", "num_heads", "pos_enc"), "side", False),
+}
+ARCHITECTURE_NAMES = tuple(ARCHITECTURES)
 POS_ENCODINGS = ("none", "relative", "sine2d", "coordconv")
+GRID_AXES = ("arch", "kappa", "upsilon", "num_heads", "pos_enc")  # what a study's grid may vary; a cell's name
+BACKBONE_KEYS = ("kappa", "upsilon", "num_heads", "pos_enc", "stages")  # what a detection backbone takes
+# What a trial reports each epoch and the recorder logs to MLflow: the results reports read, then what only the
+# MLflow UI shows (the learning rate, GPU memory).
+RESULT_METRICS = ("val_top1", "val_top5", "val_loss", "train_loss", "params", "gflops", "gflops_conv", "num_classes",
+                  "images_per_s", "epoch", "map", "ap50", "ap75", "aps", "apm", "apl")
+METRICS = RESULT_METRICS + ("lr", "peak_gpu_mem_gib")
+
+
+def upsilon_of(kappa, upsilon):
+    """υ = d_v / F_out; not given (None), it is tied to κ."""
+    return kappa if upsilon is None else upsilon
+
+
+def arch_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The keyword arguments of cfg's architecture, from a resolved classification config; one line (ValueError)
+    when a setting asks for something the architecture lacks."""
+    arch = ARCHITECTURES[cfg["arch"]]
+    if cfg.get("zero_init_residual") and "zero_init_residual" not in arch.takes:
+        raise ValueError(f"zero_init_residual is for the AA-ResNets; {cfg['arch']} has no such option")
+    return {k: cfg[k] for k in arch.takes}
 
 DEFAULTS: Dict[str, Any] = {
     "task": "classification",  # or detection (RetinaNet; datasets coco, synthetic_coco)
@@ -38,7 +72,6 @@ DEFAULTS: Dict[str, Any] = {
     "deterministic": None,
     "zero_init_residual": False,  # AA-ResNets: each residual branch's last BatchNorm starts at 0 (ImageNet profiles)
 }
-ARCH_KEYS = ("kappa", "upsilon", "num_heads", "pos_enc", "stages", "small_input", "zero_init_residual")
 
 
 def deterministic_mode(cfg: Dict[str, Any]) -> bool:

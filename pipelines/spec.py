@@ -28,9 +28,9 @@ import yaml
 
 from .profiles import REPORT_LAYOUTS, choose_profile, experiment_name, merge
 from .settings import ARCHITECTURE_NAMES as ARCHITECTURES, POS_ENCODINGS, RECIPES
-from .settings import DEFAULTS as TRAIN_DEFAULTS, deterministic_mode, setting_problem
+from .settings import DEFAULTS as TRAIN_DEFAULTS, GRID_AXES, deterministic_mode, setting_problem, upsilon_of
 
-AXES = ("arch", "kappa", "upsilon", "num_heads", "pos_enc")
+AXES = GRID_AXES
 TOP_KEYS = {"name", "description", "task", "experiment", "report", "grid", "seeds", "train", "resources",
             "max_failures", "scheduler", "profiles", "default_profile", "checkpoint_every"}
 PROFILE_KEYS = TOP_KEYS - {"name", "profiles", "default_profile", "task"}
@@ -105,7 +105,7 @@ def normalise(config: Dict[str, Any]) -> Dict[str, Any]:
     (κ = υ = 0) has no encoding and no heads, so κ=0 cells of different encodings are one cell."""
     cfg = copy.deepcopy(config)
     cfg["kappa"] = float(cfg["kappa"])
-    cfg["upsilon"] = float(cfg["kappa"] if cfg.get("upsilon") is None else cfg["upsilon"])
+    cfg["upsilon"] = float(upsilon_of(cfg["kappa"], cfg.get("upsilon")))
     if cfg["kappa"] == 0 and cfg["upsilon"] == 0:
         cfg["pos_enc"], cfg["num_heads"] = "none", 1
     if "deterministic" in cfg:  # written out: a run's params say the mode it used

@@ -11,14 +11,14 @@ from typing import Dict, List, Optional
 
 import pandas as pd
 
+from pipelines.settings import GRID_AXES, RESULT_METRICS
 from pipelines.tracking import search_runs  # MLflow only: that module imports no Ray and no model code
 
 from .stats import describe, t_ci95  # noqa: F401  (re-exported)
 
-AXES = ["arch", "kappa", "upsilon", "num_heads", "pos_enc"]
+AXES = list(GRID_AXES)
 BASELINE_BLIND = ("num_heads", "pos_enc")  # axes a plain convolution (κ = υ = 0) does not have
-METRICS = ["val_top1", "val_top5", "val_loss", "train_loss", "params", "gflops", "gflops_conv", "num_classes", "images_per_s", "epoch",
-           "map", "ap50", "ap75", "aps", "apm", "apl"]
+METRICS = list(RESULT_METRICS)
 CONTEXT = ["dataset", "data.task", "data.min_gap", "data.image_size", "epochs", "batch_size", "deterministic"]
 
 

@@ -250,6 +250,8 @@ def test_settings_name_what_aa_modules_builds_and_reading_a_study_imports_no_tor
     from pipelines import settings
 
     assert set(settings.ARCHITECTURE_NAMES) == set(aa_modules.ARCHITECTURES)
+    from aa_modules.detection import BACKBONES
+    assert {a for a, i in settings.ARCHITECTURES.items() if i.detection_backbone} == set(BACKBONES)
     assert tuple(settings.POS_ENCODINGS) == tuple(aa_modules.POS_ENCODINGS)
     code = ("import sys; from pipelines.spec import load_study; "
             f"s = load_study({str(ROOT / 'studies/table5.yaml')!r}, 'cpu'); "

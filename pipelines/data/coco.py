@@ -229,7 +229,9 @@ class SyntheticCocoDataModule(CocoDataModule):
         import os
 
         if root is None:
-            home = Path(os.environ.get("AA_STUDY_HOME", "aa-study-runs")).expanduser().resolve()
+            from ..tracking import default_home
+
+            home = default_home()
             root = str(home / "data" / f"synthetic_coco-{images}-{size}-{classes}-{data_seed}")
         kw.setdefault("min_size", size)
         super().__init__(root=root, **kw)

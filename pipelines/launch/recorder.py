@@ -15,8 +15,7 @@ from .planner import HEARTBEAT_S
 from .outcome import LaunchResult, one_line
 from ..tracking import Tracker
 
-_METRICS = ("train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s", "peak_gpu_mem_gib",
-            "params", "gflops", "gflops_conv", "num_classes", "epoch", "map", "ap50", "ap75", "aps", "apm", "apl")
+from ..settings import METRICS as _METRICS
 
 
 def _error_text(trial) -> str:

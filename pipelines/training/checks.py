@@ -8,6 +8,7 @@ from typing import Optional
 
 from ..data import DATASETS, DataError
 from ..spec import Study, _canon, _fail, load_study
+from ..settings import ARCHITECTURES, BACKBONE_KEYS, arch_kwargs
 from .classifier import build_model
 from .fit import build_data
 
@@ -43,7 +44,6 @@ def _check_networks(study: Study):
     augmented layer, or a stage list the architecture lacks, are found here, before Ray starts."""
     import torch
 
-
     done = set()
     for t in study.trials:
         c = t.config
@@ -52,23 +52,25 @@ def _check_networks(study: Study):
         if sig in done:
             continue
         done.add(sig)
-        kw = dict(kappa=c["kappa"], upsilon=c["upsilon"], num_heads=c["num_heads"], pos_enc=c["pos_enc"])
         if c["task"] == "detection":
             from aa_modules.detection import aa_retinanet
+            if not ARCHITECTURES[c["arch"]].detection_backbone:
+                _fail("grid.arch", f"{c['arch']} is not a detection backbone (backbones: "
+                                   f"{', '.join(a for a, i in ARCHITECTURES.items() if i.detection_backbone)})")
             if c.get("zero_init_residual"):
                 _fail("train.zero_init_residual", "is for classification AA-ResNets, not the detection backbone")
             size = c.get("data", {}).get("min_size", c.get("data", {}).get("size", 128))
             if not isinstance(size, int) or isinstance(size, bool) or size < 32:
                 _fail("train.data.min_size", f"must be an integer >= 32; got {size!r}")
+            kw = {k: c[k] for k in BACKBONE_KEYS}
             kw.update(stages=tuple(c["stages"]), min_size=size, max_size=max(size, 1333))
             build, args = aa_retinanet, (2, c["arch"])
         else:
             size, in_ch, n_cls = _data_shape(c)
-            if c["arch"].startswith("aa_resnet"):
-                kw.update(stages=tuple(c["stages"]), small_input=c["small_input"],
-                          zero_init_residual=c.get("zero_init_residual", False))
-            elif c.get("zero_init_residual"):
-                _fail("train.zero_init_residual", f"is for the AA-ResNets; {c['arch']} has no such option")
+            try:
+                kw = arch_kwargs(c)
+            except ValueError as e:
+                _fail("train.zero_init_residual", str(e).replace("zero_init_residual ", "", 1))
             build, args = build_model, (c["arch"], n_cls, in_ch, size)
         try:
             with torch.device("meta"):

@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 import aa_modules
 
-from ..settings import RECIPES, OptimConfig  # noqa: F401  (re-exported: the recipes live with the settings)
+from ..settings import ARCHITECTURES, RECIPES, OptimConfig  # noqa: F401  (RECIPES re-exported)
 
 class NonFiniteLossError(RuntimeError):
     pass
@@ -59,9 +59,8 @@ def build_model(arch: str, num_classes: int, in_channels: int, image_size, **arc
     if arch not in aa_modules.ARCHITECTURES:
         raise ValueError(f"architecture must be one of {sorted(aa_modules.ARCHITECTURES)}; got {arch!r}")
     builder = aa_modules.ARCHITECTURES[arch]
-    if arch.startswith("aa_resnet"):
-        return builder(num_classes, in_channels=in_channels, input_size=image_size, **arch_kwargs)
-    return builder(num_classes, in_channels=in_channels, input_size=image_size[0], **arch_kwargs)
+    size = tuple(image_size) if ARCHITECTURES[arch].input_size == "hw" else image_size[0]
+    return builder(num_classes, in_channels=in_channels, input_size=size, **arch_kwargs)
 
 
 class ClassificationModule(pl.LightningModule):

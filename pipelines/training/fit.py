@@ -11,8 +11,9 @@ import torch
 
 from ..data import DETECTION_DATASETS, DataError, make_datamodule
 from .classifier import ClassificationModule
-from ..settings import (ARCH_KEYS, DEFAULTS, NONDETERMINISTIC, NUMERIC_SETTINGS, OptimConfig,  # noqa: F401
-                       _check_numbers, deterministic_mode, nondeterministic_error, setting_problem)
+from ..settings import (BACKBONE_KEYS, DEFAULTS, NONDETERMINISTIC, NUMERIC_SETTINGS, OptimConfig,  # noqa: F401
+                       _check_numbers, arch_kwargs, deterministic_mode, nondeterministic_error, setting_problem,
+                       upsilon_of)
 
 
 def resolve(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -21,8 +22,7 @@ def resolve(config: Dict[str, Any]) -> Dict[str, Any]:
         raise ValueError(f"unknown training settings: {sorted(unknown)}")
     cfg = copy.deepcopy(DEFAULTS)
     cfg.update(copy.deepcopy(config))
-    if cfg["upsilon"] is None:
-        cfg["upsilon"] = cfg["kappa"]
+    cfg["upsilon"] = upsilon_of(cfg["kappa"], cfg["upsilon"])
     cfg["deterministic"] = deterministic_mode(cfg)
     if cfg["task"] not in ("classification", "detection"):
         raise ValueError(f"task must be classification or detection; got {cfg['task']!r}")
@@ -41,7 +41,7 @@ def build(config: Dict[str, Any]):
     if cfg["task"] == "detection":
         from .detector import DetectionModule
 
-        backbone = {k: cfg[k] for k in ("kappa", "upsilon", "num_heads", "pos_enc", "stages")}
+        backbone = {k: cfg[k] for k in BACKBONE_KEYS}
         optim = OptimConfig.from_recipe(cfg["recipe"], **cfg["optim"])
         module = DetectionModule(cfg["arch"], dm.num_classes, cfg["batch_size"], cfg["epochs"], min_size=dm.min_size,
                                  max_size=dm.max_size, optim=optim.__dict__, arch_kwargs=backbone)
@@ -52,16 +52,6 @@ def build(config: Dict[str, Any]):
                                   cfg["epochs"], optim=optim.__dict__, arch_kwargs=arch_kwargs(cfg),
                                   channels_last=on_gpu, compile=cfg["compile"])
     return dm, module, cfg
-
-
-def arch_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """The network's arguments in a resolved classification config (the wide ResNet has no stages or stem choice)."""
-    kw = {k: cfg[k] for k in ARCH_KEYS}
-    if cfg["arch"] == "aa_wide_resnet28_10":
-        kw.pop("stages"), kw.pop("small_input")
-        if kw.pop("zero_init_residual"):
-            raise ValueError("zero_init_residual is for the AA-ResNets; aa_wide_resnet28_10 has no such option")
-    return kw
 
 
 def build_data(config: Dict[str, Any]):
