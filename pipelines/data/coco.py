@@ -226,8 +226,6 @@ class SyntheticCocoDataModule(CocoDataModule):
 
     def __init__(self, images: int = 128, size: int = 128, classes: int = 4, data_seed: int = 0,
                  root: Optional[str] = None, **kw):
-        import os
-
         if root is None:
             from ..tracking import default_home
 
