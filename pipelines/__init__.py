@@ -1,6 +1,6 @@
 """Training, data, studies and tracking for aa_modules networks.
 
-Architecture: layers import only downwards (tests/test_layers.py checks it, and that no import cycle exists);
+Architecture: layers import only downwards (tests/study_definition/test_layers.py checks it, and that no import cycle exists);
 the lowest first. One datum flows one way: YAML -> spec -> plan -> trials -> MLflow -> reports.
 
 - ``settings``: the training settings, their defaults and checks, the optimiser recipes, the architecture and

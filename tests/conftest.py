@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+
 # Before anything imports Triton (Lightning, torch.compile): on a machine without CUDA aa_modules switches
-# Triton's interpreter on, so tests/test_flash_relative.py runs the GPU kernels on the CPU.
+# Triton's interpreter on, so tests/networks/test_flash_relative.py runs the GPU kernels on the CPU.
 import aa_modules  # noqa: F401,E402
 
 TINY_STUDY = """
@@ -110,3 +112,23 @@ def small_study(dir_, kappa, pos_enc, epochs, train_samples=128, extra="") -> Pa
         profiles: {{cpu: {{}}}}
     """
     return write_study(dir_, textwrap.dedent(base) + textwrap.dedent(extra))
+
+
+def _server_processes() -> set:
+    out = subprocess.run(["pgrep", "-af", "raylet|gcs_server|mlflow.server|mlflow server"], capture_output=True,
+                         text=True).stdout
+    return {line for line in out.splitlines() if "pgrep" not in line}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_ray_or_mlflow_process_left():
+    """The suite leaves no Ray or MLflow server process behind (those that ran before it are not its own)."""
+    import time
+
+    before = _server_processes()
+    yield
+    deadline = time.time() + 30  # the last test's processes may take a moment to exit
+    while _server_processes() - before and time.time() < deadline:
+        time.sleep(1)
+    left = _server_processes() - before
+    assert not left, f"the tests left these processes running: {sorted(left)}"

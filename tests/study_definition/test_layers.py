@@ -3,7 +3,8 @@ one subpackage, and no module imports itself back through others (pipelines/__in
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
+
 # the lowest first; a module may import from an earlier layer, or from its own unit
 LAYERS = [
     ["aa_modules"],

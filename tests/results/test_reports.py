@@ -1,4 +1,5 @@
 """Reports from crafted MLflow runs: exact means, Student-t CIs, missing cells, layouts, formats."""
+from conftest import ROOT
 import math
 
 import pytest
@@ -214,7 +215,7 @@ def test_heads_study_rejects_heads_that_do_not_divide(workdir):
     from pipelines.spec import SpecError, parse_study
     from pipelines.training.checks import check_deep
 
-    raw = yaml.safe_load((Path(__file__).resolve().parent.parent / "studies" / "heads.yaml").read_text())
+    raw = yaml.safe_load((ROOT / "studies" / "heads.yaml").read_text())
     raw["grid"]["num_heads"] = [1, 3]
     raw["profiles"]["cpu"] = {}
     with pytest.raises(SpecError, match=r"layer3\.0\.conv1 \(F_out=256\): dk=64 is not divisible by num_heads=3"):

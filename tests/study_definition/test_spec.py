@@ -4,11 +4,10 @@ import yaml
 
 from pathlib import Path
 
-from conftest import TINY_STUDY, store_files
+from conftest import ROOT, TINY_STUDY, store_files
 from aa_study.cli import main
 from pipelines.spec import cell_key, load_study, parse_study
 
-ROOT = Path(__file__).resolve().parents[1]
 
 BASE = yaml.safe_load(TINY_STUDY)
 
@@ -170,7 +169,7 @@ def test_gpu_fraction_without_gpu_in_cluster_exits_2(workdir, capsys):
 def test_shipped_studies_validate_in_every_profile():
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent / "studies"
+    root = ROOT / "studies"
     for path in sorted(root.glob("*.yaml")):
         raw = yaml.safe_load(path.read_text())
         for profile in raw.get("profiles", {}):
@@ -182,7 +181,7 @@ def test_shipped_studies_validate_in_every_profile():
 def test_figure5_shares_table5_runs(profile):
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent / "studies"
+    root = ROOT / "studies"
     t5 = load_study(root / "table5.yaml", profile)
     f5 = load_study(root / "figure5.yaml", profile)
     assert f5.experiment == t5.experiment
@@ -204,7 +203,6 @@ def test_paper_profiles_replace_data_of_another_dataset_and_clear_optim():
     assert s.train["data"]["task"] == "same_corners" and s.train["optim"] == {"base_lr": 0.03}
 
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _shipped_keys():
@@ -219,7 +217,7 @@ def test_cell_keys_of_the_shipped_studies_are_pinned():
     """The keys every store already holds runs under: a change here orphans finished runs (a relaunch would
     retrain them), so it needs a key version and a migration, never a silent edit of the golden file."""
     import json
-    assert _shipped_keys() == json.loads((ROOT / "tests" / "golden_cell_keys.json").read_text())
+    assert _shipped_keys() == json.loads((Path(__file__).resolve().parent / "golden_cell_keys.json").read_text())
 
 
 def test_a_new_setting_at_its_default_changes_no_key(monkeypatch):
