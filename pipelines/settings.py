@@ -4,7 +4,8 @@ so a study can be read and checked (and a relaunch with nothing to run answered)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+import copy
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 class Architecture(NamedTuple):
@@ -46,32 +47,47 @@ def arch_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
         raise ValueError(f"zero_init_residual is for the AA-ResNets; {cfg['arch']} has no such option")
     return {k: cfg[k] for k in arch.takes}
 
-DEFAULTS: Dict[str, Any] = {
-    "task": "classification",  # or detection (RetinaNet; datasets coco, synthetic_coco)
-    "arch": "aa_resnet18",
-    "kappa": 0.25,
-    "upsilon": None,  # None: tied to kappa
-    "num_heads": 4,
-    "pos_enc": "relative",
-    "stages": [2, 3, 4],
-    "small_input": True,
-    "dataset": "synthetic",
-    "data": {},  # options of the data module (root, task, image_size, ...)
-    "epochs": 5,
-    "batch_size": 128,
-    "recipe": "cifar",
-    "optim": {},  # overrides of the recipe (base_lr, momentum, nesterov, weight_decay, warmup_frac, ...)
-    "seed": 0,
-    "device": "auto",  # auto | cpu | cuda
-    "compile": False,
-    "limit_train_batches": None,
-    "grad_clip": None,  # clip the gradient norm to this value (None: no clipping)
-    # deterministic algorithms (torch.use_deterministic_algorithms, cuBLAS workspace, no cuDNN autotuning), so a trial's
-    # result is a function of its cell and seed, not of what shares its GPU; None: on for classification, off for
-    # detection (RetinaNet's losses not yet checked under it on the GPU)
-    "deterministic": None,
-    "zero_init_residual": False,  # AA-ResNets: each residual branch's last BatchNorm starts at 0 (ImageNet profiles)
-}
+def _setting(default, check: Optional[str] = None, doc: str = ""):
+    """A training setting: its default, the spec's type check (positive_int, str, dict, bool, list; None: checked
+    elsewhere) and what it means."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"check": check, "doc": doc})
+    return field(default=default, metadata={"check": check, "doc": doc})
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting, with its default, type check and meaning: the one definition. A trial's config
+    travels as the plain dict `asdict(TrainConfig(...))` gives (through Ray, into MLflow params and cell keys);
+    `DEFAULTS` is that dict of the defaults."""
+    task: str = _setting("classification", None, "classification, or detection (RetinaNet; coco, synthetic_coco)")
+    arch: str = _setting("aa_resnet18", None, "a grid axis")
+    kappa: float = _setting(0.25, None, "a grid axis: d_k / F_out")
+    upsilon: Optional[float] = _setting(None, None, "a grid axis: d_v / F_out; None: tied to kappa")
+    num_heads: int = _setting(4, None, "a grid axis")
+    pos_enc: str = _setting("relative", None, "a grid axis")
+    stages: list = _setting([2, 3, 4], "list", "the ResNet stages whose 3x3 convolutions are augmented")
+    small_input: bool = _setting(True, "bool", "CIFAR-style stem (3x3, no max-pool) for small images")
+    dataset: str = _setting("synthetic", "str", "a data module's name (pipelines/data/registry.py)")
+    data: dict = _setting({}, "dict", "the data module's options (root, task, image_size, ...)")
+    epochs: int = _setting(5, "positive_int")
+    batch_size: int = _setting(128, "positive_int", "the global batch (split between workers)")
+    recipe: str = _setting("cifar", "str", "an optimiser recipe (RECIPES)")
+    optim: dict = _setting({}, "dict", "overrides of the recipe (base_lr, momentum, nesterov, weight_decay, ...)")
+    seed: int = _setting(0, None, "set by the study's seeds")
+    device: str = _setting("auto", "str", "auto | cpu | cuda")
+    compile: bool = _setting(False, "bool", "torch.compile the network")
+    limit_train_batches: Optional[float] = _setting(None, None, "Lightning's, for smoke runs")
+    grad_clip: Optional[float] = _setting(None, None, "clip the gradient norm to this value (None: no clipping)")
+    # deterministic algorithms (torch.use_deterministic_algorithms, cuBLAS workspace, no cuDNN autotuning), so a
+    # trial's result is a function of its cell and seed, not of what shares its GPU; None: on for classification,
+    # off for detection (RetinaNet's losses not yet checked under it on the GPU)
+    deterministic: Optional[bool] = _setting(None, "bool", "deterministic algorithms; None: on for classification")
+    zero_init_residual: bool = _setting(False, "bool", "AA-ResNets: each residual branch's last BatchNorm starts at 0")
+
+
+DEFAULTS: Dict[str, Any] = asdict(TrainConfig())
+TYPE_CHECKS: Dict[str, str] = {f.name: f.metadata["check"] for f in fields(TrainConfig) if f.metadata["check"]}
 
 
 def deterministic_mode(cfg: Dict[str, Any]) -> bool:

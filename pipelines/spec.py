@@ -28,7 +28,7 @@ import yaml
 
 from .profiles import REPORT_LAYOUTS, choose_profile, experiment_name, merge
 from .settings import ARCHITECTURE_NAMES as ARCHITECTURES, POS_ENCODINGS, RECIPES
-from .settings import DEFAULTS as TRAIN_DEFAULTS, GRID_AXES, deterministic_mode, setting_problem, upsilon_of
+from .settings import DEFAULTS as TRAIN_DEFAULTS, GRID_AXES, TYPE_CHECKS, deterministic_mode, setting_problem, upsilon_of
 
 AXES = GRID_AXES
 TOP_KEYS = {"name", "description", "task", "experiment", "report", "grid", "seeds", "train", "resources",
@@ -316,9 +316,8 @@ def _parse_seeds(seeds) -> List[int]:
     return list(seeds)
 
 
-_TRAIN_TYPES = {"epochs": int, "batch_size": int, "dataset": str, "data": dict, "recipe": str, "optim": dict,
-                "device": str, "compile": bool, "small_input": bool, "stages": list, "zero_init_residual": bool,
-                "deterministic": bool}
+_TRAIN_TYPES = {k: {"positive_int": int, "str": str, "dict": dict, "bool": bool, "list": list}[c]
+                for k, c in TYPE_CHECKS.items()}  # from settings.TrainConfig
 
 
 def _parse_train(train) -> Dict[str, Any]:
