@@ -10,7 +10,7 @@ without settings that say *where* or *how fast* rather than *what* (device, data
 what resume deduplicates on and what reports group by. Key version 1: the settings of KEY_V1_SETTINGS are
 hashed as they always were, defaults included; a setting added since is hashed only where a study sets it to
 something other than its default, so adding a setting whose default keeps the old behaviour changes no key
-(and no finished run of an existing store becomes "another cell"). tests/golden_cell_keys.json pins the keys of
+(and no finished run of an existing store becomes "another cell"). tests/study_definition/golden_cell_keys.json pins the keys of
 every shipped study's cells.
 """
 from __future__ import annotations

@@ -158,3 +158,36 @@ def test_the_sqlite_reader_reads_what_mlflow_reads(tiny_study, workdir):
     assert gone not in {r.run_id for r in fast.run_rows(exp)}
     assert fast.latest_metrics(exp, ["val_top1"]) == tracker.latest_metrics(exp, ["val_top1"])
     assert records_of(fast, exp) == records_of(tracker, exp)
+
+
+def test_a_store_of_the_code_before_key_versions_is_recognised(workdir, capsys):
+    """Runs as the code before key versions wrote them (no key_version tag, cells under the keys that code computed,
+    pinned in golden_cell_keys.json): a relaunch runs nothing and the report shows them as the study's cells."""
+    import json
+    import re
+
+    from mlflow.tracking import MlflowClient
+
+    from aa_study.cli import main
+    from conftest import ROOT
+
+    golden = json.loads((ROOT / "tests" / "study_definition" / "golden_cell_keys.json").read_text())
+    uri = f"sqlite:///{workdir / 'runs' / 'mlflow.db'}"
+    (workdir / "runs").mkdir()
+    c = MlflowClient(uri)
+    exp = c.create_experiment("quickstart-cpu")
+    for n, key in enumerate(golden["quickstart.yaml:cpu"]):
+        for seed in (0, 1):
+            run = c.create_run(exp, tags={"kind": "trial", "cell": key, "seed": str(seed), "study": "quickstart"})
+            c.log_metric(run.info.run_id, "val_top1", 0.4 + 0.1 * n + 0.01 * seed, step=1)
+            c.set_terminated(run.info.run_id, "FINISHED")
+    spec = str(ROOT / "studies" / "quickstart.yaml")
+    assert main(["run", spec, "--profile", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "6 already finished, 0 to run" in out and "done: 0 finished" in out
+    assert main(["report", spec, "--profile", "cpu", "--out", str(workdir / "rep")]) == 0
+    md = (workdir / "rep" / "report.md").read_text()
+    assert "Runs: 6 (6 FINISHED)" in md and "not shown" not in md
+    cells = (workdir / "rep" / "cells.md").read_text().splitlines()
+    for key in golden["quickstart.yaml:cpu"]:  # every cell with both seeds' mean ± CI
+        assert any(l.startswith(f"| {key} |") and re.search(r"\d ± \d", l) for l in cells), key
