@@ -206,7 +206,10 @@ def _ui(a) -> int:
         return _fail("ui", f"port {a.port} on {a.host} is already in use (another server?): choose another --port")
     if a.host == "0.0.0.0":
         print("warning: --host 0.0.0.0 serves the store to every network this machine is on", file=sys.stderr)
-    exp_id = Tracker(uri).experiment_id(study.experiment) if study else None
+    tracker = Tracker(uri)
+    exp_id = tracker.experiment_id(study.experiment) if study else None
+    if exp_id:  # a store written before the view existed gets it (an experiment tag; no run is touched)
+        tracker.set_view(exp_id, study)
     base = f"http://{'127.0.0.1' if a.host == '0.0.0.0' else a.host}:{a.port}"
     print(f"MLflow UI: {ui_url(base, exp_id) if exp_id else base}", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", a.host,
@@ -281,7 +284,7 @@ def _report(a) -> int:
             raise ReportError(f"tracking-uri: no store at {sqlite_path(uri)} (run a study first)")
         out = Path(a.out) if a.out else default_home() / "reports" / name
         res = make_report(uri, experiment, out, layouts, log_to_mlflow=not a.no_log, study=study,
-                          cells=cells)
+                          cells=cells, ui_base=a.ui_url)
     except (ReportError, TrackingError, SpecError) as e:
         return _fail("report", e)
     print(f"report of {experiment}: {res['runs']} runs, tables {', '.join(res['tables']) or 'none'} -> "
@@ -313,6 +316,8 @@ def main(argv=None) -> int:
     p.add_argument("--experiment", help="an MLflow experiment name instead of a study YAML")
     p.add_argument("--out", help="output directory (default ./aa-study-runs/reports/EXPERIMENT)")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the study's latest launch run")
+    p.add_argument("--ui-url", help="the MLflow UI the report's run links lead to (default: the tracking server, "
+                                    "else aa-study ui's http://127.0.0.1:5000)")
     p.add_argument("--tracking-uri")
     p = sub.add_parser("make-data", help="write a generated dataset to disk",
                        description="Write a generated dataset: synthetic-coco = N images with 1-6 glyph objects of K "

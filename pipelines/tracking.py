@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional
 
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
-UI_SUFFIX = "?workflowType=machine_learning"  # MLflow 3 opens experiments in its GenAI view without it
+VIEW_KEY = "aa-study"  # the experiment's shared view (MLflow's "share view": tag mlflow.sharedViewState.<key>)
+# the experiment's runs tab (MLflow 3 opens experiments in its GenAI view otherwise) in the shared view below
+UI_SUFFIX = f"/runs?viewStateShareKey={VIEW_KEY}"
 
 
 class TrackingError(ValueError):
@@ -192,6 +194,23 @@ def ui_url(base: str, experiment_id: str) -> str:
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}{UI_SUFFIX}"
 
 
+def run_url(base: str, experiment_id: str, run_id: str) -> str:
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def view_state(study) -> Dict[str, Any]:
+    """The first screen the printed link opens: the study's trials as top-level rows (the launch runs filtered
+    out, so no trial hides under a collapsed parent), ordered by their short names (κ0.5·h2·relative·s1), with
+    the grid's axes, the seed and the validation metric as columns."""
+    from .settings import GRID_AXES
+
+    metric = "map" if getattr(study, "task", "classification") == "detection" else "val_top1"
+    axes = [a for a in GRID_AXES if a != "arch" or len(study.axes.get("arch", [])) > 1]
+    return {"searchFilter": "tags.kind = 'trial'", "orderByKey": "attributes.run_name", "orderByAsc": True,
+            "selectedColumns": [f"params.`{a}`" for a in axes] + ["params.`seed`", f"metrics.`{metric}`",
+                                                                   "tags.`cell_label`"]}
+
+
 class Tracker:
     """The driver's handle on one study's experiment."""
 
@@ -233,6 +252,13 @@ class Tracker:
                for r in self.runs(experiment_id, "trial")}
         return {rid: m for rid, m in out.items() if m}
 
+    def set_view(self, experiment_id: str, study) -> None:
+        """The experiment's shared view (`view_state`), which the links we print open."""
+        import json
+
+        self.client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}",
+                                       json.dumps(view_state(study)))
+
     def start_launch(self, experiment_id: str, study, command: str, spec_text: Optional[str]) -> str:
         import socket
 
@@ -242,6 +268,7 @@ class Tracker:
                                            "host": socket.gethostname(), "pid": str(os.getpid()),
                                            "heartbeat": str(int(time.time()))})
         rid = run.info.run_id
+        self.set_view(experiment_id, study)
         from mlflow.entities import Param
         self.client.log_batch(rid, params=[Param(k, str(v)[:6000]) for k, v in {
             "study": study.name, "profile": study.profile, "trials": len(study.trials),

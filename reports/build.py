@@ -19,10 +19,12 @@ from .contrasts import Family, banner
 
 def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str]] = None,
                 log_to_mlflow: bool = True, study: Optional[str] = None,
-                cells: Optional[Dict[str, dict]] = None) -> dict:
+                cells: Optional[Dict[str, dict]] = None, ui_base: Optional[str] = None) -> dict:
     """The report of an experiment; with `cells` (key -> axes, from the study spec), of those cells only: an
     experiment may hold other studies' cells (figure5 and table6 share table5's runs) or cells of an older code
-    version whose keys differ. The report is logged to the study's latest launch (else the experiment's)."""
+    version whose keys differ. The report is logged to the study's latest launch (else the experiment's).
+    ui_base: the MLflow UI the run links lead to (default: the server of a server store, else `aa-study ui`'s
+    http://127.0.0.1:5000)."""
     c = R.client(uri)
     exp_id = R.experiment_id(c, experiment)
     runs = R.load_runs(c, exp_id)
@@ -102,6 +104,9 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
     paper_tables = [t for t in tables if t not in gtables]
     md = head + "\n".join(T.to_markdown(t, caption) + (f"\n![{t.title}](figure5.png)\n" if t.name == "figure5" else "")
                           for t in paper_tables) + generic_md + "\n".join(T.to_markdown(t, caption) for t in gtables) + figs_md
+    base = ui_base or (uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000")
+    run_md, run_html = _run_links(runs, exp_id, base, metrics[0])
+    md += run_md
     (out / "report.md").write_text(md)
     body = (f'<p class="banner"><strong>{html.escape(thin)}</strong></p>' if thin else "") + (
         f"<p>Setting: {html.escape(caption)}</p>")
@@ -110,6 +115,7 @@ def make_report(uri: str, experiment: str, out: Path, layouts: Optional[List[str
     if generic_md:
         body += f"<h2>Every axis</h2><p>{html.escape(fixed_line)}</p>" + "\n".join(T.to_html(t, caption) for t in gtables)
         body += "".join(f'<img src="{f}.svg" alt="{f}" width="520">' for f in figures)
+    body += run_html
     links = " · ".join(f'<a href="{t.name}.md">{t.name}.md</a> <a href="{t.name}.tex">.tex</a> '
                        f'<a href="{t.name}.csv">.csv</a>' for t in tables)
     (out / "index.html").write_text(
@@ -140,3 +146,33 @@ def _safe_uri(uri: str) -> str:
     if uri.startswith("sqlite:///"):
         return "sqlite store " + os.path.basename(uri)
     return uri.split("@")[-1]
+
+
+def _run_links(runs, exp_id: str, base: str, metric: str) -> tuple:
+    """(markdown, html): every run of the report, by cell and seed, linked to its page in the MLflow UI."""
+    from pipelines.spec import cell_label
+    from pipelines.tracking import run_url
+
+    if not len(runs):
+        return "", ""
+    note = (f"Each run's page in the MLflow UI at {base} (`aa-study ui STUDY` serves it there; another host or "
+            "port: `aa-study report --ui-url`).")
+    rows = []
+    for _, r in runs.iterrows():
+        axes = {k: r[k] for k in ("arch", "kappa", "upsilon", "num_heads", "pos_enc")}
+        try:
+            label = cell_label(axes, arch=runs["arch"].nunique() > 1)
+        except (TypeError, ValueError, KeyError):
+            label = str(r["cell"])
+        value = r.get(metric)
+        shown = "" if value is None or value != value else (f"{value * 100:.2f}" if metric.startswith("val_") else f"{value:.4f}")
+        rows.append((label, r["cell"], int(r["seed"]), r["status"], shown, run_url(base, exp_id, r["run_id"]), r["run_id"]))
+    rows.sort(key=lambda t: (t[1], t[2], t[6]))
+    md = ("\n## Runs\n\n" + note + "\n\n| Cell | Seed | Status | " + metric + " | MLflow run |\n|---|---|---|---|---|\n"
+          + "".join(f"| {l} ({c}) | {s} | {st} | {v} | [{rid[:8]}]({u}) |\n" for l, c, s, st, v, u, rid in rows))
+    esc = html.escape
+    body = "".join(f"<tr><td>{esc(l)} ({esc(c)})</td><td>{s}</td><td>{esc(st)}</td><td>{v}</td>"
+                   f'<td><a href="{esc(u)}">{esc(rid[:8])}</a></td></tr>' for l, c, s, st, v, u, rid in rows)
+    return md, (f"<h2>Runs</h2><p>{esc(note)}</p><table class='tbl'><tr><th>Cell</th><th>Seed</th><th>Status</th>"
+                f"<th>{esc(metric)}</th><th>MLflow run</th></tr>{body}</table>")
+

@@ -76,6 +76,7 @@ def chromium_dom(url: str, profile_dir, virtual_time_ms: int = 20000) -> str:
     return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                            "--disable-component-update", "--disable-sync", "--no-first-run",
                            f"--user-data-dir={profile_dir}", f"--virtual-time-budget={virtual_time_ms}",
+                           "--window-size=1440,900",
                            "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
 
 

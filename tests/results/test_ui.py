@@ -28,6 +28,10 @@ def _store_with_study(tiny_study, workdir):
     return study, exp
 
 
+def _text(dom: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<style.*?</style>", " ", dom, flags=re.S)))
+
+
 def _wait_healthy(base: str):
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -49,7 +53,7 @@ def test_ui_serves_the_study_and_chromium_opens_its_runs(tiny_study, workdir, tm
                           env={**os.environ}, start_new_session=True)
     try:
         first = ui.stdout.readline()
-        m = re.search(r"(http://127\.0\.0\.1:\d+/#/experiments/(\d+)\?workflowType=machine_learning)", first)
+        m = re.search(r"(http://127\.0\.0\.1:\d+/#/experiments/(\d+)/runs\?viewStateShareKey=aa-study)", first)
         assert m, first
         url, exp_id = m.group(1), m.group(2)
         assert exp_id == exp
@@ -70,13 +74,32 @@ def test_ui_serves_the_study_and_chromium_opens_its_runs(tiny_study, workdir, tm
         assert len(runs) == 8 and {("kappa", "0.25"), ("kappa", "0.5"), ("pos_enc", "relative"),
                                    ("pos_enc", "none"), ("seed", "0"), ("seed", "1")} <= seen
 
-        # the page a user reaches from the printed link
+        # the page a user reaches from the printed link: its first screen (1440 x 900) shows every trial as a row
+        # with κ, υ, N_h, encoding, seed and val top-1 as columns (the experiment's shared view)
         dom = chromium_dom(url, tmp_path / "chromium")
-        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<style.*?</style>", " ", dom, flags=re.S)))
+        text = _text(dom)
         assert "tiny-cpu" in text  # the study's experiment
         assert "Model training" in text and "Run Name" in text  # the training runs table, not GenAI traces
-        assert "tiny-cpu-launch" in text  # the launch run, its 8 trials nested under it
-        assert "9 matching runs" in text, text[:2000]
+        assert "8 matching runs" in text and "tiny-cpu-launch" not in text, text[:3000]  # trials, not the launch
+        table = text[text.index("Run Name"):text.index("matching runs")]
+        for column in ("kappa", "upsilon", "num_heads", "pos_enc", "seed", "val_top1"):
+            assert column in table, (column, table)
+        names = {r["info"]["run_name"] for r in runs}
+        assert names and all(n in table for n in names), (names, table)  # every trial on the first screen
+        assert "0.25" in table and "relative" in table and " 0.6 " in f" {table} "  # κ, encoding, a top-1 value
+
+        # the report's run links open each run's page in that UI
+        from reports.build import make_report
+
+        make_report(f"sqlite:///{workdir / 'runs' / 'mlflow.db'}", study.experiment, tmp_path / "rep",
+                    log_to_mlflow=False, study=study.name, cells=study.cells, ui_base=base)
+        md = (tmp_path / "rep" / "report.md").read_text()
+        links = re.findall(r"\]\((http://127\.0\.0\.1:\d+/#/experiments/\d+/runs/([0-9a-f]{32}))\)", md)
+        assert len(links) == 8 and {rid for _, rid in links} == {r["info"]["run_id"] for r in runs}
+        link, rid = links[0]
+        page = _text(chromium_dom(link, tmp_path / "chromium-run"))
+        name = next(r["info"]["run_name"] for r in runs if r["info"]["run_id"] == rid)
+        assert name in page and rid in page, page[:2000]
     finally:
         os.killpg(ui.pid, 15)
         ui.wait(timeout=30)
