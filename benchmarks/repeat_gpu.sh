@@ -14,7 +14,7 @@ if [ "${FITS:-0}" = 1 ]; then
   python3 - > "$OUT/cell.yaml" <<'PY'
 import yaml
 from pipelines.spec import load_study
-s = load_study("studies/quickstart.yaml", "gpu", check_data=False)
+s = load_study("studies/quickstart.yaml", "gpu")
 (t,) = [t for t in s.trials if t.config["kappa"] == 0.5 and t.config["pos_enc"] == "relative" and t.seed == 0]
 print(yaml.safe_dump({k: v for k, v in t.config.items() if k != "deterministic"}))
 PY
