@@ -148,10 +148,24 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
     return result
 
 
+def _import_mlflow() -> None:
+    import mlflow  # noqa: F401
+    from mlflow.tracking import MlflowClient  # noqa: F401
+
+
 def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, command, verbose, view):
+    import threading
+
     from .planner import execute_closing
 
+    import ray  # noqa: F401  (imported here first: the thread below then shares none of its imports half-done)
+
+    # MLflow's import (seconds) overlaps Ray's start, which mostly waits for its processes; the store itself is
+    # opened (and created) only once Ray is up and has accepted the study's resources
+    warm = threading.Thread(target=_import_mlflow, daemon=True)
+    warm.start()
     init_ray(address, study)
+    warm.join()
     try:
         tracker = Tracker(uri)
         exp_id = exp_id or tracker.experiment_id(study.experiment, create=True,
