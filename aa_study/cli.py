@@ -139,7 +139,7 @@ def _cell_summary(study, uri, exp_id, a) -> None:
     from pipelines.spec import cell_label
     from pipelines.tracking import open_reader, redact, ui_url
 
-    metric = "map" if study.task == "detection" else "val_top1"
+    metric = study.metric
     reader = open_reader(uri)  # an embedded store: sqlite3, no MLflow import
     latest = reader.latest_metrics(exp_id, (metric,))
     values: dict = {c: [] for c in study.cells}

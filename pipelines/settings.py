@@ -3,10 +3,11 @@ so a study can be read and checked (and a relaunch with nothing to run answered)
 `pipelines/training/fit.py` trains with them; `pipelines/spec.py` validates studies against them."""
 from __future__ import annotations
 
-import math
 import copy
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, NamedTuple, Optional, Tuple
+
 
 class Architecture(NamedTuple):
     """What training, the spec's checks and detection need to know of one architecture aa_modules builds."""
@@ -46,6 +47,7 @@ def arch_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if cfg.get("zero_init_residual") and "zero_init_residual" not in arch.takes:
         raise ValueError(f"zero_init_residual is for the AA-ResNets; {cfg['arch']} has no such option")
     return {k: cfg[k] for k in arch.takes}
+
 
 def _setting(default, check: Optional[str] = None, doc: str = ""):
     """A training setting: its default, the spec's type check (positive_int, str, dict, bool, list; None: checked

@@ -79,6 +79,11 @@ class Study:
     trials: List[Trial] = field(default_factory=list)
 
     @property
+    def metric(self) -> str:
+        """The validation metric its trials are compared by (the console, the scheduler, summaries, the UI)."""
+        return "map" if self.task == "detection" else "val_top1"
+
+    @property
     def cells(self) -> Dict[str, Dict[str, Any]]:
         out = {}
         for t in self.trials:
@@ -189,7 +194,7 @@ def read_yaml(path) -> Dict[str, Any]:
 def load_study(path, profile: Optional[str] = None) -> Study:
     """The study of a YAML file and profile, with every check that needs no torch. The checks that build things
     (each distinct network on the meta device, the datasets' files) are pipelines/training/checks.py's
-    `check_deep`, run once a launch has something to run (or `load_checked_study`: both at once)."""
+    `check_deep`, run once a launch has something to run."""
     raw = read_yaml(path)
     study = parse_study(raw, profile)
     study.path = str(Path(path).resolve())

@@ -108,8 +108,9 @@ class SqliteReader:
         keys = list(keys)
         out: Dict[str, Dict[str, float]] = {}
         rows = self.db.execute(
-            f"SELECT m.run_uuid, m.key, m.value FROM latest_metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
-            f"WHERE r.experiment_id = ? AND r.lifecycle_stage = 'active' AND m.key IN ({','.join('?' * len(keys))})", (int(experiment_id), *keys))
+            "SELECT m.run_uuid, m.key, m.value FROM latest_metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
+            f"WHERE r.experiment_id = ? AND r.lifecycle_stage = 'active' AND m.key IN ({','.join('?' * len(keys))})",
+            (int(experiment_id), *keys))
         for rid, key, value in rows:
             out.setdefault(rid, {})[key] = value
         return out
@@ -204,7 +205,7 @@ def view_state(study) -> Dict[str, Any]:
     the grid's axes, the seed and the validation metric as columns."""
     from .settings import GRID_AXES
 
-    metric = "map" if getattr(study, "task", "classification") == "detection" else "val_top1"
+    metric = study.metric
     axes = [a for a in GRID_AXES if a != "arch" or len(study.axes.get("arch", [])) > 1]
     return {"searchFilter": "tags.kind = 'trial'", "orderByKey": "attributes.run_name", "orderByAsc": True,
             "selectedColumns": [f"params.`{a}`" for a in axes] + ["params.`seed`", f"metrics.`{metric}`",

@@ -159,7 +159,7 @@ def _run_links(runs, exp_id: str, base: str, metric: str) -> tuple:
             "port: `aa-study report --ui-url`).")
     rows = []
     for _, r in runs.iterrows():
-        axes = {k: r[k] for k in ("arch", "kappa", "upsilon", "num_heads", "pos_enc")}
+        axes = {k: r[k] for k in R.AXES}
         try:
             label = cell_label(axes, arch=runs["arch"].nunique() > 1)
         except (TypeError, ValueError, KeyError):

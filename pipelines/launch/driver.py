@@ -21,13 +21,12 @@ import contextlib
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..spec import Study, load_study
 from .outcome import LaunchError, LaunchResult, one_line  # noqa: F401  (LaunchError: the cli's)
-from .resources import _check_fits, check_local_resources, concurrent_trials, trials_that_fit  # noqa: F401
+from .resources import _check_fits, check_local_resources, concurrent_trials
 from ..tracking import (Tracker, check_tracking_uri, default_home, open_reader, redact, resolve_tracking_uri,
                        ui_url)
 
@@ -158,7 +157,7 @@ def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, comma
 
     from .planner import execute_closing
 
-    import ray  # noqa: F401  (imported here first: the thread below then shares none of its imports half-done)
+    import ray  # imported here first: the thread below then shares none of its imports half-done
 
     # MLflow's import (seconds) overlaps Ray's start, which mostly waits for its processes; the store itself is
     # opened (and created) only once Ray is up and has accepted the study's resources
@@ -179,15 +178,14 @@ def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, comma
         print(f"MLflow: {redact(uri)}  experiment {study.experiment!r} (id {exp_id}), launch run {parent}", file=where)
         if uri.startswith("http"):
             print(f"  open {ui_url(uri, exp_id)}", file=where)
-        _run_tune(study, the_plan.pending, tracker, exp_id, parent, result, storage, verbose, view)
+        _run_tune(study, the_plan, tracker, exp_id, parent, result, storage, verbose, view)
     finally:
-        import ray
         ray.shutdown()
 
 
-def _run_tune(study: Study, pending: list, tracker: Tracker, exp_id: str, parent: str, result: LaunchResult,
+def _run_tune(study: Study, the_plan, tracker: Tracker, exp_id: str, parent: str, result: LaunchResult,
               storage: Optional[str], verbose: int, view=None):
-    """Tune runs the plan's pending trials (`planner.TrialPlan`s); the recorder reopens the runs they keep."""
+    """Tune runs the plan's pending trials; the recorder reopens the runs they keep (`Plan.reuse`)."""
     from ray import tune
 
     from .tune_trial import run_trial
@@ -196,6 +194,7 @@ def _run_tune(study: Study, pending: list, tracker: Tracker, exp_id: str, parent
     if "://" not in storage_path:
         storage_path = str(Path(storage_path).expanduser().resolve())
     res = study.resources
+    pending = the_plan.pending
     trials = []
     for p in pending:
         t = p.trial
@@ -204,17 +203,16 @@ def _run_tune(study: Study, pending: list, tracker: Tracker, exp_id: str, parent
                        "workers": res["workers"], "cpu": res["cpu"], "gpu": res["gpu"], "storage": storage_path})
     from .recorder import MlflowRecorder
 
-    recorder = MlflowRecorder(tracker, exp_id, parent, study,
-                              {(p.trial.cell, p.trial.seed): p.run_id for p in pending if p.run_id}, result)
+    recorder = MlflowRecorder(tracker, exp_id, parent, study, the_plan.reuse, result)
     progress = None
     if view is not None:
         from .console import Progress
-        progress = Progress(study.cells, trials, result.skipped, "map" if study.task == "detection" else "val_top1",
+        progress = Progress(study.cells, trials, result.skipped, study.metric,
                             stream=view[0], live=False if view[1] == "lines" else None)
     scheduler = None
     if study.scheduler["type"] == "asha":
         from ray.tune.schedulers import ASHAScheduler
-        scheduler = ASHAScheduler(time_attr="epoch", metric="map" if study.task == "detection" else "val_top1", mode="max",
+        scheduler = ASHAScheduler(time_attr="epoch", metric=study.metric, mode="max",
                                   max_t=max(p.trial.config["epochs"] for p in pending),
                                   grace_period=study.scheduler.get("grace_period", 1),
                                   reduction_factor=study.scheduler.get("reduction_factor", 3))

@@ -1,30 +1,21 @@
 """The checks of a study that build things: every distinct network on the meta device, and the datasets opened.
 They need torch, so they run after parsing (pipelines/spec.py imports none of this), when a launch has something
-to run, by `aa-study run --dry-run`, or through `load_checked_study`."""
+to run, or by `aa-study run --dry-run`."""
 from __future__ import annotations
 
 import json
-from typing import Optional
-
 from ..data import DATASETS, DataError
-from ..spec import Study, _canon, _fail, load_study
+from ..spec import Study, _canon, _fail
 from ..settings import ARCHITECTURES, BACKBONE_KEYS, arch_kwargs
 from .classifier import build_model
 from .fit import build_data
 
 
-def check_deep(study: Study, check_data: bool = True) -> None:
-    """Every distinct network built on the meta device; with check_data, every distinct dataset opened."""
+def check_deep(study: Study) -> None:
+    """Every distinct network built on the meta device, every distinct dataset opened; one line (SpecError) on the
+    first miss."""
     _check_networks(study)
-    if check_data:
-        _check_data(study)
-
-
-def load_checked_study(path, profile: Optional[str] = None, check_data: bool = True) -> Study:
-    """`spec.load_study` and then `check_deep`: the study and every check, one line (SpecError) on the first miss."""
-    study = load_study(path, profile)
-    check_deep(study, check_data)
-    return study
+    _check_data(study)
 
 
 def _data_shape(train_cfg) -> tuple:
