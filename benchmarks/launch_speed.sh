@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
 # Issue 18's launch numbers, measured in one run on the GPU host (after `source scripts/gpu-host-env.sh`):
-#   the quickstart gpu study with every trial at once (GPU share 1/9 each), its GPU busy fraction;
-#   a relaunch of it with nothing to run; one of its cells as a bare `aa-study train` fit; the same cell as a
-#   one-trial study through `aa-study run`. Prints a table with the ratios. Usage: bash benchmarks/launch_speed.sh
+#   the quickstart gpu study as shipped on one GPU (resources.gpu 0.16: six trials share it), its GPU busy fraction;
+#   a relaunch of it with nothing to run; `aa-study status`; one of its cells as a bare `aa-study train` fit (and
+#   the GPU busy fraction of that fit alone); the same cell as a one-trial study through `aa-study run`, with where
+#   the time went (AA_STUDY_TIMING stamps: the trial's process, its fit, each epoch; the launch's phases);
+#   where the host has two GPUs or more, the study again on all of them (per-GPU busy fractions, the ratio).
+# Prints markdown tables with the ratios. Usage: bash benchmarks/launch_speed.sh [skip-study]
 set -euo pipefail
 OUT=${OUT:-$(mktemp -d)}
 export AA_STUDY_HOME=$(mktemp -d)
+GPUS=$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)
 now() { date +%s.%N; }
 since() { python3 -c "print(round($(now) - $1, 2))"; }
+sample() { nvidia-smi --query-gpu=index,utilization.gpu --format=csv,noheader,nounits -l 1 > "$1" & echo $!; }
+busy() { python3 - "$1" "${2:-0}" <<'PY'
+import sys, collections
+v = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    i, u = line.split(",")
+    v[int(i)].append(float(u))
+print(" / ".join(f"{sum(x) / len(x):.1f}" for i, x in sorted(v.items()) if i < max(1, int(sys.argv[2])) or int(sys.argv[2]) == 0))
+PY
+}
 python3 - "$OUT" <<'PY'
 import sys, yaml
 out = sys.argv[1]
-s = yaml.safe_load(open("studies/quickstart.yaml"))
-s["profiles"]["gpu"]["resources"]["gpu"] = round(1 / 9, 4)  # the 9 trials at once
-yaml.safe_dump(s, open(f"{out}/all-at-once.yaml", "w"))
 one = yaml.safe_load(open("studies/quickstart.yaml"))
 one["name"] = "quickstart-one"
 one["grid"] = {**one["grid"], "kappa": [0.5], "pos_enc": ["relative"]}
@@ -24,23 +35,62 @@ from pipelines.spec import load_study
 (t,) = load_study(f"{out}/one-trial.yaml", "gpu").trials
 yaml.safe_dump({k: v for k, v in t.config.items()}, open(f"{out}/cell.yaml", "w"))
 PY
-nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -l 1 > "$OUT/util.txt" & sampler=$!
-s=$(now); python3 -m aa_study.cli run "$OUT/all-at-once.yaml" --profile gpu --quiet > "$OUT/study.log" 2>&1; study=$(since $s)
-kill $sampler
-busy=$(awk '{s+=$1; n++} END {printf "%.1f", s/n}' "$OUT/util.txt")
-s=$(now); python3 -m aa_study.cli run "$OUT/all-at-once.yaml" --profile gpu --quiet > "$OUT/noop.log" 2>&1; noop=$(since $s)
-s=$(now); python3 -m aa_study.cli status "$OUT/all-at-once.yaml" --profile gpu > /dev/null 2>&1; status=$(since $s)
-s=$(now); python3 -m aa_study.cli train --config "$OUT/cell.yaml" > "$OUT/train.json" 2> "$OUT/train.err"; train=$(since $s)
-s=$(now); python3 -m aa_study.cli run "$OUT/one-trial.yaml" --profile gpu --quiet > "$OUT/one.log" 2>&1; one=$(since $s)
-python3 - "$study" "$busy" "$noop" "$status" "$train" "$one" <<'PY'
+study=nan; sbusy=nan; noop=nan; status=nan
+if [ "${1:-}" != "skip-study" ]; then
+  s=$(now); p=$(sample "$OUT/util-study.txt")
+  CUDA_VISIBLE_DEVICES=0 python3 -m aa_study.cli run studies/quickstart.yaml --profile gpu --quiet > "$OUT/study.log" 2>&1
+  study=$(since $s); kill $p; sbusy=$(busy "$OUT/util-study.txt" 1)
+  s=$(now); CUDA_VISIBLE_DEVICES=0 python3 -m aa_study.cli run studies/quickstart.yaml --profile gpu --quiet > "$OUT/noop.log" 2>&1; noop=$(since $s)
+  s=$(now); python3 -m aa_study.cli status studies/quickstart.yaml --profile gpu > /dev/null 2>&1; status=$(since $s)
+fi
+export AA_STUDY_TIMING=1
+s=$(now); p=$(sample "$OUT/util-train.txt")
+CUDA_VISIBLE_DEVICES=0 python3 -m aa_study.cli train --config "$OUT/cell.yaml" > "$OUT/train.json" 2> "$OUT/train.err"
+train=$(since $s); kill $p; tbusy=$(busy "$OUT/util-train.txt" 1); train_start=$s
+s=$(now); CUDA_VISIBLE_DEVICES=0 python3 -m aa_study.cli run "$OUT/one-trial.yaml" --profile gpu --quiet > "$OUT/one.log" 2>&1
+one=$(since $s); one_start=$s
+unset AA_STUDY_TIMING
+cp "$AA_STUDY_HOME"/logs/quickstart-one-gpu-*.log "$OUT/one-trial-launch.log"
+python3 - "$study" "$sbusy" "$noop" "$status" "$train" "$tbusy" "$one" <<'PY'
 import sys
-study, busy, noop, status, train, one = map(float, sys.argv[1:])
+study, sbusy, noop, status, train, tbusy, one = sys.argv[1:]
+study, noop, status, train, one = map(float, (study, noop, status, train, one))
 print("| measurement | value | ratio |\n|---|---|---|")
-print(f"| quickstart gpu, 9 trials at once (1/9 GPU each), wall | {study:.1f} s | {9 * train / study:.2f}x the trials/hour of one-at-a-time bare fits |")
-print(f"| GPU busy during it (nvidia-smi, 1 s samples, mean) | {busy:.1f} % | |")
+print(f"| quickstart gpu as shipped (9 trials, 6 at a time on GPU 0), wall | {study:.1f} s | {9 * train / study:.2f}x the trials/hour of one-at-a-time bare fits |")
+print(f"| GPU busy during it (nvidia-smi, 1 s samples, mean %) | {sbusy} | |")
 print(f"| relaunch with nothing to run | {noop:.2f} s | |")
 print(f"| aa-study status | {status:.2f} s | |")
-print(f"| one cell (κ=υ=0.5, relative, seed 0) through aa-study train | {train:.1f} s | 1.00x |")
+print(f"| one cell (κ=υ=0.5, relative, seed 0, 24 epochs) through aa-study train | {train:.1f} s | 1.00x |")
+print(f"| GPU busy during that bare fit (mean %) | {tbusy} | |")
 print(f"| the same cell as a one-trial study through aa-study run | {one:.1f} s | {one / train:.2f}x (+{one - train:.1f} s) |")
 PY
-grep -h "val_top1\|val_loss" "$OUT/train.json" | tr -d ' ,'
+python3 - "$train_start" "$OUT/train.err" "$one_start" "$OUT/one-trial-launch.log" <<'PY'
+import re, sys
+def stamps(start, path):
+    out = {}
+    for line in open(path, errors="replace"):
+        m = re.search(r"\[aa-study timing\] ([\d.]+) (.*)", line)
+        if m:
+            out[m.group(2).strip()] = float(m.group(1)) - float(start)
+        if "launch phases" in line:
+            out["phases"] = line.split("launch phases", 1)[1].strip()
+    return out
+t, r = stamps(sys.argv[1], sys.argv[2]), stamps(sys.argv[3], sys.argv[4])
+print("\n| seconds after the command started | train | run (one trial) |\n|---|---|---|")
+for k in ("trial function entered", "fit entered", "data and network built", "first step", "epoch 1 trained",
+          "epoch 1 reported", "epoch 24 trained", "fit done"):
+    f = lambda d: f"{d[k]:.2f}" if k in d else ""
+    print(f"| {k} | {f(t)} | {f(r)} |")
+print(f"\nlaunch phases {r.get('phases', '')}")
+PY
+if [ "$GPUS" -ge 2 ] && [ "${1:-}" != "skip-study" ]; then
+  export AA_STUDY_HOME=$(mktemp -d)
+  s=$(now); p=$(sample "$OUT/util-two.txt")
+  python3 -m aa_study.cli run studies/quickstart.yaml --profile gpu --quiet > "$OUT/study-two.log" 2>&1
+  two=$(since $s); kill $p
+  echo
+  echo "| quickstart gpu on $GPUS GPUs | wall $two s | $(python3 -c "print(f'{$study / $two:.2f}')")x the one-GPU rate | GPU busy per GPU (mean %): $(busy "$OUT/util-two.txt") |"
+  grep -h "GPU share" "$OUT/study-two.log" || true
+fi
+grep -h "val_top1" "$OUT/train.json" | tr -d ' ,'
+grep -h "finished .*s0" "$OUT/one.log" || true

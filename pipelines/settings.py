@@ -191,6 +191,27 @@ class OptimConfig:
 AUGMENT_PRESETS = ("auto", "none", "light", "imagenet")  # ImageFolder augmentation (pipelines/data/images.py)
 
 
+CHECKPOINT_EVERY = "5m"  # a study's default: a trial loses at most 5 minutes to a crash, and a short one writes one
+
+
+def checkpoint_policy(value) -> Tuple[str, float]:
+    """A study's `checkpoint_every`: an integer of epochs (0: never), or a duration ("90s", "5m", "1h": at the first
+    epoch end after that much time since the last one). Always at the last epoch unless 0. Returns ("epochs", n) or
+    ("seconds", s); raises ValueError naming what is wrong."""
+    if _is_int(value):
+        if value < 0:
+            raise ValueError(f"must be an integer of epochs >= 0 (0: no checkpoints) or a duration such as 5m; "
+                             f"got {value!r}")
+        return "epochs", float(value)
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)\s*", value) if isinstance(value, str) else None
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"must be an integer of epochs >= 0 (0: no checkpoints) or a duration such as 90s, 5m, 1h; "
+                         f"got {value!r}")
+    return "seconds", float(m.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
+
+
 def augment_preset(augment: str, image_size: int) -> str:
     """The preset ``auto`` stands for: light (pad + crop) below 128 px, imagenet (RandomResizedCrop) from 128."""
     return augment if augment != "auto" else ("imagenet" if image_size >= 128 else "light")

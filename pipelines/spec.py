@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from .profiles import REPORT_LAYOUTS, choose_profile, experiment_name, merge
-from .settings import ARCHITECTURE_NAMES as ARCHITECTURES, POS_ENCODINGS, RECIPES
+from .settings import ARCHITECTURE_NAMES as ARCHITECTURES, CHECKPOINT_EVERY, POS_ENCODINGS, RECIPES, checkpoint_policy
 from .settings import DEFAULTS as TRAIN_DEFAULTS, GRID_AXES, TYPE_CHECKS, deterministic_mode, setting_problem, upsilon_of
 
 AXES = GRID_AXES
@@ -73,7 +73,7 @@ class Study:
     resources: Dict[str, float]
     max_failures: int
     scheduler: Dict[str, Any]
-    checkpoint_every: int
+    checkpoint_every: Any  # epochs (int) or a duration (str): settings.checkpoint_policy
     task: str = "classification"
     path: Optional[str] = None
     trials: List[Trial] = field(default_factory=list)
@@ -254,9 +254,11 @@ def _parse_study(raw: Dict[str, Any], profile: Optional[str] = None) -> Study:
     max_failures = spec.get("max_failures", 0)
     if not isinstance(max_failures, int) or isinstance(max_failures, bool) or max_failures < 0:
         _fail("max_failures", f"must be an integer >= 0; got {max_failures!r}")
-    checkpoint_every = spec.get("checkpoint_every", 1)
-    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 0:
-        _fail("checkpoint_every", f"must be an integer >= 0 (0: no checkpoints); got {checkpoint_every!r}")
+    checkpoint_every = spec.get("checkpoint_every", CHECKPOINT_EVERY)
+    try:
+        checkpoint_policy(checkpoint_every)
+    except ValueError as e:
+        _fail("checkpoint_every", str(e))
     scheduler = _parse_scheduler(spec.get("scheduler", "fifo"))
 
     study = Study(name=name, profile=chosen or "", experiment=experiment, report=report,

@@ -1,14 +1,19 @@
 """The study driver: a validated spec → the trials not yet FINISHED in MLflow → Ray Tune → MLflow.
 
 Order of a launch (`aa-study run` / `resume`), so that a mistake is named before anything is written:
-  1. the spec is validated (pipelines.spec; data opened, networks built on the meta device);
-  2. the tracking URI is checked (a server answers /health; a sqlite path is creatable);
-  3. Ray starts (local, dashboard off) or joins `--address`; GPU requests are checked against the cluster;
-  4. MLflow: the planner (pipelines/launch/planner.py) reads the store and decides each trial: done (FINISHED,
-     skipped), continue (from its run's last checkpoint), retry, fresh, or the whole launch refused (another live
-     driver); runs left RUNNING by a launch that died are closed as KILLED;
-  5. one parent run for the launch; Tune runs the rest, one trial per cell × seed, and the driver's
-     callback writes each trial's run (the only writer of the store).
+  1. the spec is parsed (pipelines.spec) and the tracking URI checked (a server answers /health; a sqlite path is
+     creatable); the planner (pipelines/launch/planner.py) reads the store without MLflow and decides each trial:
+     done (FINISHED, skipped), continue (from its run's last checkpoint), retry, fresh, or the whole launch refused
+     (another live driver). Nothing left to run: the launch ends here, in about a second;
+  2. this machine's GPUs (as Ray counts them) against the study's request, for a local Ray;
+  3. three things at once: Ray starts (local, dashboard off) or joins `--address`; the deep checks import torch and
+     Lightning, build every network on the meta device and open every dataset; MLflow and Tune are imported. A
+     failed check stops Ray and removes the launch's log: nothing stays written;
+  4. Tune starts the trials' processes while the store is opened (created if new), runs left RUNNING by a launch
+     that died are closed as KILLED and one parent run is started for the launch (recorder.StoreOpening); the
+     driver's callback writes each trial's run (the only writer of the store), Tune's first events waiting for
+     the store if they come before it is open;
+  5. Ray stops; the log's last line gives each phase's seconds.
 
 Resume does not call `Tuner.restore`: MLflow is the record of what finished, and each trial's last
 checkpoint path is a tag on its run, so any launch continues any unfinished trial from where it stopped,
@@ -24,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..spec import Study, load_study
+from ..spec import SpecError, Study, load_study
 from .outcome import LaunchError, LaunchResult, one_line  # noqa: F401  (LaunchError: the cli's)
-from .resources import _check_fits, check_local_resources, concurrent_trials
+from .resources import _check_fits, check_local_resources, concurrent_trials, gpu_share
 from ..tracking import (Tracker, check_tracking_uri, default_home, open_reader, redact, resolve_tracking_uri,
                        ui_url)
 
@@ -56,8 +61,8 @@ def init_ray(address: Optional[str], study: Study):
     address = address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    # the test-only fault switch travels to the trials (pipelines/launch/trial_fit.py)
-    env = {k: v for k, v in os.environ.items() if k.startswith("AA_STUDY_FAULT")}
+    # the test-only fault switch and the benchmarks' timing switch travel to the trials (launch/trial_fit.py)
+    env = {k: v for k, v in os.environ.items() if k.startswith(("AA_STUDY_FAULT", "AA_STUDY_TIMING"))}
     runtime_env = {"env_vars": env} if env else None
     gpu = study.resources["gpu"]  # the local machine was checked by check_local_resources (launch)
     try:
@@ -129,65 +134,113 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
         if the_plan.close or the_plan.close_launches:
             execute_closing(Tracker(uri), the_plan)
         return result
-    check_deep(study)  # networks and data, before Ray starts or anything is written
-    check_local_resources(address, study)
+    check_local_resources(address, study)  # this machine's GPUs as Ray counts them: before Ray starts
 
     if study.scheduler["type"] == "asha":
         print("warning: scheduler asha stops weak trials early; cells of an ablation are then compared at "
               "different budgets (use fifo for ablation tables)", file=sys.stderr)
-    log = None
+    log, made = None, []
     if console != "verbose":
         log = default_home() / "logs" / f"{study.experiment}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        made = [d for d in (log.parent, *log.parents) if not d.exists()]
         log.parent.mkdir(parents=True, exist_ok=True)
-        print(f"log: {log} (Ray, Tune and Lightning output; --verbose shows it here)", flush=True)
     from .console import quiet_output
-    with (quiet_output(str(log)) if log else contextlib.nullcontext(sys.stdout)) as out:
-        _launch_trials(study, uri, exp_id, the_plan, result, storage, address, command,
-                       verbose if console == "verbose" else 0, None if console == "verbose" else (out, console))
+    try:
+        with (quiet_output(str(log)) if log else contextlib.nullcontext(sys.stdout)) as out:
+            _launch_trials(study, uri, exp_id, the_plan, result, storage, address, command,
+                           verbose if console == "verbose" else 0, None if console == "verbose" else (out, console),
+                           log)
+    except SpecError:  # the deep checks failed (while Ray started): nothing stays written, the log included
+        if log:
+            log.unlink(missing_ok=True)
+            for d in made:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+        raise
     return result
 
 
-def _import_mlflow() -> None:
+def _import_late() -> None:
+    """What the launch imports after Ray's start (seconds on a small machine), in a thread while Ray starts."""
     import mlflow  # noqa: F401
     from mlflow.tracking import MlflowClient  # noqa: F401
+    from ray import tune  # noqa: F401
 
 
-def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, command, verbose, view):
-    import threading
+class _Thread:
+    def __init__(self, fn, *args):
+        import threading
 
+        self.error = None
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, *args):
+        try:
+            fn(*args)
+        except BaseException as e:  # noqa: BLE001 - re-raised by join() in the driver's thread
+            self.error = e
+
+    def join(self):
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, command, verbose, view, log=None):
+    """Ray's start, the deep checks (torch: networks on the meta device, datasets opened) and the late imports
+    overlap; the store is opened (created if new) only once the checks pass, and while Tune starts the trials."""
+    import ray  # imported here first: the threads below then share none of its imports half-done
+
+    phases = result.phases
+    t0 = time.time()
+    checks = _Thread(check_deep, study)
+    late = _Thread(_import_late)
+    try:
+        init_ray(address, study)
+        phases["ray start"] = time.time() - t0
+        checks.join()  # a SpecError: Ray stops, nothing was written
+        phases["checks"] = time.time() - t0
+        late.join()
+    except BaseException:
+        if ray.is_initialized():
+            ray.shutdown()
+        raise
+    where = view[0] if view else sys.stdout
+    if log:
+        print(f"log: {log} (Ray, Tune and Lightning output; --verbose shows it here)", file=where, flush=True)
+    try:
+        _run_tune(study, uri, exp_id, the_plan, command, result, storage, verbose, view)
+    finally:
+        t = time.time()
+        ray.shutdown()
+        phases["ray stop"] = time.time() - t
+        phases["launch"] = time.time() - t0
+        print("launch phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()), flush=True)
+
+
+def _open_store(uri: str, exp_id: Optional[str], study: Study, the_plan, command: str, phases: dict):
+    """(tracker, experiment id, parent run id): the store opened, the plan's closings done, the launch run
+    started (pipelines/launch/recorder.py, StoreOpening)."""
     from .planner import execute_closing
 
-    import ray  # imported here first: the thread below then shares none of its imports half-done
-
-    # MLflow's import (seconds) overlaps Ray's start, which mostly waits for its processes; the store itself is
-    # opened (and created) only once Ray is up and has accepted the study's resources
-    warm = threading.Thread(target=_import_mlflow, daemon=True)
-    warm.start()
-    init_ray(address, study)
-    warm.join()
-    try:
-        tracker = Tracker(uri)
-        exp_id = exp_id or tracker.experiment_id(study.experiment, create=True,
-                                                   tags={"study": study.name, "profile": study.profile})
-        result.experiment_id = exp_id
-        spec_text = Path(study.path).read_text() if study.path else None
-        execute_closing(tracker, the_plan)
-        parent = tracker.start_launch(exp_id, study, command, spec_text)
-        result.parent_run_id = parent
-        where = view[0] if view else sys.stdout
-        print(f"MLflow: {redact(uri)}  experiment {study.experiment!r} (id {exp_id}), launch run {parent}", file=where)
-        if uri.startswith("http"):
-            print(f"  open {ui_url(uri, exp_id)}", file=where)
-        _run_tune(study, the_plan, tracker, exp_id, parent, result, storage, verbose, view)
-    finally:
-        ray.shutdown()
+    t = time.time()
+    tracker = Tracker(uri)
+    exp_id = exp_id or tracker.experiment_id(study.experiment, create=True,
+                                               tags={"study": study.name, "profile": study.profile})
+    execute_closing(tracker, the_plan)
+    spec_text = Path(study.path).read_text() if study.path else None
+    parent = tracker.start_launch(exp_id, study, command, spec_text)
+    phases["store"] = time.time() - t
+    return tracker, exp_id, parent
 
 
-def _run_tune(study: Study, the_plan, tracker: Tracker, exp_id: str, parent: str, result: LaunchResult,
+def _run_tune(study: Study, uri: str, exp_id: Optional[str], the_plan, command: str, result: LaunchResult,
               storage: Optional[str], verbose: int, view=None):
     """Tune runs the plan's pending trials; the recorder reopens the runs they keep (`Plan.reuse`)."""
     from ray import tune
 
+    from .recorder import MlflowRecorder, StoreOpening
     from .tune_trial import run_trial
 
     storage_path = storage or str(default_home() / "ray")
@@ -201,14 +254,21 @@ def _run_tune(study: Study, the_plan, tracker: Tracker, exp_id: str, parent: str
         trials.append({"cell": t.cell, "seed": t.seed, "name": t.name, "config": t.config,
                        "checkpoint_every": study.checkpoint_every, "resume_from": p.resume_from,
                        "workers": res["workers"], "cpu": res["cpu"], "gpu": res["gpu"], "storage": storage_path})
-    from .recorder import MlflowRecorder
-
-    recorder = MlflowRecorder(tracker, exp_id, parent, study, the_plan.reuse, result)
     progress = None
+    where = view[0] if view else sys.stdout
     if view is not None:
         from .console import Progress
         progress = Progress(study.cells, trials, result.skipped, study.metric,
                             stream=view[0], live=False if view[1] == "lines" else None)
+
+    def opened(exp, parent):
+        line = f"MLflow: {redact(uri)}  experiment {study.experiment!r} (id {exp}), launch run {parent}"
+        if uri.startswith("http"):
+            line += f"\n  open {ui_url(uri, exp)}"
+        progress._line(line) if progress else print(line, file=where, flush=True)
+
+    opening = StoreOpening(lambda: _open_store(uri, exp_id, study, the_plan, command, result.phases))
+    recorder = MlflowRecorder(opening, study, the_plan.reuse, result, on_open=opened)
     scheduler = None
     if study.scheduler["type"] == "asha":
         from ray.tune.schedulers import ASHAScheduler
@@ -220,7 +280,11 @@ def _run_tune(study: Study, the_plan, tracker: Tracker, exp_id: str, parent: str
         from .resources import TRIAL_CPU
         trainable = tune.with_resources(run_trial, {"cpu": TRIAL_CPU})
     else:
-        trainable = tune.with_resources(run_trial, {"cpu": res["cpu"], "gpu": res["gpu"]})
+        share = gpu_share(study, len(pending))
+        if share != res["gpu"]:
+            print(f"GPU share per trial {res['gpu']:g} -> {share:g}: {len(pending)} trials spread evenly over the "
+                  f"GPUs (resources.gpu caps the trials per GPU)", file=where, flush=True)
+        trainable = tune.with_resources(run_trial, {"cpu": res["cpu"], "gpu": share})
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(trials)},
@@ -235,6 +299,7 @@ def _run_tune(study: Study, the_plan, tracker: Tracker, exp_id: str, parent: str
             callbacks=[recorder] + ([progress] if progress else []), verbose=verbose),
     )
     status = "FINISHED"
+    t = time.time()
     try:
         with progress or contextlib.nullcontext():
             tuner.fit()
@@ -242,14 +307,8 @@ def _run_tune(study: Study, the_plan, tracker: Tracker, exp_id: str, parent: str
         status = "KILLED"
         raise
     finally:
-        if recorder.open:  # interrupted (Ctrl-C, SIGINT): the launch did not finish its trials
-            status = "KILLED"
-        recorder.close_open("KILLED")
-        if result.failed:
-            status = "FAILED" if status == "FINISHED" else status
-        tracker.set_tags(parent, {"finished": result.finished, "failed": result.failed,
-                                  "killed": result.killed, "skipped": result.skipped})
-        tracker.end(parent, status)
+        result.phases["trials"] = time.time() - t
+        recorder.finish(status)
 
 
 # ------------------------------------------------------------------------------------------- status

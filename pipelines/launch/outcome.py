@@ -19,6 +19,7 @@ class LaunchResult:
     failed: int = 0
     killed: int = 0
     errors: Dict[str, str] = field(default_factory=dict)
+    phases: Dict[str, float] = field(default_factory=dict)  # seconds, for the launch's log
 
 
 def one_line(text: str, limit: int = 500) -> str:

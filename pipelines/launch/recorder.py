@@ -35,16 +35,84 @@ def _error_text(trial) -> str:
     return "unknown error"
 
 
-class MlflowRecorder(tune.Callback):
-    """A Ray Tune callback that writes each trial's MLflow run from the driver."""
+class StoreOpening:
+    """The store opened (created if new), the launch's closings done and its parent run started, in a thread, while
+    Tune starts the trials' processes: `fn` returns (tracker, experiment id, parent run id)."""
 
-    def __init__(self, tracker: Tracker, experiment_id: str, parent_id: str, study: Study,
-                 reuse: Dict[tuple, str], result: LaunchResult):
-        self.tracker, self.exp, self.parent, self.study = tracker, experiment_id, parent_id, study
-        self.reuse, self.result = reuse, result
+    def __init__(self, fn):
+        import threading
+
+        self.value, self.error = None, None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True, name="aa-study-store")
+        self._thread.start()
+
+    def _run(self, fn):
+        try:
+            self.value = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised by get() in the driver's thread
+            self.error = e
+
+    def ready(self) -> bool:
+        return not self._thread.is_alive()
+
+    def get(self):
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class MlflowRecorder(tune.Callback):
+    """A Ray Tune callback that writes each trial's MLflow run from the driver. Tune's events that come before the
+    store is open (`StoreOpening`: a trial's start, while its process imports) wait in order and are written as
+    soon as it is; `finish` waits for it."""
+
+    def __init__(self, opening: "StoreOpening", study: Study, reuse: Dict[tuple, str], result: LaunchResult,
+                 on_open=None):
+        self.opening, self.on_open = opening, on_open
+        self.tracker, self.exp, self.parent = None, None, None
+        self.study, self.reuse, self.result = study, reuse, result
         self.run_of: Dict[str, str] = {}  # Tune trial id -> MLflow run id
         self.nodes: Dict[str, List[str]] = {}
         self.open: set = set()
+        self._waiting: List[tuple] = []  # (handler, args) of events before the store was open
+
+    def __getstate__(self):  # Tune pickles its callbacks into the experiment's state: not the thread
+        return {**self.__dict__, "opening": None, "on_open": None}
+
+    def _ready(self, block: bool) -> bool:
+        if self.tracker is not None:
+            return True
+        if self.opening is None or not (block or self.opening.ready()):
+            return False
+        self.tracker, self.exp, self.parent = self.opening.get()
+        self.result.experiment_id, self.result.parent_run_id = self.exp, self.parent
+        if self.on_open:
+            self.on_open(self.exp, self.parent)
+        waiting, self._waiting = self._waiting, []
+        for handler, args in waiting:
+            handler(*args)
+        return True
+
+    def _event(self, handler, *args):
+        if self._ready(block=False):
+            handler(*args)
+        else:
+            self._waiting.append((handler, args))
+
+    def finish(self, status: str) -> None:
+        """The launch's end: the store open (waited for), runs still open closed as KILLED, the parent run's
+        counts and status."""
+        self._ready(block=True)
+        if self.open:  # interrupted (Ctrl-C, SIGINT): the launch did not finish its trials
+            status = "KILLED"
+        self.close_open("KILLED")
+        if self.result.failed:
+            status = "FAILED" if status == "FINISHED" else status
+        r = self.result
+        self.tracker.set_tags(self.parent, {"finished": r.finished, "failed": r.failed, "killed": r.killed,
+                                            "skipped": r.skipped})
+        self.tracker.end(self.parent, status)
 
     def _run(self, trial) -> str:
         if trial.trial_id in self.run_of:
@@ -63,15 +131,23 @@ class MlflowRecorder(tune.Callback):
         return rid
 
     def on_step_begin(self, iteration, trials, **info):
+        if not self._ready(block=False):
+            return
         now = time.time()
         if now - getattr(self, "_beat", 0) >= HEARTBEAT_S:
             self._beat = now
             self.tracker.set_tags(self.parent, {"heartbeat": str(int(now))})
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self._event(self._on_trial_start, trial)
+
+    def _on_trial_start(self, trial):
         self._run(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._event(self._on_trial_result, trial, result)
+
+    def _on_trial_result(self, trial, result):
         rid = self._run(trial)
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         metrics = {k: v for k, v in result.items() if k in _METRICS and isinstance(v, (int, float))}
@@ -86,6 +162,9 @@ class MlflowRecorder(tune.Callback):
             self.tracker.set_tags(rid, {"checkpoint": result["checkpoint_path"]})
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        self._event(self._on_checkpoint, trial, checkpoint)
+
+    def _on_checkpoint(self, trial, checkpoint):
         rid = self._run(trial)
         fs = getattr(checkpoint, "filesystem", None)
         path = checkpoint.path
@@ -94,11 +173,17 @@ class MlflowRecorder(tune.Callback):
         self.tracker.set_tags(rid, {"checkpoint": path})
 
     def on_trial_recover(self, iteration, trials, trial, **info):
+        self._event(self._on_trial_recover, trial)
+
+    def _on_trial_recover(self, trial):
         rid = self._run(trial)
         retries = getattr(trial, "num_failures", 0)
         self.tracker.set_tags(rid, {"retries": retries, "last_error": one_line(_error_text(trial))})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._event(self._on_trial_complete, trial)
+
+    def _on_trial_complete(self, trial):
         rid = self._run(trial)
         epochs = trial.last_result.get("epoch") if trial.last_result else None
         want = trial.config["trial"]["config"]["epochs"]
@@ -109,6 +194,9 @@ class MlflowRecorder(tune.Callback):
         self.result.finished += 1
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._event(self._on_trial_error, trial)
+
+    def _on_trial_error(self, trial):
         rid = self._run(trial)
         err = one_line(_error_text(trial))
         self.tracker.set_tags(rid, {"error": err})

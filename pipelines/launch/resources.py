@@ -2,6 +2,7 @@
 more than the machine or cluster has: one line each, before Ray starts or anything is written."""
 from __future__ import annotations
 
+import math
 import os
 from typing import Dict, Optional
 
@@ -16,14 +17,29 @@ def check_local_resources(address: Optional[str], study: Study) -> None:
     starts or anything (the launch's log included) is written."""
     if address or os.environ.get("RAY_ADDRESS"):
         return
-    import torch
-
+    gpus = local_gpus()
     gpu = study.resources["gpu"]
-    if gpu > 0 and torch.cuda.device_count() == 0:
+    if gpu > 0 and gpus == 0:
         raise LaunchError(f"resources.gpu: {gpu:g} GPU per trial requested but this machine has no GPU and no "
                           "Ray cluster was given (--address): use the cpu profile or resources: {gpu: 0}")
-    _check_fits(study, {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}, "this machine",
+    _check_fits(study, {"CPU": os.cpu_count() or 1, "GPU": gpus}, "this machine",
                 " (give --address of a larger Ray cluster)")
+
+
+def local_gpus() -> int:
+    """The GPUs a local Ray would see here: Ray's own count (NVML, CUDA_VISIBLE_DEVICES), which needs no torch import
+    (seconds); torch's where Ray's private helper is not there."""
+    try:
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+
+        manager = get_accelerator_manager_for_resource("GPU")
+        n = manager.get_current_node_num_accelerators()
+        visible = manager.get_current_process_visible_accelerator_ids()
+        return n if visible is None else min(n, len(visible))
+    except Exception:  # noqa: BLE001 - a Ray without that helper
+        import torch
+
+        return torch.cuda.device_count()
 
 
 def trial_needs(study: Study) -> Dict[str, float]:
@@ -62,3 +78,23 @@ def trials_that_fit(study: Study, have: Dict[str, float]) -> int:
     need = trial_needs(study)
     fits = [int(have.get(k, 0) // need[k]) for k in ("CPU", "GPU") if need[k] > 0]
     return max(0, min(fits)) if fits else 0
+
+
+def gpu_share(study: Study, pending: int, have: Optional[Dict[str, float]] = None) -> float:
+    """The GPU share each one-worker trial asks Ray for. `resources.gpu` below 1 says how many trials may share a
+    GPU at most (0.16: six); Ray fills one GPU before the next, so with GPUs to spare the share grows to spread
+    the trials evenly: 9 trials at 0.16 on 2 GPUs ask 0.2 each (5 + 4, not 6 + 3). Where the GPUs are the limit,
+    or a trial takes whole GPUs, the study's share stands. Trials see one GPU either way: results do not change."""
+    r = study.resources
+    if r["workers"] > 1 or not 0 < r["gpu"] < 1 or pending < 1:
+        return r["gpu"]
+    if have is None:
+        import ray
+        have = ray.cluster_resources()
+    gpus = int(have.get("GPU", 0))
+    most = int(1 / r["gpu"] + 1e-9)  # trials per GPU the study allows
+    running = min(pending, int(have.get("CPU", 0) // r["cpu"])) if r["cpu"] > 0 else pending  # CPUs may limit
+    per_gpu = min(most, -(-max(running, 1) // gpus)) if gpus else most
+    if per_gpu >= most:  # no GPU to spare
+        return r["gpu"]
+    return max(r["gpu"], math.floor(10000 / per_gpu) / 10000)  # Ray counts GPU shares in 1e-4

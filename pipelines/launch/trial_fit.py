@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from typing import Any, Dict
 
 import pytorch_lightning as pl
 import torch
+
+from ..settings import CHECKPOINT_EVERY, checkpoint_policy
+from ..training.fit import _timing
 
 
 class InjectedFault(RuntimeError):
@@ -44,13 +48,16 @@ def fault_for(cell: str, seed: int, rank: int = 0):
 
 
 class EpochReport(pl.callbacks.Checkpoint):
-    """Reports the epoch's metrics (after the module has logged them) and every `every` epochs a
-    Lightning checkpoint, through `report(metrics, checkpoint_dir, rank)` (Tune's by default; a worker of a
+    """Reports the epoch's metrics (after the module has logged them) and, as the study's `checkpoint_every` says
+    (every n epochs, or at the first epoch end after a duration; always the last epoch), a Lightning checkpoint,
+    through `report(metrics, checkpoint_dir, rank)` (Tune's by default; a worker of a
     group reports to Ray Train). A `Checkpoint` subclass so that Lightning calls it after the module's own
     on_train_epoch_end hook, when train_loss and images/s exist."""
 
-    def __init__(self, every: int, extra: Dict[str, Any], fault=None, fault_after: int = 0, report=None):
-        self.every, self.extra, self.fault_after = every, extra, fault_after
+    def __init__(self, every, extra: Dict[str, Any], fault=None, fault_after: int = 0, report=None):
+        self.policy = checkpoint_policy(every)  # ("epochs", n) or ("seconds", s): settings.checkpoint_policy
+        self.since = time.monotonic()
+        self.extra, self.fault_after = extra, fault_after
         self.fault, self.marker = fault if isinstance(fault, tuple) else (fault, None)
         self.report = report or _tune_report
 
@@ -68,16 +75,27 @@ class EpochReport(pl.callbacks.Checkpoint):
                        gflops_conv=pl_module.profile.gflops_conv, **self.extra)
         if "num_classes" in getattr(pl_module, "hparams", {}):  # classification: reports draw chance level
             metrics["num_classes"] = float(pl_module.hparams["num_classes"])
-        last = epoch >= trainer.max_epochs
-        if self.every and (epoch % self.every == 0 or last):
+        if self._due(trainer, epoch):
+            self.since = time.monotonic()
             with tempfile.TemporaryDirectory() as d:
                 # every rank takes part (Lightning synchronises); rank 0 writes; optimizer too: resumable
                 trainer.save_checkpoint(os.path.join(d, "last.ckpt"), weights_only=False)
                 self.report(metrics, d, trainer.global_rank)
         else:
             self.report(metrics, None, trainer.global_rank)
+        _timing(f"epoch {epoch} reported")
         if self.fault in ("raise", "exit") and epoch >= self.fault_after:
             self._fire(epoch)
+
+    def _due(self, trainer, epoch: int) -> bool:
+        kind, every = self.policy
+        if not every:
+            return False
+        if epoch >= trainer.max_epochs:
+            return True
+        due = epoch % int(every) == 0 if kind == "epochs" else time.monotonic() - self.since >= every
+        # every rank of a group must take the same decision (saving is collective): rank 0's clock decides
+        return bool(trainer.strategy.broadcast(due, src=0)) if trainer.world_size > 1 else due
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.fault == "nan" and trainer.current_epoch >= self.fault_after:
@@ -101,7 +119,8 @@ def train_trial(t: Dict[str, Any], ckpt, checkpoint_cls, rank: int = 0, report=N
     from ..training.fit import fit
 
     torch.set_num_threads(max(1, int(t["cpu"])))
-    callback = EpochReport(t.get("checkpoint_every", 1), {"node_id": ray.get_runtime_context().get_node_id()},
+    callback = EpochReport(t.get("checkpoint_every", CHECKPOINT_EVERY),
+                           {"node_id": ray.get_runtime_context().get_node_id()},
                            fault_for(t["cell"], t["seed"], rank),
                            int(os.environ.get("AA_STUDY_FAULT_AFTER_EPOCH", "0")), report=report)
     if ckpt is None and t.get("resume_from"):

@@ -6,6 +6,11 @@ from typing import Any, Dict
 
 
 def run_trial(config: Dict[str, Any]) -> None:
+    import os
+    import time
+
+    if os.environ.get("AA_STUDY_TIMING"):
+        print(f"[aa-study timing] {time.time():.3f} trial function entered", flush=True)
     from ray import tune
 
     t = config["trial"]

@@ -90,7 +90,9 @@ def fit(config: Dict[str, Any], callbacks: Optional[List[pl.Callback]] = None, l
     Trainer's device and strategy options when this process is one worker of a Ray Train group
     (pipelines/launch/workers.py: DDP over the group, each rank training on its part of every global batch of
     ``batch_size``); default one device."""
+    _timing("fit entered")
     dm, module, cfg = built or build(config)
+    _timing("data and network built")
     accel = _accelerator(cfg)
     placement = placement or {"devices": 1}
     if cfg["deterministic"]:
@@ -100,7 +102,7 @@ def fit(config: Dict[str, Any], callbacks: Optional[List[pl.Callback]] = None, l
     trainer = pl.Trainer(
         accelerator=accel, max_epochs=cfg["epochs"], **placement,
         precision="bf16-mixed" if accel == "gpu" else "32-true",
-        callbacks=callbacks or [], logger=logger,
+        callbacks=(callbacks or []) + ([_EpochTiming()] if os.environ.get("AA_STUDY_TIMING") else []), logger=logger,
         enable_checkpointing=any(isinstance(c, pl.callbacks.Checkpoint) for c in callbacks or []),
         enable_progress_bar=enable_progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
         limit_train_batches=cfg["limit_train_batches"], deterministic=cfg["deterministic"],
@@ -116,6 +118,28 @@ def fit(config: Dict[str, Any], callbacks: Optional[List[pl.Callback]] = None, l
     finally:
         if cfg["deterministic"]:
             torch.use_deterministic_algorithms(False)  # a process-wide switch: leave none behind for the next trial
+    _timing("fit done")
     out = {k: float(v) for k, v in trainer.callback_metrics.items()}
     out.update(params=module.profile.params, gflops=module.profile.gflops, gflops_conv=module.profile.gflops_conv)
     return out
+
+
+def _timing(what: str) -> None:
+    """With AA_STUDY_TIMING set: one stamped line on stderr (benchmarks/launch_speed.sh reads them from the
+    command's output and from a launch's log, where Ray forwards the trial's)."""
+    if os.environ.get("AA_STUDY_TIMING"):
+        import sys
+        import time
+
+        print(f"[aa-study timing] {time.time():.3f} {what}", file=sys.stderr, flush=True)
+
+
+class _EpochTiming(pl.Callback):
+    def on_train_start(self, trainer, pl_module):
+        _timing("first step")
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        _timing(f"epoch {trainer.current_epoch + 1} trained")
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        _timing(f"epoch {trainer.current_epoch + 1} validated")

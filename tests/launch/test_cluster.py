@@ -34,6 +34,7 @@ def test_two_node_cluster_survives_losing_the_worker(workdir):
     path = small_study(workdir, kappa=[0.25], pos_enc=["none", "relative"], epochs=4, train_samples=768, extra="""
         resources: {cpu: 1, gpu: 0}
         max_failures: 2
+        checkpoint_every: 1
     """)
     ray_tmp = tempfile.mkdtemp(prefix="aac", dir="/tmp")
     # Ray 2.60 token auth: a head started with RAY_AUTH_MODE=token needs a token to exist already (it no longer

@@ -11,6 +11,7 @@ from pipelines.spec import SpecError, load_study
 WORKERS = """
 resources: {cpu: 0.5, gpu: 0, workers: 2}
 max_failures: 1
+checkpoint_every: 1
 """
 
 

@@ -89,6 +89,9 @@ BAD_SPECS = [
     ("unknown train key", _with(train__learning_rate=0.1), "train.learning_rate: unknown setting"),
     ("unknown optim key", _with(train__optim={"lr": 0.1}), "train.optim: unknown optimiser settings"),
     ("unknown recipe", _with(train__recipe="fast"), "train.recipe: must be one of"),
+    ("checkpoint_every not a duration", _with(checkpoint_every="often"),
+     "checkpoint_every: must be an integer of epochs >= 0 (0: no checkpoints) or a duration such as 90s, 5m, 1h"),
+    ("checkpoint_every negative", _with(checkpoint_every=-1), "checkpoint_every: must be an integer of epochs >= 0"),
     ("zero_init_residual not a bool", _with(train__zero_init_residual="yes"), "train.zero_init_residual: must be a bool"),
     ("zero_init_residual on the WRN", _with(grid__arch=["aa_wide_resnet28_10"], train__zero_init_residual=True),
      "train.zero_init_residual: is for the AA-ResNets"),
@@ -257,3 +260,15 @@ def test_settings_name_what_aa_modules_builds_and_reading_a_study_imports_no_tor
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[1:] == ["False", "False", "False"], out.stdout
+
+
+def test_checkpoint_every_takes_epochs_or_a_duration():
+    from pipelines.settings import CHECKPOINT_EVERY, checkpoint_policy
+
+    assert checkpoint_policy(0) == ("epochs", 0) and checkpoint_policy(3) == ("epochs", 3)
+    assert checkpoint_policy("90s") == ("seconds", 90) and checkpoint_policy("5m") == ("seconds", 300)
+    assert checkpoint_policy("1.5h") == ("seconds", 5400) and checkpoint_policy(" 2 min ") == ("seconds", 120)
+    assert checkpoint_policy(CHECKPOINT_EVERY) == ("seconds", 300)
+    for bad in ("0s", "5", "m", "5 minutes", True, 1.5, None):
+        with pytest.raises(ValueError):
+            checkpoint_policy(bad)

@@ -1,0 +1,43 @@
+"""How much of a GPU a trial asks Ray for: the study's cap on trials per GPU, spread evenly where GPUs are spare."""
+import pytest
+
+from conftest import small_study
+from pipelines.launch.resources import gpu_share, local_gpus
+from pipelines.spec import load_study
+
+
+def _study(workdir, gpu, workers=1, cpu=1):
+    return load_study(small_study(workdir, kappa=[0.5], pos_enc=["none"], epochs=1,
+                                  extra=f"resources: {{cpu: {cpu}, gpu: {gpu}, workers: {workers}}}"), "cpu")
+
+
+@pytest.mark.parametrize("gpu,pending,have,share", [
+    (0.16, 9, {"GPU": 2, "CPU": 32}, 0.2),      # 5 + 4, not Ray's 6 + 3
+    (0.16, 9, {"GPU": 1, "CPU": 16}, 0.16),     # one GPU: the study's cap (6 at once)
+    (0.16, 6, {"GPU": 2, "CPU": 32}, 0.3333),   # 3 + 3 (Ray counts shares in 1e-4: 3 x 0.3333 fit)
+    (0.25, 3, {"GPU": 4, "CPU": 32}, 1.0),      # a GPU each
+    (0.16, 20, {"GPU": 2, "CPU": 32}, 0.16),    # the GPUs are the limit
+    (0.16, 9, {"GPU": 2, "CPU": 4}, 0.5),       # the CPUs run 4 at once: 2 + 2
+    (0.5, 3, {"GPU": 2, "CPU": 8}, 0.5),        # 2 + 1 is as even as 3 gets
+    (1, 9, {"GPU": 2, "CPU": 32}, 1),           # whole GPUs stand
+])
+def test_gpu_share_spreads_trials_evenly_within_the_studys_cap(workdir, gpu, pending, have, share):
+    study = _study(workdir, gpu)
+    got = gpu_share(study, pending, have)
+    assert got == pytest.approx(share)
+    assert got >= gpu  # never less than the study asked for
+    per_gpu = int(1 / got + 1e-9)
+    assert per_gpu * got <= 1  # as many trials as the share says fit on one GPU
+    running = min(pending, have["CPU"], int(1 / gpu + 1e-9) * have["GPU"])
+    assert per_gpu * have["GPU"] >= running  # all that can run at once, run at once
+
+
+def test_trials_of_several_workers_keep_their_share(workdir):
+    assert gpu_share(_study(workdir, 1, workers=2, cpu=0.5), 3, {"GPU": 8, "CPU": 32}) == 1
+
+
+def test_local_gpus_counts_what_ray_would(monkeypatch):
+    n = local_gpus()
+    assert isinstance(n, int) and n >= 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert local_gpus() == 0  # hidden GPUs are not counted, as Ray does not count them
