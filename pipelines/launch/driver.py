@@ -69,7 +69,15 @@ def init_ray(address: Optional[str], study: Study):
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env)
         else:
-            ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env)
+            import logging
+
+            # Ray's notice that token authentication is on, at every start of a local Ray: it would be the one line
+            # on stderr beside a deep check's error
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+            # no idle workers prestarted for the first driver (one per CPU, each importing Ray, while the deep checks
+            # import torch): Tune's trials start processes of their own
+            ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env,
+                     _system_config={"prestart_worker_first_driver": False})
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise LaunchError(f"address: cannot join the Ray cluster at {address!r} ({one_line(e)})") from None
     res = ray.cluster_resources()
@@ -139,23 +147,28 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
     if study.scheduler["type"] == "asha":
         print("warning: scheduler asha stops weak trials early; cells of an ablation are then compared at "
               "different budgets (use fifo for ablation tables)", file=sys.stderr)
-    log, made = None, []
+    home = default_home()
+    fresh = [d for d in (home / "logs", home / "ray", home) if not d.exists()]  # removed again if a check fails
+    written: List[Path] = []  # what this launch wrote before its checks passed: its log, Tune's folder
+    log = None
     if console != "verbose":
-        log = default_home() / "logs" / f"{study.experiment}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        made = [d for d in (log.parent, *log.parents) if not d.exists()]
+        log = home / "logs" / f"{study.experiment}-{time.strftime('%Y%m%d-%H%M%S')}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
+        written.append(log)
     from .console import quiet_output
     try:
         with (quiet_output(str(log)) if log else contextlib.nullcontext(sys.stdout)) as out:
             _launch_trials(study, uri, exp_id, the_plan, result, storage, address, command,
                            verbose if console == "verbose" else 0, None if console == "verbose" else (out, console),
-                           log)
-    except SpecError:  # the deep checks failed (while Ray started): nothing stays written, the log included
-        if log:
-            log.unlink(missing_ok=True)
-            for d in made:
-                with contextlib.suppress(OSError):
-                    d.rmdir()
+                           log, written)
+    except SpecError:  # a deep check failed (Ray had started, Tune perhaps too): nothing stays written
+        import shutil
+
+        for path in written + fresh:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         raise
     return result
 
@@ -168,10 +181,10 @@ def _import_late() -> None:
 
 
 class _Thread:
-    def __init__(self, fn, *args):
+    def __init__(self, fn, *args, on_done=None):
         import threading
 
-        self.error = None
+        self.error, self.on_done = None, on_done
         self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
         self._thread.start()
 
@@ -180,6 +193,15 @@ class _Thread:
             fn(*args)
         except BaseException as e:  # noqa: BLE001 - re-raised by join() in the driver's thread
             self.error = e
+        finally:
+            if self.on_done:
+                self.on_done()
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def failed(self) -> bool:
+        return self.done() and self.error is not None
 
     def join(self):
         self._thread.join()
@@ -187,20 +209,23 @@ class _Thread:
             raise self.error
 
 
-def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, command, verbose, view, log=None):
+def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, command, verbose, view, log=None,
+                   written=None):
     """Ray's start, the deep checks (torch: networks on the meta device, datasets opened) and the late imports
-    overlap; the store is opened (created if new) only once the checks pass, and while Tune starts the trials."""
+    overlap. Tune starts the trials once Ray is up, the checks perhaps still running (the trials' processes then
+    import torch while the driver does): the store is opened only once they pass, and a failed one stops Tune
+    (`_ChecksStop`) and raises its SpecError, after which `launch` removes what was written."""
     import ray  # imported here first: the threads below then share none of its imports half-done
 
     phases = result.phases
     t0 = time.time()
-    checks = _Thread(check_deep, study)
+    checks = _Thread(check_deep, study, on_done=lambda: phases.setdefault("checks", time.time() - t0))
     late = _Thread(_import_late)
     try:
         init_ray(address, study)
         phases["ray start"] = time.time() - t0
-        checks.join()  # a SpecError: Ray stops, nothing was written
-        phases["checks"] = time.time() - t0
+        if checks.done():
+            checks.join()  # failed already: a SpecError before Tune starts
         late.join()
     except BaseException:
         if ray.is_initialized():
@@ -210,7 +235,8 @@ def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, comma
     if log:
         print(f"log: {log} (Ray, Tune and Lightning output; --verbose shows it here)", file=where, flush=True)
     try:
-        _run_tune(study, uri, exp_id, the_plan, command, result, storage, verbose, view)
+        _run_tune(study, uri, exp_id, the_plan, command, result, storage, verbose, view, checks,
+                  written if written is not None else [])
     finally:
         t = time.time()
         ray.shutdown()
@@ -236,8 +262,10 @@ def _open_store(uri: str, exp_id: Optional[str], study: Study, the_plan, command
 
 
 def _run_tune(study: Study, uri: str, exp_id: Optional[str], the_plan, command: str, result: LaunchResult,
-              storage: Optional[str], verbose: int, view=None):
-    """Tune runs the plan's pending trials; the recorder reopens the runs they keep (`Plan.reuse`)."""
+              storage: Optional[str], verbose: int, view=None, checks: Optional[_Thread] = None,
+              written: Optional[List[Path]] = None):
+    """Tune runs the plan's pending trials; the recorder reopens the runs they keep (`Plan.reuse`). `checks`: the
+    deep checks, perhaps still running: the store opens after them, and Tune stops if one fails."""
     from ray import tune
 
     from .recorder import MlflowRecorder, StoreOpening
@@ -267,7 +295,12 @@ def _run_tune(study: Study, uri: str, exp_id: Optional[str], the_plan, command: 
             line += f"\n  open {ui_url(uri, exp)}"
         progress._line(line) if progress else print(line, file=where, flush=True)
 
-    opening = StoreOpening(lambda: _open_store(uri, exp_id, study, the_plan, command, result.phases))
+    def open_store():
+        if checks is not None:
+            checks.join()  # its SpecError: raised by the recorder, in the driver's thread; nothing was written
+        return _open_store(uri, exp_id, study, the_plan, command, result.phases)
+
+    opening = StoreOpening(open_store)
     recorder = MlflowRecorder(opening, study, the_plan.reuse, result, on_open=opened)
     scheduler = None
     if study.scheduler["type"] == "asha":
@@ -285,6 +318,9 @@ def _run_tune(study: Study, uri: str, exp_id: Optional[str], the_plan, command: 
             print(f"GPU share per trial {res['gpu']:g} -> {share:g}: {len(pending)} trials spread evenly over the "
                   f"GPUs (resources.gpu caps the trials per GPU)", file=where, flush=True)
         trainable = tune.with_resources(run_trial, {"cpu": res["cpu"], "gpu": share})
+    name = f"{study.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if written is not None and "://" not in storage_path:
+        written.append(Path(storage_path) / name)  # removed if a deep check fails
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(trials)},
@@ -293,7 +329,7 @@ def _run_tune(study: Study, uri: str, exp_id: Optional[str], the_plan, command: 
                                     trial_name_creator=lambda tr: tr.config["trial"]["name"],
                                     trial_dirname_creator=lambda tr: f"{tr.config['trial']['name']}-{tr.trial_id}"),
         run_config=tune.RunConfig(
-            name=f"{study.experiment}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
+            name=name, storage_path=storage_path, stop=_checks_stop(checks),
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[recorder] + ([progress] if progress else []), verbose=verbose),
@@ -308,7 +344,27 @@ def _run_tune(study: Study, uri: str, exp_id: Optional[str], the_plan, command: 
         raise
     finally:
         result.phases["trials"] = time.time() - t
-        recorder.finish(status)
+        recorder.finish(status)  # a failed deep check: its SpecError, and nothing written to the store
+
+
+def _checks_stop(checks: Optional[_Thread]):
+    """A Tune stopper that ends the launch at once if the deep checks, still running when Tune started, fail."""
+    from ray import tune
+
+    class ChecksStop(tune.Stopper):
+        def __getstate__(self):  # Tune keeps its stopper in the experiment's state: not the thread
+            return {}
+
+        def __call__(self, trial_id, result) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            c = getattr(self, "checks", None)
+            return c is not None and c.failed()
+
+    stop = ChecksStop()
+    stop.checks = checks
+    return stop
 
 
 # ------------------------------------------------------------------------------------------- status

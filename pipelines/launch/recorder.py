@@ -85,6 +85,8 @@ class MlflowRecorder(tune.Callback):
             return True
         if self.opening is None or not (block or self.opening.ready()):
             return False
+        if not block and self.opening.error is not None:  # raised by finish(), in the driver's own frame
+            return False
         self.tracker, self.exp, self.parent = self.opening.get()
         self.result.experiment_id, self.result.parent_run_id = self.exp, self.parent
         if self.on_open:
