@@ -91,6 +91,9 @@ def _study_args(p, launch=True):
                             "start and write nothing")
         p.add_argument("--rate", type=float, help="with --dry-run: training images/s of one worker, instead of "
                                                   "measuring a few steps here")
+        p.add_argument("--mps", action="store_true",
+                       help="trials sharing a GPU run their kernels side by side (an NVIDIA MPS daemon of the "
+                            "launch's own, stopped at its end) instead of taking turns; local Ray only")
 
 
 def _fail(cmd, e) -> int:
@@ -120,7 +123,7 @@ def _launch(a, resume: bool) -> int:
     try:
         res = launch(a.study, a.profile, a.tracking_uri, a.storage, a.address, resume=resume,
                      command=" ".join(["aa-study"] + sys.argv[1:]), verbose=1, prepared=prepared,
-                     console="verbose" if a.verbose else "lines" if a.quiet else "live")
+                     console="verbose" if a.verbose else "lines" if a.quiet else "live", mps=a.mps)
     except (LaunchError, SpecError) as e:
         return _fail(cmd, e)
     print(f"done: {res.finished} finished, {res.failed} failed, {res.killed} killed, "

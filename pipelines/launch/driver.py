@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional
 
 from ..spec import SpecError, Study, load_study
 from .outcome import LaunchError, LaunchResult, one_line  # noqa: F401  (LaunchError: the cli's)
-from .resources import _check_fits, check_local_resources, concurrent_trials, gpu_share
+from .resources import Mps, _check_fits, check_local_resources, concurrent_trials, gpu_share
 from ..tracking import (Tracker, check_tracking_uri, default_home, open_reader, redact, resolve_tracking_uri,
                        ui_url)
 
@@ -119,10 +119,12 @@ def plan(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional[s
 
 def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional[str] = None,
            storage: Optional[str] = None, address: Optional[str] = None, resume: bool = False,
-           command: str = "", verbose: int = 1, prepared=None, console: str = "verbose") -> LaunchResult:
+           command: str = "", verbose: int = 1, prepared=None, console: str = "verbose",
+           mps: bool = False) -> LaunchResult:
     """console: "verbose" (Ray's, Tune's and Lightning's own output on the terminal, Tune's table if verbose),
     "live" (a table of the cells, live on a terminal, one line per finished trial elsewhere) or "lines" (those
-    lines only); in both of the latter everything else the launch writes goes to a log file it names.
+    lines only); in both of the latter everything else the launch writes goes to a log file it names. mps: an
+    NVIDIA MPS daemon for the launch (`resources.Mps`), so that trials sharing a GPU run kernels side by side.
 
     The planner (pipelines/launch/planner.py) decides what each trial is; this function only executes its plan."""
     from .planner import Action, execute_closing
@@ -143,6 +145,7 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
             execute_closing(Tracker(uri), the_plan)
         return result
     check_local_resources(address, study)  # this machine's GPUs as Ray counts them: before Ray starts
+    daemon = Mps(address, study) if mps else None  # refused in one line before Ray starts, or started
 
     if study.scheduler["type"] == "asha":
         print("warning: scheduler asha stops weak trials early; cells of an ablation are then compared at "
@@ -157,7 +160,8 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
         written.append(log)
     from .console import quiet_output
     try:
-        with (quiet_output(str(log)) if log else contextlib.nullcontext(sys.stdout)) as out:
+        with (quiet_output(str(log)) if log else contextlib.nullcontext(sys.stdout)) as out, \
+                (daemon or contextlib.nullcontext()):
             _launch_trials(study, uri, exp_id, the_plan, result, storage, address, command,
                            verbose if console == "verbose" else 0, None if console == "verbose" else (out, console),
                            log, written)
@@ -181,10 +185,10 @@ def _import_late() -> None:
 
 
 class _Thread:
-    def __init__(self, fn, *args, on_done=None):
+    def __init__(self, fn, *args):
         import threading
 
-        self.error, self.on_done = None, on_done
+        self.error = None
         self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
         self._thread.start()
 
@@ -193,20 +197,70 @@ class _Thread:
             fn(*args)
         except BaseException as e:  # noqa: BLE001 - re-raised by join() in the driver's thread
             self.error = e
-        finally:
-            if self.on_done:
-                self.on_done()
-
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    def failed(self) -> bool:
-        return self.done() and self.error is not None
 
     def join(self):
         self._thread.join()
         if self.error is not None:
             raise self.error
+
+
+class _Checks:
+    """The deep checks (`check_deep`) in a process of their own, started before Ray: importing torch and Lightning
+    is seconds of Python that, in a thread, would hold the interpreter lock that Ray's start needs (measured on
+    the GPU host: Ray's start 3 s alone, 9 s beside the checks in a thread). The driver itself never imports torch."""
+
+    def __init__(self, study: Study, t0: float):
+        import multiprocessing as mp
+        import threading
+
+        ctx = mp.get_context("spawn")  # a fresh interpreter: no fork of a process that may hold Ray's threads
+        conn, child = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_checks_child, args=(study, child), daemon=True, name="aa-study-checks")
+        self._proc.start()
+        child.close()
+        self.t0, self.outcome, self.seconds = t0, None, None
+        self._done = threading.Event()
+        threading.Thread(target=self._wait, args=(conn,), daemon=True).start()  # the pipe's only reader
+
+    def _wait(self, conn) -> None:
+        try:
+            outcome, ended = conn.recv()
+            self.seconds = ended - self.t0
+        except (EOFError, OSError):  # the process died without a word (killed, out of memory)
+            self._proc.join()
+            outcome = ("error", f"the checks' process ended with exit code {self._proc.exitcode}")
+        self.outcome = outcome
+        self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def failed(self) -> bool:
+        return self.done() and self.outcome[0] != "ok"
+
+    def join(self) -> None:
+        self._done.wait()
+        kind, msg = self.outcome
+        if kind == "spec":
+            raise SpecError(msg)
+        if kind == "error":
+            raise LaunchError(f"the checks of the study failed: {msg}")
+
+    def stop(self) -> None:
+        if self._proc.is_alive():
+            self._proc.kill()
+
+
+def _checks_child(study: Study, conn) -> None:
+    try:
+        check_deep(study)
+        outcome = ("ok", "")
+    except SpecError as e:
+        outcome = ("spec", str(e))
+    except BaseException as e:  # noqa: BLE001 - sent to the driver, which raises it as one line
+        outcome = ("error", one_line(f"{type(e).__name__}: {e}"))
+    conn.send((outcome, time.time()))
+    conn.close()
 
 
 def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, command, verbose, view, log=None,
@@ -219,7 +273,7 @@ def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, comma
 
     phases = result.phases
     t0 = time.time()
-    checks = _Thread(check_deep, study, on_done=lambda: phases.setdefault("checks", time.time() - t0))
+    checks = _Checks(study, t0)
     late = _Thread(_import_late)
     try:
         init_ray(address, study)
@@ -228,6 +282,7 @@ def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, comma
             checks.join()  # failed already: a SpecError before Tune starts
         late.join()
     except BaseException:
+        checks.stop()
         if ray.is_initialized():
             ray.shutdown()
         raise
@@ -238,11 +293,15 @@ def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, comma
         _run_tune(study, uri, exp_id, the_plan, command, result, storage, verbose, view, checks,
                   written if written is not None else [])
     finally:
+        checks.stop()
+        if checks.seconds is not None:
+            phases["checks"] = checks.seconds
         t = time.time()
         ray.shutdown()
         phases["ray stop"] = time.time() - t
         phases["launch"] = time.time() - t0
-        print("launch phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()), flush=True)
+        order = ("ray start", "checks", "store", "trials", "ray stop", "launch")
+        print("launch phases (s): " + ", ".join(f"{k} {phases[k]:.2f}" for k in order if k in phases), flush=True)
 
 
 def _open_store(uri: str, exp_id: Optional[str], study: Study, the_plan, command: str, phases: dict):
@@ -262,7 +321,7 @@ def _open_store(uri: str, exp_id: Optional[str], study: Study, the_plan, command
 
 
 def _run_tune(study: Study, uri: str, exp_id: Optional[str], the_plan, command: str, result: LaunchResult,
-              storage: Optional[str], verbose: int, view=None, checks: Optional[_Thread] = None,
+              storage: Optional[str], verbose: int, view=None, checks: Optional[_Checks] = None,
               written: Optional[List[Path]] = None):
     """Tune runs the plan's pending trials; the recorder reopens the runs they keep (`Plan.reuse`). `checks`: the
     deep checks, perhaps still running: the store opens after them, and Tune stops if one fails."""
@@ -347,7 +406,7 @@ def _run_tune(study: Study, uri: str, exp_id: Optional[str], the_plan, command: 
         recorder.finish(status)  # a failed deep check: its SpecError, and nothing written to the store
 
 
-def _checks_stop(checks: Optional[_Thread]):
+def _checks_stop(checks: Optional[_Checks]):
     """A Tune stopper that ends the launch at once if the deep checks, still running when Tune started, fail."""
     from ray import tune
 

@@ -41,3 +41,43 @@ def test_local_gpus_counts_what_ray_would(monkeypatch):
     assert isinstance(n, int) and n >= 0
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert local_gpus() == 0  # hidden GPUs are not counted, as Ray does not count them
+
+
+def test_mps_is_refused_in_one_line_where_it_cannot_help(workdir, capsys):
+    from aa_study.cli import main
+    from conftest import store_files
+
+    path = small_study(workdir, kappa=[0.5], pos_enc=["none"], epochs=1)  # CPU trials
+    before = store_files(workdir)
+    assert main(["run", str(path), "--mps", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("aa-study run: error: --mps: helps trials that share a GPU; this study's trials take "
+                   "resources.gpu 0 (x1 workers)"), err
+    assert main(["run", str(path), "--mps", "--address", "127.0.0.1:1"]) == 2
+    assert "--mps: for a local Ray only" in capsys.readouterr().err
+    assert store_files(workdir) == before
+    import ray
+    assert not ray.is_initialized()
+
+
+def test_mps_daemon_lives_exactly_as_long_as_the_launch(workdir, tmp_path, monkeypatch):
+    """The daemon's lifecycle, with a stand-in nvidia-cuda-mps-control that logs how it is called (the real one
+    needs an NVIDIA GPU; benchmarks/mps_packing.sh runs it on the GPU host)."""
+    import os
+
+    from pipelines.launch.resources import Mps
+
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    fake = bin_dir / "nvidia-cuda-mps-control"
+    fake.write_text(f'#!/bin/sh\necho "$* pipe=$CUDA_MPS_PIPE_DIRECTORY stdin=$(cat -)" >> {calls}\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    mps = Mps(None, _study(workdir, 0.25))
+    with mps:
+        pipe = os.environ["CUDA_MPS_PIPE_DIRECTORY"]  # what the local Ray's processes inherit
+        assert os.path.isdir(pipe) and os.path.isdir(os.environ["CUDA_MPS_LOG_DIRECTORY"])
+    started, stopped = calls.read_text().splitlines()
+    assert started.startswith(f"-d pipe={pipe}") and stopped == f" pipe={pipe} stdin=quit"
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ and not os.path.exists(pipe)
