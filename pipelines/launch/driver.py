@@ -178,10 +178,11 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
 
 
 def _import_late() -> None:
-    """What the launch imports after Ray's start (seconds on a small machine), in a thread while Ray starts."""
+    """What the launch imports after Ray's start (seconds), in a thread while Ray starts: Tune (needed first), then
+    MLflow (needed once the store opens, in recorder.StoreOpening's thread; Tune does not wait for it)."""
+    from ray import tune  # noqa: F401
     import mlflow  # noqa: F401
     from mlflow.tracking import MlflowClient  # noqa: F401
-    from ray import tune  # noqa: F401
 
 
 class _Thread:
@@ -274,13 +275,13 @@ def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, comma
     phases = result.phases
     t0 = time.time()
     checks = _Checks(study, t0)
-    late = _Thread(_import_late)
+    _Thread(_import_late)
     try:
         init_ray(address, study)
         phases["ray start"] = time.time() - t0
         if checks.done():
             checks.join()  # failed already: a SpecError before Tune starts
-        late.join()
+        from ray import tune  # noqa: F401  (waits for the thread's import of it, not for MLflow's)
     except BaseException:
         checks.stop()
         if ray.is_initialized():
