@@ -35,22 +35,45 @@ from pipelines.spec import load_study
 (t,) = load_study(f"{out}/one-trial.yaml", "gpu").trials
 yaml.safe_dump({k: v for k, v in t.config.items()}, open(f"{out}/cell.yaml", "w"))
 PY
+# warm-up: the first fit on a fresh machine compiles the Triton kernels (cached for every later process) and reads
+# torch from a cold page cache (seconds): without it, whichever command runs first is charged for both
+CUDA_VISIBLE_DEVICES=0 python3 -m aa_study.cli train --config "$OUT/cell.yaml" --epochs 1 > /dev/null 2>&1
 study=nan; sbusy=nan; noop=nan; status=nan
 if [ "${1:-}" != "skip-study" ]; then
   s=$(now); p=$(sample "$OUT/util-study.txt")
   CUDA_VISIBLE_DEVICES=0 python3 -m aa_study.cli run studies/quickstart.yaml --profile gpu --quiet > "$OUT/study.log" 2>&1
   study=$(since $s); kill $p; sbusy=$(busy "$OUT/util-study.txt" 1)
+  echo "study $study s, GPU busy $sbusy %" | tee -a "$OUT/partial.txt"  # each number as soon as it is measured
   s=$(now); CUDA_VISIBLE_DEVICES=0 python3 -m aa_study.cli run studies/quickstart.yaml --profile gpu --quiet > "$OUT/noop.log" 2>&1; noop=$(since $s)
   s=$(now); python3 -m aa_study.cli status studies/quickstart.yaml --profile gpu > /dev/null 2>&1; status=$(since $s)
+  if [ -n "${MPS_TOO:-}" ]; then  # the same study again, from an empty store, with --mps
+    s=$(now); p=$(sample "$OUT/util-mps.txt")
+    CUDA_VISIBLE_DEVICES=0 AA_STUDY_HOME=$(mktemp -d) python3 -m aa_study.cli run studies/quickstart.yaml --profile gpu \
+      --quiet --mps > "$OUT/study-mps.log" 2>&1
+    mps_wall=$(since $s); kill $p
+    echo "study --mps $mps_wall s, GPU busy $(busy "$OUT/util-mps.txt" 1) %" | tee -a "$OUT/partial.txt"
+    mps_line="| the same with --mps, wall | $mps_wall s | $(python3 -c "print(f'{$study / $mps_wall:.2f}')")x faster; busy $(busy "$OUT/util-mps.txt" 1) % |"
+    diff <(grep -h "^finished" "$OUT/study.log" | sed 's/ (.*//' | sort) \
+         <(grep -h "^finished" "$OUT/study-mps.log" | sed 's/ (.*//' | sort) > /dev/null \
+      && mps_line="$mps_line each trial's top-1 the same as without MPS |" || mps_line="$mps_line TOP-1 DIFFERS |"
+  fi
 fi
 export AA_STUDY_TIMING=1
-s=$(now); p=$(sample "$OUT/util-train.txt")
-CUDA_VISIBLE_DEVICES=0 python3 -m aa_study.cli train --config "$OUT/cell.yaml" > "$OUT/train.json" 2> "$OUT/train.err"
-train=$(since $s); kill $p; tbusy=$(busy "$OUT/util-train.txt" 1); train_start=$s
-s=$(now); CUDA_VISIBLE_DEVICES=0 python3 -m aa_study.cli run "$OUT/one-trial.yaml" --profile gpu --quiet > "$OUT/one.log" 2>&1
-one=$(since $s); one_start=$s
+rounds=""
+for round in $(seq 1 "${ROUNDS:-2}"); do  # train and run alternate: each pair on the same warm machine
+  s=$(now); p=$(sample "$OUT/util-train.txt")
+  CUDA_VISIBLE_DEVICES=0 python3 -m aa_study.cli train --config "$OUT/cell.yaml" > "$OUT/train.json" 2> "$OUT/train.err"
+  train=$(since $s); kill $p; tbusy=$(busy "$OUT/util-train.txt" 1); train_start=$s
+  home=$(mktemp -d)  # a fresh store each round: the one-trial study runs every time
+  s=$(now); CUDA_VISIBLE_DEVICES=0 AA_STUDY_HOME=$home python3 -m aa_study.cli run \
+    "$OUT/one-trial.yaml" --profile gpu --quiet > "$OUT/one.log" 2>&1
+  one=$(since $s); one_start=$s
+  cp "$home"/logs/quickstart-one-gpu-*.log "$OUT/one-trial-launch.log"
+  rounds="$rounds | round $round: train $train s, run $one s (+$(python3 -c "print(round($one - $train, 1))") s)"
+  echo "round $round: train $train s (busy $tbusy %), run $one s" | tee -a "$OUT/partial.txt"
+done
 unset AA_STUDY_TIMING
-cp "$AA_STUDY_HOME"/logs/quickstart-one-gpu-*.log "$OUT/one-trial-launch.log"
+echo "one trial, run vs train $rounds"
 python3 - "$study" "$sbusy" "$noop" "$status" "$train" "$tbusy" "$one" <<'PY'
 import sys
 study, sbusy, noop, status, train, tbusy, one = sys.argv[1:]
@@ -92,5 +115,6 @@ if [ "$GPUS" -ge 2 ] && [ "${1:-}" != "skip-study" ]; then
   echo "| quickstart gpu on $GPUS GPUs | wall $two s | $(python3 -c "print(f'{$study / $two:.2f}')")x the one-GPU rate | GPU busy per GPU (mean %): $(busy "$OUT/util-two.txt") |"
   grep -h "GPU share" "$OUT/study-two.log" || true
 fi
+[ -n "${mps_line:-}" ] && echo "$mps_line" && echo "(--mps ratio against bare fits: $(python3 -c "print(f'{9 * $train / $mps_wall:.2f}')")x)"
 grep -h "val_top1" "$OUT/train.json" | tr -d ' ,'
 grep -h "finished .*s0" "$OUT/one.log" || true
