@@ -12,11 +12,13 @@ the lowest first. One datum flows one way: YAML -> spec -> plan -> trials -> MLf
   image shape. ``images`` (tensor and image-folder modules, GPU JPEG decode), ``synthetic``, ``coco``.
 - ``training`` (package): one Lightning fit of one trial (``fit.fit``), shared by ``aa-study train`` and every
   study trial; ``classifier`` and ``detector`` (the Lightning modules); ``checks`` (the spec checks that build
-  networks on the meta device and open datasets, run once a launch has something to run).
+  networks on the meta device and open datasets, run once a launch has something to run: in a process of the
+  driver's own, beside Ray's start, so that the driver itself never imports torch).
 - ``launch`` (package): a study launch. ``planner`` decides from the store what each trial is (done, continue,
   retry, fresh, or the launch refused); ``driver`` executes the plan through Ray Tune; ``tune_trial`` (the
   trainable), ``trial_fit`` (a fit reporting to Tune or Ray Train), ``workers`` (a trial over a Ray Train group);
-  ``recorder`` (the driver's MLflow writer), ``console`` (live progress), ``resources``, ``outcome``,
+  ``recorder`` (the driver's MLflow writer; it opens the store in a thread while Tune starts the trials),
+  ``console`` (live progress), ``resources`` (what a trial holds, GPU shares, the ``--mps`` daemon), ``outcome``,
   ``estimate`` (``--dry-run``). Ray is imported only once a launch has trials to run.
 - ``reports`` (a sibling package, beside ``launch``): reads MLflow only.
 - ``aa_study.cli``: ``aa-study``, the one layer above both ``pipelines`` and ``reports``.
