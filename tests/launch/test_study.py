@@ -134,12 +134,16 @@ def test_driver_sigkilled_mid_study_then_resume_finishes_exactly_once(tiny_study
     ray_tmp = tempfile.mkdtemp(prefix="aar", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     cmd = [sys.executable, "-m", "aa_study.cli"]
+    output = workdir / "driver-output.txt"  # shown if no trial starts: why the driver stopped or hung
     driver = subprocess.Popen(cmd + ["run", str(tiny_study), "--quiet"], env=env, cwd=workdir,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=output.open("w"), stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 240
         while time.time() < deadline:  # wait until some trial has reported an epoch
             time.sleep(1)
+            if driver.poll() is not None:
+                pytest.fail(f"the driver ended (exit {driver.returncode}) before any trial reported an epoch: "
+                            f"{output.read_text()[-3000:]}")
             if (workdir / "runs" / "mlflow.db").exists():
                 try:
                     _, _, trials = _runs(workdir)
@@ -148,7 +152,9 @@ def test_driver_sigkilled_mid_study_then_resume_finishes_exactly_once(tiny_study
                 if any(r.info.status == "RUNNING" and r.data.metrics.get("epoch") for r in trials):
                     break
         else:
-            pytest.fail("no trial started within 240 s")
+            log = next(iter(sorted((workdir / "runs" / "logs").glob("*.log"))), None)
+            pytest.fail(f"no trial started within 240 s; driver output: {output.read_text()[-2000:]}; launch log: "
+                        f"{log.read_text()[-3000:] if log else 'none'}")
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
         _, _, before = _runs(workdir)
