@@ -266,10 +266,11 @@ def _checks_child(study: Study, conn) -> None:
 
 def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, command, verbose, view, log=None,
                    written=None):
-    """Ray's start, the deep checks (torch: networks on the meta device, datasets opened) and the late imports
-    overlap. Tune starts the trials once Ray is up, the checks perhaps still running (the trials' processes then
-    import torch while the driver does): the store is opened only once they pass, and a failed one stops Tune
-    (`_ChecksStop`) and raises its SpecError, after which `launch` removes what was written."""
+    """Ray's start, the deep checks (torch: networks on the meta device, datasets opened; in `_Checks`' process) and
+    the late imports overlap. Tune starts the trials once Ray is up, the checks perhaps still running (the trials'
+    processes then import torch while the checks' process does): the store is opened only once they pass, and a
+    failed one stops Tune (`_checks_stop`) and raises its SpecError, after which `launch` removes what was
+    written."""
     import ray  # imported here first: the threads below then share none of its imports half-done
 
     phases = result.phases
