@@ -198,18 +198,28 @@ def checkpoint_policy(value) -> Tuple[str, float]:
     """A study's `checkpoint_every`: an integer of epochs (0: never), or a duration ("90s", "5m", "1h": at the first
     epoch end after that much time since the last one). Always at the last epoch unless 0. Returns ("epochs", n) or
     ("seconds", s); raises ValueError naming what is wrong."""
-    if _is_int(value):
-        if value < 0:
-            raise ValueError(f"must be an integer of epochs >= 0 (0: no checkpoints) or a duration such as 5m; "
-                             f"got {value!r}")
-        return "epochs", float(value)
     import re
 
+    if _is_int(value) and value >= 0:
+        return "epochs", float(value)
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)\s*", value) if isinstance(value, str) else None
     if not m or float(m.group(1)) <= 0:
         raise ValueError(f"must be an integer of epochs >= 0 (0: no checkpoints) or a duration such as 90s, 5m, 1h; "
                          f"got {value!r}")
     return "seconds", float(m.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
+
+
+def timing_stamp(what: str) -> None:
+    """With AA_STUDY_TIMING set: one stamped line on stderr, from a fit or a trial's process
+    (benchmarks/launch_speed.sh reads them from `aa-study train`'s output and from a launch's log, where Ray
+    forwards the trials'). Here, below training and launch alike, so a trial stamps before it imports torch."""
+    import os
+
+    if os.environ.get("AA_STUDY_TIMING"):
+        import sys
+        import time
+
+        print(f"[aa-study timing] {time.time():.3f} {what}", file=sys.stderr, flush=True)
 
 
 def augment_preset(augment: str, image_size: int) -> str:

@@ -10,7 +10,7 @@ Order of a launch (`aa-study run` / `resume`), so that a mistake is named before
      Lightning, build every network on the meta device and open every dataset; MLflow and Tune are imported. A
      failed check stops Ray and removes the launch's log: nothing stays written;
   4. Tune starts the trials' processes while the store is opened (created if new), runs left RUNNING by a launch
-     that died are closed as KILLED and one parent run is started for the launch (recorder.StoreOpening); the
+     that died are closed as KILLED and one parent run is started for the launch (in the background); the
      driver's callback writes each trial's run (the only writer of the store), Tune's first events waiting for
      the store if they come before it is open;
   5. Ray stops; the log's last line gives each phase's seconds.
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..spec import SpecError, Study, load_study
-from .outcome import LaunchError, LaunchResult, one_line  # noqa: F401  (LaunchError: the cli's)
+from .outcome import Background, LaunchError, LaunchResult, one_line  # noqa: F401  (LaunchError: the cli's)
 from .resources import Mps, _check_fits, check_local_resources, concurrent_trials, gpu_share
 from ..tracking import (Tracker, check_tracking_uri, default_home, open_reader, redact, resolve_tracking_uri,
                        ui_url)
@@ -179,30 +179,10 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
 
 def _import_late() -> None:
     """What the launch imports after Ray's start (seconds), in a thread while Ray starts: Tune (needed first), then
-    MLflow (needed once the store opens, in recorder.StoreOpening's thread; Tune does not wait for it)."""
+    MLflow (needed once the store opens, in the store opening's thread; Tune does not wait for it)."""
     from ray import tune  # noqa: F401
     import mlflow  # noqa: F401
     from mlflow.tracking import MlflowClient  # noqa: F401
-
-
-class _Thread:
-    def __init__(self, fn, *args):
-        import threading
-
-        self.error = None
-        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
-        self._thread.start()
-
-    def _run(self, fn, *args):
-        try:
-            fn(*args)
-        except BaseException as e:  # noqa: BLE001 - re-raised by join() in the driver's thread
-            self.error = e
-
-    def join(self):
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
 
 
 class _Checks:
@@ -276,7 +256,7 @@ def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, comma
     phases = result.phases
     t0 = time.time()
     checks = _Checks(study, t0)
-    _Thread(_import_late)
+    Background(_import_late, name="aa-study-imports")
     try:
         init_ray(address, study)
         phases["ray start"] = time.time() - t0
@@ -308,7 +288,7 @@ def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, comma
 
 def _open_store(uri: str, exp_id: Optional[str], study: Study, the_plan, command: str, phases: dict):
     """(tracker, experiment id, parent run id): the store opened, the plan's closings done, the launch run
-    started (pipelines/launch/recorder.py, StoreOpening)."""
+    started; in the background, while Tune starts the trials."""
     from .planner import execute_closing
 
     t = time.time()
@@ -329,7 +309,7 @@ def _run_tune(study: Study, uri: str, exp_id: Optional[str], the_plan, command: 
     deep checks, perhaps still running: the store opens after them, and Tune stops if one fails."""
     from ray import tune
 
-    from .recorder import MlflowRecorder, StoreOpening
+    from .recorder import MlflowRecorder
     from .tune_trial import run_trial
 
     storage_path = storage or str(default_home() / "ray")
@@ -361,7 +341,7 @@ def _run_tune(study: Study, uri: str, exp_id: Optional[str], the_plan, command: 
             checks.join()  # its SpecError: raised by the recorder, in the driver's thread; nothing was written
         return _open_store(uri, exp_id, study, the_plan, command, result.phases)
 
-    opening = StoreOpening(open_store)
+    opening = Background(open_store, name="aa-study-store")
     recorder = MlflowRecorder(opening, study, the_plan.reuse, result, on_open=opened)
     scheduler = None
     if study.scheduler["type"] == "asha":

@@ -1,5 +1,6 @@
-"""What a launch returns (`LaunchResult`) and how it refuses (`LaunchError`, one line). Plain data: the driver, the
-recorder and the resource checks share it without importing each other."""
+"""What a launch returns (`LaunchResult`), how it refuses (`LaunchError`, one line), and `Background` (work in a
+thread whose error the driver re-raises). Plain: the driver, the recorder and the resource checks share it without
+importing each other."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,3 +28,31 @@ def one_line(text: str, limit: int = 500) -> str:
     # the last line of a traceback names the exception; prefer it
     line = lines[-1] if lines else ""
     return line[:limit]
+
+
+class Background:
+    """`fn(*args)` in a daemon thread, started at once: `ready()` without waiting, `get()` waits and returns its value
+    or raises its error in the caller's thread. The launch's late imports and its store opening (the store opened or
+    created, the closings done, the parent run started, while Tune starts the trials) run in one each."""
+
+    def __init__(self, fn, *args, name: Optional[str] = None):
+        import threading
+
+        self.value, self.error = None, None
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True, name=name)
+        self._thread.start()
+
+    def _run(self, fn, *args):
+        try:
+            self.value = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - re-raised by get() in the caller's thread
+            self.error = e
+
+    def ready(self) -> bool:
+        return not self._thread.is_alive()
+
+    def get(self):
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.value

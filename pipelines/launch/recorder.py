@@ -12,7 +12,7 @@ from ray import tune
 
 from ..spec import Study, Trial
 from .planner import HEARTBEAT_S
-from .outcome import LaunchResult, one_line
+from .outcome import Background, LaunchResult, one_line
 from ..tracking import Tracker
 
 from ..settings import METRICS as _METRICS
@@ -35,39 +35,13 @@ def _error_text(trial) -> str:
     return "unknown error"
 
 
-class StoreOpening:
-    """The store opened (created if new), the launch's closings done and its parent run started, in a thread, while
-    Tune starts the trials' processes: `fn` returns (tracker, experiment id, parent run id)."""
-
-    def __init__(self, fn):
-        import threading
-
-        self.value, self.error = None, None
-        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True, name="aa-study-store")
-        self._thread.start()
-
-    def _run(self, fn):
-        try:
-            self.value = fn()
-        except BaseException as e:  # noqa: BLE001 - re-raised by get() in the driver's thread
-            self.error = e
-
-    def ready(self) -> bool:
-        return not self._thread.is_alive()
-
-    def get(self):
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
 class MlflowRecorder(tune.Callback):
-    """A Ray Tune callback that writes each trial's MLflow run from the driver. Tune's events that come before the
-    store is open (`StoreOpening`: a trial's start, while its process imports) wait in order and are written as
-    soon as it is; `finish` waits for it."""
+    """A Ray Tune callback that writes each trial's MLflow run from the driver. `opening`: the store being opened in
+    the background (`outcome.Background` returning (tracker, experiment id, parent run id)). Tune's events that come
+    before it is open (a trial's start, while its process imports) wait in order and are written as soon as it is;
+    `finish` waits for it."""
 
-    def __init__(self, opening: "StoreOpening", study: Study, reuse: Dict[tuple, str], result: LaunchResult,
+    def __init__(self, opening: Background, study: Study, reuse: Dict[tuple, str], result: LaunchResult,
                  on_open=None):
         self.opening, self.on_open = opening, on_open
         self.tracker, self.exp, self.parent = None, None, None

@@ -22,8 +22,7 @@ from typing import Any, Dict
 import pytorch_lightning as pl
 import torch
 
-from ..settings import CHECKPOINT_EVERY, checkpoint_policy
-from ..training.fit import _timing
+from ..settings import CHECKPOINT_EVERY, checkpoint_policy, timing_stamp
 
 
 class InjectedFault(RuntimeError):
@@ -83,7 +82,7 @@ class EpochReport(pl.callbacks.Checkpoint):
                 self.report(metrics, d, trainer.global_rank)
         else:
             self.report(metrics, None, trainer.global_rank)
-        _timing(f"epoch {epoch} reported")
+        timing_stamp(f"epoch {epoch} reported")
         if self.fault in ("raise", "exit") and epoch >= self.fault_after:
             self._fire(epoch)
 

@@ -6,11 +6,9 @@ from typing import Any, Dict
 
 
 def run_trial(config: Dict[str, Any]) -> None:
-    import os
-    import time
+    from ..settings import timing_stamp
 
-    if os.environ.get("AA_STUDY_TIMING"):
-        print(f"[aa-study timing] {time.time():.3f} trial function entered", flush=True)
+    timing_stamp("trial function entered")
     from ray import tune
 
     t = config["trial"]

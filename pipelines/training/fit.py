@@ -13,7 +13,7 @@ from ..data import DETECTION_DATASETS, DataError, make_datamodule
 from .classifier import ClassificationModule
 from ..settings import (BACKBONE_KEYS, DEFAULTS, NONDETERMINISTIC, NUMERIC_SETTINGS, OptimConfig,  # noqa: F401
                        _check_numbers, arch_kwargs, deterministic_mode, nondeterministic_error, setting_problem,
-                       upsilon_of)
+                       timing_stamp, upsilon_of)
 
 
 def resolve(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -90,9 +90,9 @@ def fit(config: Dict[str, Any], callbacks: Optional[List[pl.Callback]] = None, l
     Trainer's device and strategy options when this process is one worker of a Ray Train group
     (pipelines/launch/workers.py: DDP over the group, each rank training on its part of every global batch of
     ``batch_size``); default one device."""
-    _timing("fit entered")
+    timing_stamp("fit entered")
     dm, module, cfg = built or build(config)
-    _timing("data and network built")
+    timing_stamp("data and network built")
     accel = _accelerator(cfg)
     placement = placement or {"devices": 1}
     if cfg["deterministic"]:
@@ -118,28 +118,18 @@ def fit(config: Dict[str, Any], callbacks: Optional[List[pl.Callback]] = None, l
     finally:
         if cfg["deterministic"]:
             torch.use_deterministic_algorithms(False)  # a process-wide switch: leave none behind for the next trial
-    _timing("fit done")
+    timing_stamp("fit done")
     out = {k: float(v) for k, v in trainer.callback_metrics.items()}
     out.update(params=module.profile.params, gflops=module.profile.gflops, gflops_conv=module.profile.gflops_conv)
     return out
 
 
-def _timing(what: str) -> None:
-    """With AA_STUDY_TIMING set: one stamped line on stderr (benchmarks/launch_speed.sh reads them from the
-    command's output and from a launch's log, where Ray forwards the trial's)."""
-    if os.environ.get("AA_STUDY_TIMING"):
-        import sys
-        import time
-
-        print(f"[aa-study timing] {time.time():.3f} {what}", file=sys.stderr, flush=True)
-
-
 class _EpochTiming(pl.Callback):
     def on_train_start(self, trainer, pl_module):
-        _timing("first step")
+        timing_stamp("first step")
 
     def on_train_epoch_end(self, trainer, pl_module):
-        _timing(f"epoch {trainer.current_epoch + 1} trained")
+        timing_stamp(f"epoch {trainer.current_epoch + 1} trained")
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        _timing(f"epoch {trainer.current_epoch + 1} validated")
+        timing_stamp(f"epoch {trainer.current_epoch + 1} validated")
