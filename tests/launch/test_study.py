@@ -144,11 +144,10 @@ def test_driver_sigkilled_mid_study_then_resume_finishes_exactly_once(tiny_study
             if driver.poll() is not None:
                 pytest.fail(f"the driver ended (exit {driver.returncode}) before any trial reported an epoch: "
                             f"{output.read_text()[-3000:]}")
-            if (workdir / "runs" / "mlflow.db").exists():
-                try:
-                    _, _, trials = _runs(workdir)
-                except Exception:  # noqa: BLE001 - the store is being created
-                    continue
+            # an MLflow client on a store still being created would run MLflow's migrations beside the driver's
+            # (both then fail: "table _alembic_tmp_... already exists"); the driver names the store once it is open
+            if "MLflow: " in output.read_text():
+                _, _, trials = _runs(workdir)
                 if any(r.info.status == "RUNNING" and r.data.metrics.get("epoch") for r in trials):
                     break
         else:
@@ -213,20 +212,20 @@ def test_a_second_launch_of_a_running_study_is_refused(tiny_study, workdir, caps
 
     ray_tmp = tempfile.mkdtemp(prefix="aad", dir="/tmp")
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    output = workdir / "driver-output.txt"
     driver = subprocess.Popen([sys.executable, "-m", "aa_study.cli", "run", str(tiny_study), "--quiet"], env=env,
-                              cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              cwd=workdir, stdout=output.open("w"), stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 180
         while time.time() < deadline:
             time.sleep(1)
-            try:
-                _, _, launches = _runs(workdir, "launch")
-            except Exception:  # noqa: BLE001 - the store is being created
-                continue
-            if launches:
+            if driver.poll() is not None:
+                pytest.fail(f"the first launch ended (exit {driver.returncode}): {output.read_text()[-3000:]}")
+            # not before the driver names its store: an MLflow client would migrate a store still being created
+            if "MLflow: " in output.read_text() and _runs(workdir, "launch")[2]:
                 break
         else:
-            pytest.fail("the first launch never started")
+            pytest.fail(f"the first launch never started: {output.read_text()[-3000:]}")
         _, _, before = _runs(workdir)
         assert main(["run", str(tiny_study), "--quiet"]) == 2
         err = capsys.readouterr().err
