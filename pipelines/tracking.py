@@ -212,6 +212,33 @@ def view_state(study) -> Dict[str, Any]:
                                                                    "tags.`cell_label`"]}
 
 
+def _create_sqlite_store(path: Path) -> None:
+    """Create an embedded store so that nobody ever sees it half made: MLflow builds its tables and runs its
+    migrations in a private file beside `path`, which is then hard-linked into place (atomic, and refused if
+    `path` appeared meanwhile: then the other creator's store is used and ours dropped).
+
+    MLflow creates a store on first open, migrations and all, and any MLflow client that opens a half-made
+    file runs the same migrations: two processes migrating one file fail ('table _alembic_tmp_... already
+    exists'), e.g. `aa-study status` or a second launch while the first launch creates the store."""
+    from mlflow.tracking import MlflowClient
+
+    import uuid
+
+    # unique per call: MLflow caches a store per URI, and a cached one would not create the file again
+    tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex}")
+    try:
+        store = MlflowClient(tracking_uri=f"sqlite:///{tmp}")._tracking_client.store
+        engine = getattr(store, "engine", None)
+        if engine is not None:
+            engine.dispose()  # every connection closed: the file holds the whole store
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class Tracker:
     """The driver's handle on one study's experiment."""
 
@@ -223,6 +250,8 @@ class Tracker:
         path = sqlite_path(uri)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                _create_sqlite_store(path)
         self.artifact_root = artifact_root or (path.parent / "artifacts" if path is not None else None)
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(tracking_uri=uri)

@@ -160,6 +160,40 @@ def test_the_sqlite_reader_reads_what_mlflow_reads(tiny_study, workdir):
     assert records_of(fast, exp) == records_of(tracker, exp)
 
 
+def test_a_store_appears_whole_or_not_at_all(workdir):
+    """While a launch creates the embedded store (MLflow's tables and migrations, seconds), a reader polling it
+    (`status`, a second launch) sees no store or a complete one, never a half-made file it would migrate too;
+    a creator that loses the race keeps the winner's store and leaves nothing behind."""
+    import threading
+
+    from pipelines import tracking
+
+    path = workdir / "runs" / "mlflow.db"
+    uri = f"sqlite:///{path}"
+    seen, stop = [], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            reader = tracking.open_reader(uri)
+            seen.append(type(reader).__name__)
+            if reader is not None:
+                assert reader.experiment_id("nope") is None  # a whole schema
+                stop.set()
+
+    watcher = threading.Thread(target=poll)
+    watcher.start()
+    try:
+        tracker = tracking.Tracker(uri)
+    finally:
+        watcher.join(timeout=60)
+        stop.set()
+    assert seen and set(seen) <= {"NoneType", "SqliteReader"}, seen
+    exp = tracker.experiment_id("mine", create=True)
+    tracking._create_sqlite_store(path)  # a second creator, finishing after the first
+    assert tracking.open_reader(uri).experiment_id("mine") == exp
+    assert sorted(p.name for p in path.parent.iterdir()) == ["mlflow.db"]
+
+
 def test_a_store_of_the_code_before_key_versions_is_recognised(workdir, capsys):
     """Runs as the code before key versions wrote them (no key_version tag, cells under the keys that code computed,
     pinned in golden_cell_keys.json): a relaunch runs nothing and the report shows them as the study's cells."""
