@@ -14,12 +14,52 @@ INTERPRET = isinstance(tl.standard.sum, InterpretedFunction)
 
 
 @triton.jit
+def _rel_tables_t(RW, RH, srw, srh, W, H, DK, dtype,
+                  BW2: tl.constexpr, BH2: tl.constexpr, BLOCK_DK: tl.constexpr):
+    """r^W and r^H transposed, (BLOCK_DK, BW2) and (BLOCK_DK, BH2), zero-padded, in the dots' dtype."""
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_w2 = tl.arange(0, BW2)
+    offs_h2 = tl.arange(0, BH2)
+    rwt = tl.load(RW + offs_w2[None, :] * srw + offs_dk[:, None],
+                  mask=(offs_w2[None, :] < 2 * W - 1) & (offs_dk[:, None] < DK), other=0.0).to(dtype)
+    rht = tl.load(RH + offs_h2[None, :] * srh + offs_dk[:, None],
+                  mask=(offs_h2[None, :] < 2 * H - 1) & (offs_dk[:, None] < DK), other=0.0).to(dtype)
+    return rwt, rht
+
+
+@triton.jit
+def _a_of(q, rwt, offs_m, W, BW: tl.constexpr, BW2: tl.constexpr, PRECISION: tl.constexpr):
+    """a (BLOCK_M, BW) fp32: a_i[x] = q_i . r^W[x - x_i + W - 1], from q . r^W at every offset (one small dot)
+    gathered per query."""
+    qw = tl.dot(q, rwt, input_precision=PRECISION)  # (BLOCK_M, BW2)
+    offs_x = tl.arange(0, BW)
+    return tl.gather(qw, tl.minimum(offs_x[None, :] - (offs_m % W)[:, None] + W - 1, BW2 - 1), 1)
+
+
+@triton.jit
+def _spread(t, BLOCK_M: tl.constexpr, R: tl.constexpr, BW: tl.constexpr):
+    """(BLOCK_M, BW) -> (BLOCK_M, R * BW): the same columns for each of the tile's R rows."""
+    return tl.reshape(tl.broadcast_to(t[:, None, :], (BLOCK_M, R, BW)), (BLOCK_M, R * BW))
+
+
+@triton.jit
+def _b_rows(RH, srh, q, y_i, y0, H, DK, BLOCK_M: tl.constexpr, R: tl.constexpr, BLOCK_DK: tl.constexpr):
+    """(BLOCK_M, R) fp32: b_i at key rows y0 .. y0 + R - 1, q_i . r^H[y - y_i + H - 1], with the rows of r^H read
+    per query from memory (a table of 2H - 1 rows: cache-resident) instead of a gather in registers."""
+    offs_r = tl.arange(0, R)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    m = tl.minimum(tl.maximum((y0 + offs_r)[None, :] - y_i[:, None] + H - 1, 0), 2 * H - 2)  # (BLOCK_M, R)
+    rh = tl.load(RH + m[:, :, None] * srh + offs_dk[None, None, :], mask=offs_dk[None, None, :] < DK, other=0.0)
+    return tl.sum(q.to(tl.float32)[:, None, :] * rh.to(q.dtype).to(tl.float32), 2)
+
+
+@triton.jit
 def _fwd_kernel(
-    Q, K, V, A, Bt, O, LSE,
-    sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd,
-    sab, sah, sal, sax, sbb, sbh, sbl, sby, sob, soh, sol, sod,
+    Q, K, V, RW, RH, O, LSE,
+    sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd, srw, srh, sob, soh, sol, sod,
     NH, L, H, W, DK, DV, qk_scale,
     HAS_REL: tl.constexpr, BLOCK_M: tl.constexpr, BW: tl.constexpr, R: tl.constexpr,
+    BW2: tl.constexpr, BH2: tl.constexpr, BH: tl.constexpr,
     BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr,
 ):
     BLOCK_N: tl.constexpr = R * BW
@@ -39,12 +79,11 @@ def _fwd_kernel(
     k_base = K + ib * skb + ih * skh
     v_base = V + ib * svb + ih * svh
     if HAS_REL:
-        offs_x = tl.arange(0, BW)
-        a = tl.load(A + ib * sab + ih * sah + offs_m[:, None] * sal + offs_x[None, :] * sax,
-                    mask=m_ok[:, None] & (offs_x[None, :] < W), other=0.0).to(tl.float32)
-        a = tl.reshape(tl.broadcast_to(a[:, None, :], (BLOCK_M, R, BW)), (BLOCK_M, BLOCK_N))
-        offs_r = tl.arange(0, R)
-        b_base = Bt + ib * sbb + ih * sbh + offs_m[:, None] * sbl
+        # The query block's relative logits at every offset, q . r^W[m] and q . r^H[m] (fp32, in registers),
+        # then a_i[x] = (q . r^W)[x - x_i + W - 1] for the tile's columns: no table in memory.
+        rwt, rht = _rel_tables_t(RW, RH, srw, srh, W, H, DK, q.dtype, BW2, BH2, BLOCK_DK)
+        a = _spread(_a_of(q, rwt, offs_m, W, BW, BW2, PRECISION).to(q.dtype), BLOCK_M, R, BW)
+        y_i = offs_m // W
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
@@ -56,11 +95,8 @@ def _fwd_kernel(
                      mask=n_ok[None, :] & (offs_dk[:, None] < DK), other=0.0)
         s = tl.dot(q, kt, input_precision=PRECISION)
         if HAS_REL:
-            # b at the block's R rows, loaded once per (query, row) and spread over the row's columns
-            bb = tl.load(b_base + (y0 + offs_r)[None, :] * sby, mask=m_ok[:, None] & ((y0 + offs_r)[None, :] < H),
-                         other=0.0)
-            bb = tl.reshape(tl.broadcast_to(bb[:, :, None], (BLOCK_M, R, BW)), (BLOCK_M, BLOCK_N))
-            s = s + a + bb.to(tl.float32)
+            bb = _b_rows(RH, srh, q, y_i, y0, H, DK, BLOCK_M, R, BLOCK_DK)
+            s = s + a + tl.reshape(tl.broadcast_to(bb[:, :, None], (BLOCK_M, R, BW)), (BLOCK_M, BLOCK_N))
         s = tl.where(n_ok[None, :], s * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.math.exp2(s - m_new[:, None])
@@ -75,86 +111,121 @@ def _fwd_kernel(
              acc.to(O.dtype.element_ty), mask=m_ok[:, None] & (offs_dv[None, :] < DV))
     tl.store(LSE + pid_bh * L + offs_m, m_i + tl.math.log2(l_i), mask=m_ok)
 
+
 @triton.jit
 def _bwd_dq_kernel(
-    Q, K, V, A, Bt, DO, LSE, DELTA, DQ, DA, DB,
-    sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd,
-    sab, sah, sal, sax, sbb, sbh, sbl, sby, sdob, sdoh, sdol, sdod,
-    NH, L, H, W, DK, DV, qk_scale, sm_scale,
+    Q, K, V, RW, RH, O, DO, LSE, DELTA, DQ, DRW, DRH, A,
+    sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd, srw, srh, sob, soh, sol, sod,
+    sdob, sdoh, sdol, sdod,
+    NH, L, H, W, DK, DV, qk_scale, sm_scale, G, ZERO,
     HAS_REL: tl.constexpr, BLOCK_M: tl.constexpr, BW: tl.constexpr, R: tl.constexpr,
+    BW2: tl.constexpr, BH2: tl.constexpr, BH: tl.constexpr,
     BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr,
 ):
+    """One program per (query block, group of G batch-heads): dq, delta, and this program's share of dr^W, dr^H."""
     BLOCK_N: tl.constexpr = R * BW
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    ib = pid_bh // NH
-    ih = pid_bh % NH
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pid_g = tl.program_id(1)
     offs_c = tl.arange(0, BLOCK_N)
     col_x = offs_c % BW
     col_r = offs_c // BW
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    m_ok = offs_m < L
-    q = tl.load(Q + ib * sqb + ih * sqh + offs_m[:, None] * sql + offs_dk[None, :] * sqd,
-                mask=m_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-    do = tl.load(DO + ib * sdob + ih * sdoh + offs_m[:, None] * sdol + offs_dv[None, :] * sdod,
-                 mask=m_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-    lse = tl.load(LSE + pid_bh * L + offs_m, mask=m_ok, other=0.0)
-    delta = tl.load(DELTA + pid_bh * L + offs_m, mask=m_ok, other=0.0)
-    k_base = K + ib * skb + ih * skh
-    v_base = V + ib * svb + ih * svh
-    dq = tl.zeros([BLOCK_M, BLOCK_DK], tl.float32)
     if HAS_REL:
-        offs_x = tl.arange(0, BW)
-        a = tl.load(A + ib * sab + ih * sah + offs_m[:, None] * sal + offs_x[None, :] * sax,
-                    mask=m_ok[:, None] & (offs_x[None, :] < W), other=0.0).to(tl.float32)
-        a = tl.reshape(tl.broadcast_to(a[:, None, :], (BLOCK_M, R, BW)), (BLOCK_M, BLOCK_N))
         offs_r = tl.arange(0, R)
-        b_base = Bt + ib * sbb + ih * sbh + offs_m[:, None] * sbl
-        da = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        offs_r = tl.arange(0, R)
-        db_base = DB + pid_bh * L * H + offs_m[:, None] * H
-    for y0 in range(0, H, R):
-        rows = y0 + col_r
-        offs_n = rows * W + col_x
-        n_ok = (col_x < W) & (rows < H) & (offs_n < L)
-        k = tl.load(k_base + offs_n[:, None] * skl + offs_dk[None, :] * skd,
-                    mask=n_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-        vt = tl.load(v_base + offs_n[None, :] * svl + offs_dv[:, None] * svd,
-                     mask=n_ok[None, :] & (offs_dv[:, None] < DV), other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        offs_bh = tl.arange(0, BH)
+    for g in range(G):
+        # `+ g * ZERO` (ZERO is 0 at run time): what derives from the query positions is rebuilt per batch-head
+        # instead of being hoisted out of this loop, where its index and pointer tiles would hold registers
+        # across the key loop and spill (measured: 418 spilled registers at 56 x 56 without it)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M) + g * ZERO
+        m_ok = offs_m < L
+        pid_bh = pid_g * G + g
+        ib = pid_bh // NH
+        ih = pid_bh % NH
+        q = tl.load(Q + ib * sqb + ih * sqh + offs_m[:, None] * sql + offs_dk[None, :] * sqd,
+                    mask=m_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+        do = tl.load(DO + ib * sdob + ih * sdoh + offs_m[:, None] * sdol + offs_dv[None, :] * sdod,
+                     mask=m_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+        o = tl.load(O + ib * sob + ih * soh + offs_m[:, None] * sol + offs_dv[None, :] * sod,
+                    mask=m_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+        tl.store(DELTA + pid_bh * L + offs_m, delta, mask=m_ok)  # for the dk/dv kernel, which runs next
+        lse = tl.load(LSE + pid_bh * L + offs_m, mask=m_ok, other=0.0)
+        k_base = K + ib * skb + ih * skh
+        v_base = V + ib * svb + ih * svh
+        dq = tl.zeros([BLOCK_M, BLOCK_DK], tl.float32)
         if HAS_REL:
-            # b at the block's R rows, loaded once per (query, row) and spread over the row's columns
-            bb = tl.load(b_base + (y0 + offs_r)[None, :] * sby, mask=m_ok[:, None] & ((y0 + offs_r)[None, :] < H),
-                         other=0.0)
-            bb = tl.reshape(tl.broadcast_to(bb[:, :, None], (BLOCK_M, R, BW)), (BLOCK_M, BLOCK_N))
-            s = s + a + bb.to(tl.float32)
-        p = tl.math.exp2(s * qk_scale - lse[:, None])
-        p = tl.where(n_ok[None, :] & m_ok[:, None], p, 0.0)
-        dp = tl.dot(do, vt, input_precision=PRECISION)
-        ds = p * (dp - delta[:, None]) * sm_scale  # d loss / d (q.k + a + b)
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+            rwt, _ = _rel_tables_t(RW, RH, srw, srh, W, H, DK, q.dtype, BW2, BH2, BLOCK_DK)
+            a_x = _a_of(q, rwt, offs_m, W, BW, BW2, PRECISION)
+            # a, kept for the dk/dv kernel that runs next (it cannot rebuild it cheaply: the gather is per query)
+            offs_x = tl.arange(0, BW)
+            tl.store(A + (pid_bh * L + offs_m[:, None]) * W + offs_x[None, :], a_x.to(A.dtype.element_ty),
+                     mask=m_ok[:, None] & (offs_x[None, :] < W))
+            a = _spread(a_x.to(q.dtype), BLOCK_M, R, BW)  # in q's dtype: fewer registers across the key loop
+            y_i = offs_m // W
+            da = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+            db = tl.zeros([BLOCK_M, BH], tl.float32)  # by absolute key row
+        for y0 in range(0, H, R):
+            rows = y0 + col_r
+            offs_n = rows * W + col_x
+            n_ok = (col_x < W) & (rows < H) & (offs_n < L)
+            k = tl.load(k_base + offs_n[:, None] * skl + offs_dk[None, :] * skd,
+                        mask=n_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+            vt = tl.load(v_base + offs_n[None, :] * svl + offs_dv[:, None] * svd,
+                         mask=n_ok[None, :] & (offs_dv[:, None] < DV), other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+            if HAS_REL:
+                bb = _b_rows(RH, srh, q, y_i, y0, H, DK, BLOCK_M, R, BLOCK_DK)
+                s = s + a + tl.reshape(tl.broadcast_to(bb[:, :, None], (BLOCK_M, R, BW)), (BLOCK_M, BLOCK_N))
+            p = tl.math.exp2(s * qk_scale - lse[:, None])
+            p = tl.where(n_ok[None, :] & m_ok[:, None], p, 0.0)
+            dp = tl.dot(do, vt, input_precision=PRECISION)
+            ds = p * (dp - delta[:, None]) * sm_scale  # d loss / d (q.k + a + b)
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+            if HAS_REL:
+                da += ds
+                db_rows = tl.sum(tl.reshape(ds, (BLOCK_M, R, BW)), 2)  # (BLOCK_M, R): rows y0 .. y0 + R - 1
+                hit = offs_bh[None, None, :] == (y0 + offs_r)[None, :, None]
+                db += tl.sum(tl.where(hit, db_rows[:, :, None], 0.0), 1)
         if HAS_REL:
-            da += ds
-            db_rows = tl.sum(tl.reshape(ds, (BLOCK_M, R, BW)), 2)  # (BLOCK_M, R)
-            r_ok = (y0 + offs_r) < H
-            tl.store(db_base + (y0 + offs_r)[None, :], db_rows.to(DB.dtype.element_ty), mask=m_ok[:, None] & r_ok[None, :])
-    tl.store(DQ + pid_bh * L * DK + offs_m[:, None] * DK + offs_dk[None, :], dq.to(DQ.dtype.element_ty),
-             mask=m_ok[:, None] & (offs_dk[None, :] < DK))
-    if HAS_REL:
-        da_x = tl.sum(tl.reshape(da, (BLOCK_M, R, BW)), 1)  # fold the R rows: (BLOCK_M, BW)
-        offs_x = tl.arange(0, BW)
-        tl.store(DA + pid_bh * L * W + offs_m[:, None] * W + offs_x[None, :], da_x.to(DA.dtype.element_ty),
-                 mask=m_ok[:, None] & (offs_x[None, :] < W))
+            da_x = tl.sum(tl.reshape(da, (BLOCK_M, R, BW)), 1)  # fold the R rows: (BLOCK_M, BW)
+            # the same gradients by relative offset, d(q . r^W[m]) and d(q . r^H[m]): offset m meets query i at
+            # key column x = m + x_i - (W - 1) (row y = m + y_i - (H - 1))
+            src_x = tl.arange(0, BW2)[None, :] + (offs_m % W)[:, None] - (W - 1)
+            dqw = tl.where((src_x >= 0) & (src_x < W),
+                           tl.gather(da_x, tl.minimum(tl.maximum(src_x, 0), BW - 1), 1), 0.0).to(q.dtype)
+            src_y = tl.arange(0, BH2)[None, :] + (offs_m // W)[:, None] - (H - 1)
+            dqh = tl.where((src_y >= 0) & (src_y < H),
+                           tl.gather(db, tl.minimum(tl.maximum(src_y, 0), BH - 1), 1), 0.0).to(q.dtype)
+            rwt, rht = _rel_tables_t(RW, RH, srw, srh, W, H, DK, q.dtype, BW2, BH2, BLOCK_DK)
+            dq += tl.dot(dqw, tl.trans(rwt), input_precision=PRECISION)
+            dq += tl.dot(dqh, tl.trans(rht), input_precision=PRECISION)
+            # this program's share of dr^W and dr^H (zeroed by the caller, summed over programs after it in a
+            # fixed order: no atomics), accumulated in memory rather than in registers the key loop needs
+            part = pid_g * tl.num_programs(0) + pid_m
+            offs_w2 = tl.arange(0, BW2) + g * ZERO
+            offs_h2 = tl.arange(0, BH2) + g * ZERO
+            drw_ptr = DRW + (part * (2 * W - 1) + offs_w2[:, None]) * DK + offs_dk[None, :]
+            drw_ok = (offs_w2[:, None] < 2 * W - 1) & (offs_dk[None, :] < DK)
+            drw = tl.load(drw_ptr, mask=drw_ok, other=0.0) + tl.dot(tl.trans(dqw), q, input_precision=PRECISION)
+            tl.store(drw_ptr, drw, mask=drw_ok)
+            drh_ptr = DRH + (part * (2 * H - 1) + offs_h2[:, None]) * DK + offs_dk[None, :]
+            drh_ok = (offs_h2[:, None] < 2 * H - 1) & (offs_dk[None, :] < DK)
+            drh = tl.load(drh_ptr, mask=drh_ok, other=0.0) + tl.dot(tl.trans(dqh), q, input_precision=PRECISION)
+            tl.store(drh_ptr, drh, mask=drh_ok)
+            tl.debug_barrier()  # the next batch-head's read-back of the shares sees every thread's store
+        tl.store(DQ + pid_bh * L * DK + offs_m[:, None] * DK + offs_dk[None, :], dq.to(DQ.dtype.element_ty),
+                 mask=m_ok[:, None] & (offs_dk[None, :] < DK))
+
 
 @triton.jit
 def _bwd_dkdv_kernel(
-    Q, K, V, A, Bt, DO, LSE, DELTA, DK_, DV_,
-    sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd,
-    sab, sah, sal, sax, sbb, sbh, sbl, sby, sdob, sdoh, sdol, sdod,
+    Q, K, V, RW, RH, DO, LSE, DELTA, DK_, DV_, A,
+    sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd, srw, srh, sdob, sdoh, sdol, sdod,
     NH, L, H, W, DK, DV, qk_scale, sm_scale,
     HAS_REL: tl.constexpr, BLOCK_M: tl.constexpr, BW: tl.constexpr, R: tl.constexpr,
+    BW2: tl.constexpr, BH2: tl.constexpr, BH: tl.constexpr,
     BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr,
 ):
     BLOCK_N: tl.constexpr = R * BW
@@ -177,9 +248,9 @@ def _bwd_dkdv_kernel(
     do_base = DO + ib * sdob + ih * sdoh
     if HAS_REL:
         offs_x = tl.arange(0, BW)
-        row_r = pid_n * R + tl.arange(0, R)
-        a_base = A + ib * sab + ih * sah + offs_x[:, None] * sax
-        b_base = Bt + ib * sbb + ih * sbh + row_r[:, None] * sby
+        offs_r = tl.arange(0, R)
+        row_r = pid_n * R + offs_r
+        a_base = A + pid_bh * L * W + offs_x[:, None]
     dk = tl.zeros([BLOCK_N, BLOCK_DK], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     for m0 in range(0, L, BLOCK_M):
@@ -191,14 +262,15 @@ def _bwd_dkdv_kernel(
                      mask=m_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
         lse = tl.load(LSE + pid_bh * L + offs_m, mask=m_ok, other=0.0)
         delta = tl.load(DELTA + pid_bh * L + offs_m, mask=m_ok, other=0.0)
-        st = tl.dot(k, tl.trans(q), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
+        qt = tl.trans(q)
+        st = tl.dot(k, qt, input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
         if HAS_REL:
-            # a^T as (BW, M) and b^T at the block's R rows as (R, M), spread over the (R * BW) key columns
-            at = tl.load(a_base + offs_m[None, :] * sal, mask=(offs_x[:, None] < W) & m_ok[None, :], other=0.0)
-            bt = tl.load(b_base + offs_m[None, :] * sbl, mask=(row_r[:, None] < H) & m_ok[None, :], other=0.0)
-            at = tl.reshape(tl.broadcast_to(at.to(tl.float32)[None, :, :], (R, BW, BLOCK_M)), (BLOCK_N, BLOCK_M))
-            bt = tl.reshape(tl.broadcast_to(bt.to(tl.float32)[:, None, :], (R, BW, BLOCK_M)), (BLOCK_N, BLOCK_M))
-            st = st + at + bt
+            # a^T and b^T: the queries' relative logits by offset, gathered at each key's column and row
+            # a^T (BW, M) as the dq kernel left it, b^T (R, M) at the block's rows; spread over the R * BW keys
+            at = tl.load(a_base + offs_m[None, :] * W, mask=(offs_x[:, None] < W) & m_ok[None, :], other=0.0)
+            st += tl.reshape(tl.broadcast_to(at.to(tl.float32)[None, :, :], (R, BW, BLOCK_M)), (BLOCK_N, BLOCK_M))
+            bt = tl.trans(_b_rows(RH, srh, q, offs_m // W, pid_n * R, H, DK, BLOCK_M, R, BLOCK_DK))  # (R, M)
+            st += tl.reshape(tl.broadcast_to(bt[:, None, :], (R, BW, BLOCK_M)), (BLOCK_N, BLOCK_M))
         pt = tl.math.exp2(st * qk_scale - lse[None, :])
         pt = tl.where(n_ok[:, None] & m_ok[None, :], pt, 0.0)
         dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)

@@ -20,9 +20,10 @@ Three implementations of `relative_attention`, which compute the same function:
   its fused (flash / memory-efficient / cuDNN) kernels. The per-query vectors are computed directly as
   a batched product of q with the W x W (resp. H x H) windows of r^W (r^H), so the (2W - 1) wide
   intermediate of the rel_to_abs trick is never built either.
-* ``triton``: the same per-query tables, fed to our Triton kernel pair (`aa_modules.flash_relative`),
-  which adds them inside each score tile, forward and backward, with no atomics: bitwise deterministic,
-  no (H*W)^2 tensor, and no one-hot columns widening the dot products. The default on CUDA.
+* ``triton``: our Triton kernel pair (`aa_modules.flash_relative`), which builds the same per-query logits
+  from q, r^W and r^H inside each program and adds them to each score tile, forward and backward, with no
+  atomics: bitwise deterministic, no (H*W)^2 tensor, no per-query tables in memory in forward, and no
+  one-hot columns widening the dot products. The default on CUDA.
 """
 from __future__ import annotations
 
@@ -137,10 +138,8 @@ def _attention_fused(q, k, v, rel_width, rel_height, height, width):
 
 
 def _attention_triton(q, k, v, rel_width, rel_height, height, width):
-    a = b = None
-    if rel_width is not None:
-        a, b = relative_tables(q, rel_width, rel_height, height, width)
-    return flash_relative.flash_relative_attention(q, k, v, a, b, height, width, q.shape[-1] ** -0.5)
+    return flash_relative.flash_relative_attention(q, k, v, rel_width, rel_height, height, width,
+                                                   q.shape[-1] ** -0.5)
 
 
 def relative_attention(q, k, v, rel_width, rel_height, height, width, *, implementation="auto"):

@@ -1,11 +1,13 @@
 """Fused attention with decomposed 2D relative logits: a Triton kernel pair, deterministic by construction.
 
-    o_i = sum_j softmax_j( s * (q_i . k_j + a_i[x_j] + b_i[y_j]) ) v_j
+    o_i = sum_j softmax_j( s * (q_i . k_j + a_i[x_j] + b_i[y_j]) ),   a_i[x] = q_i . r^W[x - x_i + W - 1],
+                                                                       b_i[y] = q_i . r^H[y - y_i + H - 1]
 
-for every query i of an H x W map (positions flattened row-major, j = y_j * W + x_j). ``a`` (B, N_h, HW, W)
-and ``b`` (B, N_h, HW, H) are the per-query relative tables (q_i . r^W at every key column, q_i . r^H at
-every key row) that `aa_modules.attention` computes from q, r^W and r^H; without them (content-only
-attention) the kernel is plain attention.
+for every query i of an H x W map (positions flattened row-major, j = y_j * W + x_j), with the offset tables
+r^W (2W - 1, d) and r^H (2H - 1, d) shared by every batch element and head. The kernels take q, k, v, r^W and
+r^H and build a and b inside each program: no per-query table (B, N_h, HW, W + H) is ever materialised in
+forward, and backward keeps only a, transiently. Without r^W, r^H (content-only attention) the kernel is plain
+attention.
 
 Why by hand: no public kernel takes a query-dependent bias indexed by the key's column and row *with a
 fused backward* (FlashAttention and NATTEN take no such bias, xformers rejects bias gradients on its flash
@@ -15,17 +17,24 @@ PyTorch's flash SDPA accumulates dq with atomics, so its result depends on how t
 Design: a key block is ``R`` whole image rows (``R * BW`` columns, ``BW`` = W padded to a power of two),
 so column c of every score tile is key column ``x = c % BW`` of row ``y0 + c // BW``:
 
-* forward: the ``a`` tile of a query block is loaded once and added to every score tile as it is (no
-  gather), ``b`` at the tile's rows; online softmax in exp2; writes o and the log-sum-exp (log2 units).
-* backward, one program per query block (dq, da, db): it walks every key block in a fixed order;
-  ``da`` is the running sum of the score-gradient tiles folded over their R rows, ``db[:, y]`` the row
-  sums of each tile, written once by the only program that owns those queries.
-* backward, one program per key block (dk, dv): walks every query block in a fixed order.
+* forward, one program per query block: ``a`` (BLOCK_M, BW) from one small dot, q @ r^W^T at every offset,
+  gathered per query (``tl.gather``) and added to every score tile as it is; ``b`` at the tile's R rows from
+  the rows of r^H read per query (a cache-resident table); online softmax in exp2; writes o and the
+  log-sum-exp (log2 units).
+* backward, one program per (query block, group of G batch-heads) (dq, delta = rowsum(o * do), dr^W, dr^H):
+  it walks every key block in a fixed order; the score gradients summed per key column (da) and per key
+  row (db) are turned back into gradients by offset with a gather, which give dq's relative part
+  (times r^W, r^H) and the program's share of dr^W, dr^H (times q). The shares, one per program, fp32, are
+  summed afterwards in a fixed order: no atomics. G trades their memory for parallelism (`_groups`).
+  It also leaves ``a`` for the next kernel (B, N_h, HW, W in q's dtype; freed after the backward).
+* backward, one program per key block (dk, dv): walks every query block in a fixed order, reading ``a`` and
+  rebuilding ``b`` as the forward does.
 
-No atomics, no split reductions: every output element is written by one program whose accumulation order
-is fixed, so two backward passes on the same inputs are bitwise equal, whatever else runs on the GPU.
-No (HW)^2 tensor exists in forward or backward. Head dims are zero-padded inside the kernel (masked
-loads) to a power of two >= 16; bf16/fp16 inputs accumulate in fp32; fp32 inputs use IEEE fp32 dots.
+No atomics, no split reductions in nondeterministic order: every output element is written by one program
+whose accumulation order is fixed, so two backward passes on the same inputs are bitwise equal, whatever
+else runs on the GPU. No (HW)^2 tensor exists in forward or backward. Head dims are zero-padded inside the
+kernel (masked loads) to a power of two >= 16; bf16/fp16 inputs accumulate in fp32 (r^W, r^H are rounded
+to q's dtype, as the stock paths do under autocast); fp32 inputs use IEEE fp32 dots.
 
 On a machine without CUDA the same kernels run through Triton's interpreter (numpy, slow: tests on small
 shapes; see `aa_modules._flash_kernels`): that is how CI checks them against the reference.
@@ -51,6 +60,7 @@ if "triton" not in sys.modules and not torch.cuda.is_available():
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 _K = None
+COMPILED = {}  # kernel name -> its last compiled launch (registers and spills: benchmarks/kernel_parts.py)
 
 
 def _kernels():
@@ -89,7 +99,9 @@ LOG2E = 1.4426950408889634
 # Launch parameters (benchmarks/attention.py --explore sweeps them on the GPU). block_n: keys per block
 # (whole rows, so the real count is R * BW); fwd and bwd may differ.
 TUNING = {"fwd": dict(block_m=64, block_n=64, num_warps=4, num_stages=2),
-          "bwd": dict(block_m=64, block_n=64, num_warps=4, num_stages=2)}
+          "bwd": dict(block_m=64, block_n=64, num_warps=4, num_stages=2, programs_per_sm=4),  # the dq kernel
+          # 128 keys, 1 stage: 2.34 -> 1.68 ms for this kernel at 56 x 56 (H200, benchmarks/kernel_parts.py)
+          "dkdv": dict(block_m=64, block_n=128, num_warps=4, num_stages=1)}
 
 
 def _geometry(L: int, height: int, width: int, has_rel: bool, block_n: int = 64):
@@ -116,10 +128,6 @@ def _config(q: torch.Tensor, L: int, height: int, width: int, has_rel: bool, pha
     return dict(H=h, W=w, BW=bw, R=r, BLOCK_M=block_m), launch
 
 
-def _strides(t: Optional[torch.Tensor], fallback: torch.Tensor):
-    return tuple((t if t is not None else fallback).stride())
-
-
 def _precision(q: torch.Tensor) -> str:
     """fp32 dots follow PyTorch's own matmul setting: IEEE fp32 unless TF32 was allowed."""
     if q.dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
@@ -133,107 +141,140 @@ def _output(q, B, NH, L, DV):
     return torch.empty((B, L, NH, DV), dtype=q.dtype, device=q.device).permute(0, 2, 1, 3)
 
 
-def _forward(q, k, v, a, b, height, width, scale):
+def _rel_meta(rw, rh, cfg):
+    """Strides and padded widths of the offset tables r^W (2W - 1, d) and r^H (2H - 1, d)."""
+    if rw is None:
+        return (0, 0), dict(BW2=16, BH2=16, BH=16)
+    return (rw.stride(0), rh.stride(0)), dict(BW2=_pow2(2 * cfg["W"] - 1), BH2=_pow2(2 * cfg["H"] - 1),
+                                              BH=_pow2(cfg["H"]))
+
+
+def _groups(q: torch.Tensor, n_m: int, bnh: int, has_rel: bool) -> int:
+    """G, the batch-heads one dq program walks: each program leaves one share of dr^W and dr^H (summed after,
+    in a fixed order), so fewer, longer programs mean a smaller buffer of shares. G divides B * N_h and
+    leaves at least TUNING['bwd']['programs_per_sm'] programs per SM (all of them when there are fewer)."""
+    if not has_rel:
+        return 1
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 1
+    want = min(bnh * n_m, TUNING["bwd"]["programs_per_sm"] * sms)
+    return max(g for g in range(1, bnh + 1) if bnh % g == 0 and n_m * (bnh // g) >= want)
+
+
+def _forward(q, k, v, rw, rh, height, width, scale):
     B, NH, L, DK = q.shape
     DV = v.shape[-1]
-    has_rel = a is not None
+    has_rel = rw is not None
     cfg, launch = _config(q, L, height, width, has_rel, "fwd")
+    rstrides, rmeta = _rel_meta(rw, rh, cfg)
     o = _output(q, B, NH, L, DV)
     lse = torch.empty((B, NH, L), dtype=torch.float32, device=q.device)
     grid = (_cdiv(L, cfg["BLOCK_M"]), B * NH)
-    _kernels()._fwd_kernel[grid](
-        q, k, v, a if has_rel else q, b if has_rel else q, o, lse,
-        *q.stride(), *k.stride(), *v.stride(), *_strides(a, q), *_strides(b, q), *o.stride(),
+    COMPILED["fwd"] = _kernels()._fwd_kernel[grid](
+        q, k, v, rw if has_rel else q, rh if has_rel else q, o, lse,
+        *q.stride(), *k.stride(), *v.stride(), *rstrides, *o.stride(),
         NH, L, cfg["H"], cfg["W"], DK, DV, scale * LOG2E,
-        HAS_REL=has_rel, BLOCK_M=cfg["BLOCK_M"], BW=cfg["BW"], R=cfg["R"],
+        HAS_REL=has_rel, BLOCK_M=cfg["BLOCK_M"], BW=cfg["BW"], R=cfg["R"], **rmeta,
         BLOCK_DK=_pow2(DK), BLOCK_DV=_pow2(DV), PRECISION=_precision(q), **launch,
     )
     return o, lse
 
 
-def _backward(do, q, k, v, a, b, o, lse, height, width, scale):
+def _backward(do, q, k, v, rw, rh, o, lse, height, width, scale):
     B, NH, L, DK = q.shape
     DV = v.shape[-1]
-    has_rel = a is not None
+    has_rel = rw is not None
     cfg, launch = _config(q, L, height, width, has_rel, "bwd")
+    rstrides, rmeta = _rel_meta(rw, rh, cfg)
     do = do.to(q.dtype)
-    delta = (o.float() * do.float()).sum(-1).contiguous()  # (B, NH, L); the kernels index it densely
+    delta = torch.empty((B, NH, L), dtype=torch.float32, device=q.device)  # written by the dq kernel
     dq = torch.empty((B, NH, L, DK), dtype=q.dtype, device=q.device)
     dk = torch.empty((B, NH, L, DK), dtype=q.dtype, device=q.device)
     dv = torch.empty((B, NH, L, DV), dtype=q.dtype, device=q.device)
+    n_m = _cdiv(L, cfg["BLOCK_M"])
+    groups = _groups(q, n_m, B * NH, has_rel)
     if has_rel:
-        # written in the tables' own dtype (the kernel accumulates in fp32 and rounds once on store)
-        da = torch.empty((B, NH, L, width), dtype=a.dtype, device=q.device)
-        db = torch.empty((B, NH, L, height), dtype=b.dtype, device=q.device)
+        # one fp32 share per dq program, summed below in a fixed order
+        drw = torch.zeros((n_m * (B * NH // groups), 2 * width - 1, DK), dtype=torch.float32, device=q.device)
+        drh = torch.zeros((n_m * (B * NH // groups), 2 * height - 1, DK), dtype=torch.float32, device=q.device)
+        # a, the per-query column logits, left by the dq kernel for the dk/dv kernel (q's dtype; freed after)
+        a = torch.empty((B, NH, L, width), dtype=q.dtype, device=q.device)
     else:
-        da, db = q.new_empty(0), q.new_empty(0)
-    common = (*q.stride(), *k.stride(), *v.stride(), *_strides(a, q), *_strides(b, q), *do.stride(),
-              NH, L, cfg["H"], cfg["W"], DK, DV, scale * LOG2E, scale)
-    meta = dict(HAS_REL=has_rel, BLOCK_M=cfg["BLOCK_M"], BW=cfg["BW"], R=cfg["R"],
+        drw, drh = q.new_empty(0), q.new_empty(0)
+        a = q
+    strides = (*q.stride(), *k.stride(), *v.stride(), *rstrides)
+    meta = dict(HAS_REL=has_rel, BLOCK_M=cfg["BLOCK_M"], BW=cfg["BW"], R=cfg["R"], **rmeta,
                 BLOCK_DK=_pow2(DK), BLOCK_DV=_pow2(DV), PRECISION=_precision(q), **launch)
-    aa, bb = (a, b) if has_rel else (q, q)
-    _kernels()._bwd_dq_kernel[(_cdiv(L, cfg["BLOCK_M"]), B * NH)](
-        q, k, v, aa, bb, do, lse, delta, dq, da if has_rel else q, db if has_rel else q, *common, **meta)
-    _kernels()._bwd_dkdv_kernel[(_cdiv(cfg["H"], cfg["R"]), B * NH)](
-        q, k, v, aa, bb, do, lse, delta, dk, dv, *common, **meta)
-    return dq, dk, dv, da, db
+    rr = (rw, rh) if has_rel else (q, q)
+    COMPILED["bwd_dq"] = _kernels()._bwd_dq_kernel[(n_m, B * NH // groups)](
+        q, k, v, *rr, o, do, lse, delta, dq, drw, drh, a, *strides, *o.stride(), *do.stride(),
+        NH, L, cfg["H"], cfg["W"], DK, DV, scale * LOG2E, scale, groups, 0, **meta)
+    kv, kv_launch = _config(q, L, height, width, has_rel, "dkdv")  # its own key blocks: same H, W, BW
+    kv_meta = dict(meta, BLOCK_M=kv["BLOCK_M"], R=kv["R"], BW=kv["BW"], **kv_launch)
+    COMPILED["bwd_dkdv"] = _kernels()._bwd_dkdv_kernel[(_cdiv(kv["H"], kv["R"]), B * NH)](
+        q, k, v, *rr, do, lse, delta, dk, dv, a, *strides, *do.stride(),
+        NH, L, kv["H"], kv["W"], DK, DV, scale * LOG2E, scale, **kv_meta)
+    if has_rel:
+        drw, drh = drw.sum(0).to(rw.dtype), drh.sum(0).to(rh.dtype)
+    return dq, dk, dv, drw, drh
 
 
 @torch.library.custom_op("aa_study::flash_rel_fwd", mutates_args=())
-def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: Optional[torch.Tensor],
-            b: Optional[torch.Tensor], height: int, width: int, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    return _forward(q, k, v, a, b, height, width, scale)
+def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rw: Optional[torch.Tensor],
+            rh: Optional[torch.Tensor], height: int, width: int, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _forward(q, k, v, rw, rh, height, width, scale)
 
 
 @_fwd_op.register_fake
-def _(q, k, v, a, b, height, width, scale):
+def _(q, k, v, rw, rh, height, width, scale):
     B, NH, L, _ = q.shape
     return _output(q, B, NH, L, v.shape[-1]), q.new_empty((B, NH, L), dtype=torch.float32)
 
 
 @torch.library.custom_op("aa_study::flash_rel_bwd", mutates_args=())
-def _bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: Optional[torch.Tensor],
-            b: Optional[torch.Tensor], o: torch.Tensor, lse: torch.Tensor, height: int, width: int,
+def _bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rw: Optional[torch.Tensor],
+            rh: Optional[torch.Tensor], o: torch.Tensor, lse: torch.Tensor, height: int, width: int,
             scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward(do, q, k, v, a, b, o, lse, height, width, scale)
+    return _backward(do, q, k, v, rw, rh, o, lse, height, width, scale)
 
 
 @_bwd_op.register_fake
-def _(do, q, k, v, a, b, o, lse, height, width, scale):
+def _(do, q, k, v, rw, rh, o, lse, height, width, scale):
     # contiguous, as `_backward` allocates them (empty_like would copy the strides of q's view)
-    da = a.new_empty(a.shape) if a is not None else q.new_empty(0)
-    db = b.new_empty(b.shape) if b is not None else q.new_empty(0)
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), da, db
+    drw = rw.new_empty(rw.shape) if rw is not None else q.new_empty(0)
+    drh = rh.new_empty(rh.shape) if rh is not None else q.new_empty(0)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), drw, drh
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, a, b, height, width, scale = inputs
+    q, k, v, rw, rh, height, width, scale = inputs
     o, lse = output
-    ctx.save_for_backward(q, k, v, a, b, o, lse)
+    ctx.save_for_backward(q, k, v, rw, rh, o, lse)
     ctx.geometry = (height, width, scale)
-    ctx.has_rel = a is not None
+    ctx.has_rel = rw is not None
 
 
 def _backward_formula(ctx, do, _dlse):
-    q, k, v, a, b, o, lse = ctx.saved_tensors
+    q, k, v, rw, rh, o, lse = ctx.saved_tensors
     height, width, scale = ctx.geometry
-    dq, dk, dv, da, db = _bwd_op(do, q, k, v, a, b, o, lse, height, width, scale)
+    dq, dk, dv, drw, drh = _bwd_op(do, q, k, v, rw, rh, o, lse, height, width, scale)
     if not ctx.has_rel:
-        da = db = None
-    return dq, dk, dv, da, db, None, None, None
+        drw = drh = None
+    return dq, dk, dv, drw, drh, None, None, None
 
 
 _fwd_op.register_autograd(_backward_formula, setup_context=_setup_context)
 
 
-def flash_relative_attention(q, k, v, a=None, b=None, height=None, width=None, scale=None):
-    """softmax_j(scale * (q_i.k_j + a_i[x_j] + b_i[y_j])) v_j over an H x W map (see the module docstring).
+def flash_relative_attention(q, k, v, rel_width=None, rel_height=None, height=None, width=None, scale=None):
+    """softmax_j(scale * (q_i.k_j + q_i.r^W[x_j - x_i] + q_i.r^H[y_j - y_i])) v_j over an H x W map (see the
+    module docstring).
 
-    q, k: (B, N_h, H*W, d_k); v: (B, N_h, H*W, d_v); a: (B, N_h, H*W, W) and b: (B, N_h, H*W, H), or both
-    None for content-only attention. Last dims must be contiguous (stride 1); other strides are free.
+    q, k: (B, N_h, H*W, d_k); v: (B, N_h, H*W, d_v); rel_width (2W - 1, d_k) and rel_height (2H - 1, d_k), row m
+    at offset m - (W - 1) (resp. H), or both None for content-only attention. Last dims must be contiguous
+    (stride 1); other strides are free.
     """
-    if (a is None) != (b is None):
-        raise ValueError("a and b must be given together (or both None)")
+    if (rel_width is None) != (rel_height is None):
+        raise ValueError("rel_width and rel_height must be given together (or both None)")
     if not available(q.device):
         raise RuntimeError(f"flash_relative_attention needs Triton and a CUDA or CPU tensor; got {q.device}")
     L = q.shape[2]
@@ -243,5 +284,7 @@ def flash_relative_attention(q, k, v, a=None, b=None, height=None, width=None, s
     if torch.is_autocast_enabled(q.device.type):  # as SDPA: attention runs in autocast's lower precision
         q = q.to(torch.get_autocast_dtype(q.device.type))
     k, v = k.to(q.dtype), v.to(q.dtype)
-    o, _ = _fwd_op(q, k, v, a, b, int(height), int(width), scale)
+    if rel_width is not None:  # the kernels read them row by row
+        rel_width, rel_height = rel_width.contiguous(), rel_height.contiguous()
+    o, _ = _fwd_op(q, k, v, rel_width, rel_height, int(height), int(width), scale)
     return o

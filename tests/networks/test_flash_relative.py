@@ -44,21 +44,33 @@ def test_forward_and_five_gradients_match_the_reference(shape, rel):
         torch.testing.assert_close(got, exp, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
 
 
-def test_kernel_gradients_of_the_tables_match_autograd_of_the_dense_logits():
-    """da, db straight from the kernel (not through the einsums) against autograd of a dense formula."""
-    B, N, H, W, d = 1, 2, 4, 6, 5
+def test_kernel_gradients_of_the_offset_tables_match_autograd_of_the_dense_logits():
+    """dr^W, dr^H straight from the kernel op (each dq program's share, summed in a fixed order) against autograd
+    of a dense formula, on a map whose query blocks straddle rows (W = 6, blocks of 32 queries) and several
+    batch-heads per dq program."""
+    B, N, H, W, d = 3, 2, 7, 6, 5
     g = torch.Generator().manual_seed(7)
     q, k, v = (torch.randn(B, N, H * W, d, generator=g).requires_grad_() for _ in range(3))
-    a = torch.randn(B, N, H * W, W, generator=g).requires_grad_()
-    b = torch.randn(B, N, H * W, H, generator=g).requires_grad_()
+    rw = torch.randn(2 * W - 1, d, generator=g).requires_grad_()
+    rh = torch.randn(2 * H - 1, d, generator=g).requires_grad_()
     xs, ys = torch.arange(W).repeat(H), torch.arange(H).repeat_interleave(W)
-    logits = (q @ k.transpose(-1, -2) + a[..., xs] + b[..., ys]) * d ** -0.5
+    ow = xs[None, :] - xs[:, None] + W - 1  # (L, L) offset row of r^W for query i, key j
+    oh = ys[None, :] - ys[:, None] + H - 1
+    logits = (q @ k.transpose(-1, -2) + torch.einsum("bnid,ijd->bnij", q, rw[ow])
+              + torch.einsum("bnid,ijd->bnij", q, rh[oh])) * d ** -0.5
     ref = torch.softmax(logits, -1) @ v
-    out = flash_relative.flash_relative_attention(q, k, v, a, b, H, W)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    up = torch.randn_like(ref)
-    for name, got, exp in zip("q k v a b".split(), _grads(out, (q, k, v, a, b), up), _grads(ref, (q, k, v, a, b), up)):
-        torch.testing.assert_close(got, exp, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
+    saved = dict(flash_relative.TUNING["bwd"])
+    flash_relative.TUNING["bwd"]["programs_per_sm"] = 1  # on the CPU: one dq program per query block
+    try:
+        assert flash_relative._groups(q, 2, B * N, True) == B * N  # every batch-head in one program
+        out = flash_relative.flash_relative_attention(q, k, v, rw, rh, H, W)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        up = torch.randn_like(ref)
+        got = _grads(out, (q, k, v, rw, rh), up)
+    finally:
+        flash_relative.TUNING["bwd"].update(saved)
+    for name, got_g, exp in zip("q k v r^W r^H".split(), got, _grads(ref, (q, k, v, rw, rh), up)):
+        torch.testing.assert_close(got_g, exp, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
 
 
 def test_matches_the_brute_force_loop_on_a_non_square_map():
@@ -88,9 +100,9 @@ def test_custom_op_passes_opcheck():
     qkv = torch.randn(B, H * W, 3 * N * d, generator=g)
     q, k, v = (t.unflatten(-1, (N, d)).transpose(1, 2).detach().requires_grad_() for t in qkv.split(N * d, -1))
     assert not q.is_contiguous()
-    a = torch.randn(B, N, H * W, W, generator=g, requires_grad=True)
-    b = torch.randn(B, N, H * W, H, generator=g, requires_grad=True)
-    for tables in ((a, b), (None, None)):
+    rw = torch.randn(2 * W - 1, d, generator=g, requires_grad=True)
+    rh = torch.randn(2 * H - 1, d, generator=g, requires_grad=True)
+    for tables in ((rw, rh), (None, None)):
         torch.library.opcheck(flash_relative._fwd_op, (q, k, v, *tables, H, W, 0.5))
         o, lse = flash_relative._fwd_op(q, k, v, *tables, H, W, 0.5)
         do = torch.randn(o.shape, generator=g)
@@ -134,3 +146,19 @@ def test_augmented_conv_triton_equals_reference(pos_enc):
     out.square().sum().backward()
     for (name, p_ref), p_tri in zip(ref_layer.named_parameters(), tri_layer.parameters()):
         torch.testing.assert_close(p_tri.grad, p_ref.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_dkdv_blocks_of_their_own_size_give_the_same_gradients():
+    """The dk/dv kernel may cut keys into blocks of other row counts than the dq kernel (TUNING['dkdv']); the
+    column logits it reads from the dq kernel are per key column, so gradients must not change."""
+    q, k, v, rw, rh = _inputs(1, 2, 9, 6, 5, 4, seed=13)
+    up = torch.randn(1, 2, 54, 4)
+    base = _grads(relative_attention(q, k, v, rw, rh, 9, 6, implementation="triton"), (q, k, v, rw, rh), up)
+    saved = dict(flash_relative.TUNING["dkdv"])
+    flash_relative.TUNING["dkdv"]["block_n"] = 16  # 2 rows of 8 per key block instead of 8 rows
+    try:
+        other = _grads(relative_attention(q, k, v, rw, rh, 9, 6, implementation="triton"), (q, k, v, rw, rh), up)
+    finally:
+        flash_relative.TUNING["dkdv"].update(saved)
+    for name, x, y in zip("q k v r^W r^H".split(), base, other):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)

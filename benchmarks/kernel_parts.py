@@ -1,0 +1,104 @@
+"""Where the relative-attention kernel's time goes: each kernel's GPU time (torch.profiler), registers and
+spills, under launch-parameter variants, at the sizes given (B=32, N_h=4, d_kh=d_vh=16, bf16).
+
+    python benchmarks/kernel_parts.py [--sizes 28 56]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from aa_modules import flash_relative  # noqa: E402
+from aa_modules.attention import relative_attention  # noqa: E402
+from benchmarks.common import environment, markdown_table  # noqa: E402
+
+VARIANTS = {
+    "as shipped": {},
+    "fwd 8 warps": {"fwd": dict(num_warps=8)},
+    "bwd 8 warps": {"bwd": dict(num_warps=8), "dkdv": dict(num_warps=8)},
+    "block_m 32": {"fwd": dict(block_m=32), "bwd": dict(block_m=32), "dkdv": dict(block_m=32)},
+    "block_n 128": {"fwd": dict(block_n=128), "bwd": dict(block_n=128), "dkdv": dict(block_n=128)},
+    "bwd 2 programs/SM": {"bwd": dict(programs_per_sm=2)},
+    "bwd 8 programs/SM": {"bwd": dict(programs_per_sm=8)},
+    "stages 1": {"fwd": dict(num_stages=1), "bwd": dict(num_stages=1), "dkdv": dict(num_stages=1)},
+    "dkdv stages 1": {"dkdv": dict(num_stages=1)},
+    "dkdv block_n 128": {"dkdv": dict(block_n=128)},
+    "dkdv block_n 128, stages 1": {"dkdv": dict(block_n=128, num_stages=1)},
+    "dkdv block_n 128, block_m 32": {"dkdv": dict(block_n=128, block_m=32)},
+    "dq stages 1": {"bwd": dict(num_stages=1)},
+}
+
+
+def profile(fn, repeats=10):
+    from torch.profiler import ProfilerActivity, profile as prof
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with prof(activities=[ProfilerActivity.CUDA]) as p:
+        for _ in range(repeats):
+            fn()
+        torch.cuda.synchronize()
+    out = {}
+    for e in p.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if t:
+            out[e.key] = t / repeats / 1e3  # ms per step
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[28, 56])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    args = ap.parse_args()
+    print(environment())
+    rows = []
+    for n in args.sizes:
+        torch.manual_seed(0)
+        B, NH, d = 32, 4, 16
+        q, k, v = (torch.randn(B, NH, n * n, d, device="cuda", requires_grad=True) for _ in range(3))
+        rw, rh = (torch.randn(2 * n - 1, d, device="cuda", requires_grad=True) for _ in range(2))
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = relative_attention(q, k, v, rw, rh, n, n, implementation="triton")
+            out.float().sum().backward()
+            for t in (q, k, v, rw, rh):
+                t.grad = None
+
+        for name in args.variants:
+            saved = {ph: dict(flash_relative.TUNING[ph]) for ph in flash_relative.TUNING}
+            for ph, cfg in VARIANTS[name].items():
+                flash_relative.TUNING[ph].update(cfg)
+            try:
+                times = profile(step)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(20):
+                    step()
+                end.record()
+                torch.cuda.synchronize()
+                wall = start.elapsed_time(end) / 20
+            except Exception as e:  # a variant the compiler refuses
+                rows.append([f"{n}x{n}", name, "error: " + str(e).splitlines()[0][:80], "", "", "", ""])
+                continue
+            finally:
+                for ph in saved:
+                    flash_relative.TUNING[ph].clear()
+                    flash_relative.TUNING[ph].update(saved[ph])
+            kern = {kname: sum(t for key, t in times.items() if kname in key)
+                    for kname in ("_fwd_kernel", "_bwd_dq_kernel", "_bwd_dkdv_kernel")}
+            other = sum(times.values()) - sum(kern.values())
+            regs = " / ".join(f"{getattr(c, 'n_regs', '?')}r {getattr(c, 'n_spills', '?')}s"
+                              for c in (flash_relative.COMPILED.get(x) for x in ("fwd", "bwd_dq", "bwd_dkdv")))
+            rows.append([f"{n}x{n}", name, f"{wall:.2f}"] + [f"{kern[x]:.2f}" for x in kern] + [f"{other:.2f}", regs])
+    print(markdown_table(["H=W", "variant", "step ms (events)", "fwd ms", "dq ms", "dk/dv ms", "other ms",
+                          "regs/spills fwd / dq / dkdv"], rows))
+
+
+if __name__ == "__main__":
+    main()
