@@ -82,8 +82,9 @@ def _fwd_kernel(
         # The query block's relative logits at every offset, q . r^W[m] and q . r^H[m] (fp32, in registers),
         # then a_i[x] = (q . r^W)[x - x_i + W - 1] for the tile's columns: no table in memory.
         rwt, rht = _rel_tables_t(RW, RH, srw, srh, W, H, DK, q.dtype, BW2, BH2, BLOCK_DK)
-        a = _spread(_a_of(q, rwt, offs_m, W, BW, BW2, PRECISION).to(q.dtype), BLOCK_M, R, BW)
+        a = _spread(_a_of(q, rwt, offs_m, W, BW, BW2, PRECISION) * qk_scale, BLOCK_M, R, BW)  # pre-scaled
         y_i = offs_m // W
+    row_b = tl.zeros([BLOCK_M], tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
@@ -93,13 +94,17 @@ def _fwd_kernel(
         n_ok = (col_x < W) & (rows < H) & (offs_n < L)
         kt = tl.load(k_base + offs_n[None, :] * skl + offs_dk[:, None] * skd,
                      mask=n_ok[None, :] & (offs_dk[:, None] < DK), other=0.0)
-        s = tl.dot(q, kt, input_precision=PRECISION)
+        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
         if HAS_REL:
-            bb = _b_rows(RH, srh, q, y_i, y0, H, DK, BLOCK_M, R, BLOCK_DK)
-            s = s + a + tl.reshape(tl.broadcast_to(bb[:, :, None], (BLOCK_M, R, BW)), (BLOCK_M, BLOCK_N))
-        s = tl.where(n_ok[None, :], s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
+            s += a
+            bb = _b_rows(RH, srh, q, y_i, y0, H, DK, BLOCK_M, R, BLOCK_DK) * qk_scale  # (BLOCK_M, R)
+            if R == 1:  # one key row: b is a per-query constant of the tile, folded into the softmax's shift
+                row_b = tl.sum(bb, 1)
+            else:
+                s += tl.reshape(tl.broadcast_to(bb[:, :, None], (BLOCK_M, R, BW)), (BLOCK_M, BLOCK_N))
+        s = tl.where(n_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1) + row_b)
+        p = tl.math.exp2(s - (m_new - row_b)[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_base + offs_n[:, None] * svl + offs_dv[None, :] * svd,
@@ -114,7 +119,7 @@ def _fwd_kernel(
 
 @triton.jit
 def _bwd_dq_kernel(
-    Q, K, V, RW, RH, O, DO, LSE, DELTA, DQ, DRW, DRH, A,
+    Q, K, V, RW, RH, O, DO, LSE, DELTA, DQ, DRW, DRH, A, DBS,
     sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd, srw, srh, sob, soh, sol, sod,
     sdob, sdoh, sdol, sdod,
     NH, L, H, W, DK, DV, qk_scale, sm_scale, G, ZERO,
@@ -133,7 +138,6 @@ def _bwd_dq_kernel(
     offs_dv = tl.arange(0, BLOCK_DV)
     if HAS_REL:
         offs_r = tl.arange(0, R)
-        offs_bh = tl.arange(0, BH)
     for g in range(G):
         # `+ g * ZERO` (ZERO is 0 at run time): what derives from the query positions is rebuilt per batch-head
         # instead of being hoisted out of this loop, where its index and pointer tiles would hold registers
@@ -160,12 +164,16 @@ def _bwd_dq_kernel(
             a_x = _a_of(q, rwt, offs_m, W, BW, BW2, PRECISION)
             # a, kept for the dk/dv kernel that runs next (it cannot rebuild it cheaply: the gather is per query)
             offs_x = tl.arange(0, BW)
-            tl.store(A + (pid_bh * L + offs_m[:, None]) * W + offs_x[None, :], a_x.to(A.dtype.element_ty),
+            tl.store(A + (pid_bh * L + offs_m[:, None]) * W + offs_x[None, :], (a_x * qk_scale).to(A.dtype.element_ty),
                      mask=m_ok[:, None] & (offs_x[None, :] < W))
-            a = _spread(a_x.to(q.dtype), BLOCK_M, R, BW)  # in q's dtype: fewer registers across the key loop
+            a = _spread(a_x * qk_scale, BLOCK_M, R, BW)  # pre-scaled
             y_i = offs_m // W
             da = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-            db = tl.zeros([BLOCK_M, BH], tl.float32)  # by absolute key row
+            # the score gradients' row sums, db[i, y], go to this program's scratch (BLOCK_M, BH), one column per
+            # key row, each written once: cheaper than accumulating a (BLOCK_M, BH) tile in registers
+            prog = pid_g * tl.num_programs(0) + pid_m
+            dbs = DBS + (prog * BLOCK_M + tl.arange(0, BLOCK_M) + g * ZERO)[:, None] * BH
+        row_b = tl.zeros([BLOCK_M], tl.float32)
         for y0 in range(0, H, R):
             rows = y0 + col_r
             offs_n = rows * W + col_x
@@ -174,11 +182,15 @@ def _bwd_dq_kernel(
                         mask=n_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
             vt = tl.load(v_base + offs_n[None, :] * svl + offs_dv[:, None] * svd,
                          mask=n_ok[None, :] & (offs_dv[:, None] < DV), other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
             if HAS_REL:
-                bb = _b_rows(RH, srh, q, y_i, y0, H, DK, BLOCK_M, R, BLOCK_DK)
-                s = s + a + tl.reshape(tl.broadcast_to(bb[:, :, None], (BLOCK_M, R, BW)), (BLOCK_M, BLOCK_N))
-            p = tl.math.exp2(s * qk_scale - lse[:, None])
+                s += a
+                bb = _b_rows(RH, srh, q, y_i, y0, H, DK, BLOCK_M, R, BLOCK_DK) * qk_scale
+                if R == 1:  # a per-query constant of the tile: folded into the log-sum-exp
+                    row_b = tl.sum(bb, 1)
+                else:
+                    s += tl.reshape(tl.broadcast_to(bb[:, :, None], (BLOCK_M, R, BW)), (BLOCK_M, BLOCK_N))
+            p = tl.math.exp2(s - (lse - row_b)[:, None])
             p = tl.where(n_ok[None, :] & m_ok[:, None], p, 0.0)
             dp = tl.dot(do, vt, input_precision=PRECISION)
             ds = p * (dp - delta[:, None]) * sm_scale  # d loss / d (q.k + a + b)
@@ -186,8 +198,8 @@ def _bwd_dq_kernel(
             if HAS_REL:
                 da += ds
                 db_rows = tl.sum(tl.reshape(ds, (BLOCK_M, R, BW)), 2)  # (BLOCK_M, R): rows y0 .. y0 + R - 1
-                hit = offs_bh[None, None, :] == (y0 + offs_r)[None, :, None]
-                db += tl.sum(tl.where(hit, db_rows[:, :, None], 0.0), 1)
+                tl.store(dbs + (y0 + offs_r)[None, :], db_rows.to(DBS.dtype.element_ty),
+                         mask=(y0 + offs_r)[None, :] < H)
         if HAS_REL:
             da_x = tl.sum(tl.reshape(da, (BLOCK_M, R, BW)), 1)  # fold the R rows: (BLOCK_M, BW)
             # the same gradients by relative offset, d(q . r^W[m]) and d(q . r^H[m]): offset m meets query i at
@@ -195,9 +207,10 @@ def _bwd_dq_kernel(
             src_x = tl.arange(0, BW2)[None, :] + (offs_m % W)[:, None] - (W - 1)
             dqw = tl.where((src_x >= 0) & (src_x < W),
                            tl.gather(da_x, tl.minimum(tl.maximum(src_x, 0), BW - 1), 1), 0.0).to(q.dtype)
+            tl.debug_barrier()  # every thread's db columns are in the scratch
             src_y = tl.arange(0, BH2)[None, :] + (offs_m // W)[:, None] - (H - 1)
-            dqh = tl.where((src_y >= 0) & (src_y < H),
-                           tl.gather(db, tl.minimum(tl.maximum(src_y, 0), BH - 1), 1), 0.0).to(q.dtype)
+            y_ok = (src_y >= 0) & (src_y < H)
+            dqh = tl.load(dbs + tl.minimum(tl.maximum(src_y, 0), BH - 1), mask=y_ok, other=0.0).to(q.dtype)
             rwt, rht = _rel_tables_t(RW, RH, srw, srh, W, H, DK, q.dtype, BW2, BH2, BLOCK_DK)
             dq += tl.dot(dqw, tl.trans(rwt), input_precision=PRECISION)
             dq += tl.dot(dqh, tl.trans(rht), input_precision=PRECISION)
@@ -263,15 +276,14 @@ def _bwd_dkdv_kernel(
         lse = tl.load(LSE + pid_bh * L + offs_m, mask=m_ok, other=0.0)
         delta = tl.load(DELTA + pid_bh * L + offs_m, mask=m_ok, other=0.0)
         qt = tl.trans(q)
-        st = tl.dot(k, qt, input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
+        st = tl.dot(k, qt, input_precision=PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
         if HAS_REL:
-            # a^T and b^T: the queries' relative logits by offset, gathered at each key's column and row
-            # a^T (BW, M) as the dq kernel left it, b^T (R, M) at the block's rows; spread over the R * BW keys
+            # a^T (BW, M) as the dq kernel left it (pre-scaled), b^T (R, M) at the block's rows, summed on the
+            # (R, BW, M) grid of the block's keys and added once
             at = tl.load(a_base + offs_m[None, :] * W, mask=(offs_x[:, None] < W) & m_ok[None, :], other=0.0)
-            st += tl.reshape(tl.broadcast_to(at.to(tl.float32)[None, :, :], (R, BW, BLOCK_M)), (BLOCK_N, BLOCK_M))
-            bt = tl.trans(_b_rows(RH, srh, q, offs_m // W, pid_n * R, H, DK, BLOCK_M, R, BLOCK_DK))  # (R, M)
-            st += tl.reshape(tl.broadcast_to(bt[:, None, :], (R, BW, BLOCK_M)), (BLOCK_N, BLOCK_M))
-        pt = tl.math.exp2(st * qk_scale - lse[None, :])
+            bt = tl.trans(_b_rows(RH, srh, q, offs_m // W, pid_n * R, H, DK, BLOCK_M, R, BLOCK_DK)) * qk_scale
+            st += tl.reshape(at.to(tl.float32)[None, :, :] + bt[:, None, :], (BLOCK_N, BLOCK_M))
+        pt = tl.math.exp2(st - lse[None, :])
         pt = tl.where(n_ok[:, None] & m_ok[None, :], pt, 0.0)
         dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
         dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)

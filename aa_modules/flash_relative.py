@@ -198,15 +198,17 @@ def _backward(do, q, k, v, rw, rh, o, lse, height, width, scale):
         drh = torch.zeros((n_m * (B * NH // groups), 2 * height - 1, DK), dtype=torch.float32, device=q.device)
         # a, the per-query column logits, left by the dq kernel for the dk/dv kernel (q's dtype; freed after)
         a = torch.empty((B, NH, L, width), dtype=q.dtype, device=q.device)
+        # each dq program's scratch of score-gradient row sums (BLOCK_M, BH), rounded to q's dtype once
+        dbs = torch.empty((n_m * (B * NH // groups), cfg["BLOCK_M"], rmeta["BH"]), dtype=q.dtype, device=q.device)
     else:
         drw, drh = q.new_empty(0), q.new_empty(0)
-        a = q
+        a = dbs = q
     strides = (*q.stride(), *k.stride(), *v.stride(), *rstrides)
     meta = dict(HAS_REL=has_rel, BLOCK_M=cfg["BLOCK_M"], BW=cfg["BW"], R=cfg["R"], **rmeta,
                 BLOCK_DK=_pow2(DK), BLOCK_DV=_pow2(DV), PRECISION=_precision(q), **launch)
     rr = (rw, rh) if has_rel else (q, q)
     COMPILED["bwd_dq"] = _kernels()._bwd_dq_kernel[(n_m, B * NH // groups)](
-        q, k, v, *rr, o, do, lse, delta, dq, drw, drh, a, *strides, *o.stride(), *do.stride(),
+        q, k, v, *rr, o, do, lse, delta, dq, drw, drh, a, dbs, *strides, *o.stride(), *do.stride(),
         NH, L, cfg["H"], cfg["W"], DK, DV, scale * LOG2E, scale, groups, 0, **meta)
     kv, kv_launch = _config(q, L, height, width, has_rel, "dkdv")  # its own key blocks: same H, W, BW
     kv_meta = dict(meta, BLOCK_M=kv["BLOCK_M"], R=kv["R"], BW=kv["BW"], **kv_launch)

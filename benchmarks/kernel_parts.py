@@ -18,6 +18,7 @@ from benchmarks.common import environment, markdown_table  # noqa: E402
 
 VARIANTS = {
     "as shipped": {},
+    "content-only (no r^W, r^H)": {"content": True},
     "fwd 8 warps": {"fwd": dict(num_warps=8)},
     "bwd 8 warps": {"bwd": dict(num_warps=8), "dkdv": dict(num_warps=8)},
     "block_m 32": {"fwd": dict(block_m=32), "bwd": dict(block_m=32), "dkdv": dict(block_m=32)},
@@ -64,16 +65,19 @@ def main():
         rw, rh = (torch.randn(2 * n - 1, d, device="cuda", requires_grad=True) for _ in range(2))
 
         def step():
+            tables = (None, None) if content else (rw, rh)
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = relative_attention(q, k, v, rw, rh, n, n, implementation="triton")
+                out = relative_attention(q, k, v, *tables, n, n, implementation="triton")
             out.float().sum().backward()
             for t in (q, k, v, rw, rh):
                 t.grad = None
 
         for name in args.variants:
             saved = {ph: dict(flash_relative.TUNING[ph]) for ph in flash_relative.TUNING}
+            content = VARIANTS[name].get("content", False)
             for ph, cfg in VARIANTS[name].items():
-                flash_relative.TUNING[ph].update(cfg)
+                if ph != "content":
+                    flash_relative.TUNING[ph].update(cfg)
             try:
                 times = profile(step)
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
