@@ -31,6 +31,11 @@ VARIANTS = {
     "dkdv block_n 128, stages 1": {"dkdv": dict(block_n=128, num_stages=1)},
     "dkdv block_n 128, block_m 32": {"dkdv": dict(block_n=128, block_m=32)},
     "dq stages 1": {"bwd": dict(num_stages=1)},
+    "dq block_m 32": {"bwd": dict(block_m=32)},
+    "dq block_m 32, stages 1": {"bwd": dict(block_m=32, num_stages=1)},
+    "dq block_m 32, 2 warps": {"bwd": dict(block_m=32, num_warps=2)},
+    "dq block_m 128, 8 warps": {"bwd": dict(block_m=128, num_warps=8)},
+    "fwd block_m 128, 8 warps": {"fwd": dict(block_m=128, num_warps=8)},
 }
 
 
