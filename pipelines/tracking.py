@@ -207,7 +207,9 @@ def view_state(study) -> Dict[str, Any]:
 
     metric = study.metric
     axes = [a for a in GRID_AXES if a != "arch" or len(study.axes.get("arch", [])) > 1]
-    return {"searchFilter": "tags.kind = 'trial'", "orderByKey": "attributes.run_name", "orderByAsc": True,
+    # orderByKey as the UI names its run-name column (ATTRIBUTE_COLUMN_SORT_KEY.RUN_NAME); "attributes.run_name"
+    # sorted server-side too but showed "Sort: undefined" in the UI
+    return {"searchFilter": "tags.kind = 'trial'", "orderByKey": "tags.`mlflow.runName`", "orderByAsc": True,
             "selectedColumns": [f"params.`{a}`" for a in axes] + ["params.`seed`", f"metrics.`{metric}`",
                                                                    "tags.`cell_label`"]}
 

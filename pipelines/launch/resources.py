@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from typing import Dict, Optional
 
 from ..spec import Study
@@ -106,7 +107,21 @@ class Mps:
     gpu study, six trials at a time, 188 s with MPS against 238 s without, each trial's top-1 the same to the last
     digit (benchmarks/results/h100-2026-11-26-launch.md). Refused in one line, before Ray starts, where it cannot
     help; its pipe and log folders are the launch's own (a temporary folder), its environment is the Ray
-    processes' (set before Ray starts), and it is stopped (`quit`) when the launch ends, however it ends."""
+    processes' (set before Ray starts), and it is stopped (`quit`) when the launch ends, however it ends: a
+    watchdog process, in a session of its own, holds the read end of a pipe whose write end only the driver
+    holds; when the driver closes it or dies (SIGKILL included), the watchdog stops the daemon and removes its
+    folders."""
+
+    # the watchdog: wait for the driver's end of stdin to close, then quit the daemon and remove its folders
+    WATCHDOG = ("import os, shutil, subprocess, sys\n"
+                "sys.stdin.buffer.read()\n"
+                "exe, d = sys.argv[1], sys.argv[2]\n"
+                "env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=os.path.join(d, 'pipe'),"
+                " CUDA_MPS_LOG_DIRECTORY=os.path.join(d, 'log'))\n"
+                "try:\n"
+                "    subprocess.run([exe], input='quit\\n', env=env, capture_output=True, text=True, timeout=60)\n"
+                "finally:\n"
+                "    shutil.rmtree(d, ignore_errors=True)\n")
 
     def __init__(self, address: Optional[str], study: Study):
         import shutil
@@ -136,6 +151,11 @@ class Mps:
         if started.returncode != 0:
             self._cleanup()
             raise LaunchError(f"--mps: nvidia-cuda-mps-control -d failed ({(started.stderr or '').strip()[:200]})")
+        # stdin's write end stays with this process only (pipes are not inherited across exec: Ray's and the
+        # trials' processes do not hold it)
+        self.watchdog = subprocess.Popen([sys.executable, "-c", self.WATCHDOG, self.exe, self.dir],
+                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         start_new_session=True)
         os.environ.update(self.env)  # inherited by the local Ray's processes, hence by every trial
         print(f"MPS: a daemon for this launch ({self.env['CUDA_MPS_PIPE_DIRECTORY']})", flush=True)
         return self
@@ -143,8 +163,13 @@ class Mps:
     def __exit__(self, *exc):
         import subprocess
 
-        subprocess.run([self.exe], input="quit\n", env={**os.environ, **self.env}, capture_output=True, text=True,
-                       timeout=60)
+        self.watchdog.stdin.close()  # the watchdog quits the daemon, as it would if this process were killed
+        try:
+            self.watchdog.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            self.watchdog.kill()
+            subprocess.run([self.exe], input="quit\n", env={**os.environ, **self.env}, capture_output=True,
+                           text=True, timeout=60)
         self._cleanup()
         return False
 

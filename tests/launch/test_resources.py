@@ -81,3 +81,38 @@ def test_mps_daemon_lives_exactly_as_long_as_the_launch(workdir, tmp_path, monke
     started, stopped = calls.read_text().splitlines()
     assert started.startswith(f"-d pipe={pipe}") and stopped == f" pipe={pipe} stdin=quit"
     assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ and not os.path.exists(pipe)
+
+
+def test_mps_daemon_is_stopped_when_the_launch_is_killed(workdir, tmp_path):
+    """SIGKILL leaves no `finally` to run: the launch's watchdog, not the launch, stops the daemon."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    fake = bin_dir / "nvidia-cuda-mps-control"
+    fake.write_text(f'#!/bin/sh\necho "$* pipe=$CUDA_MPS_PIPE_DIRECTORY stdin=$(cat -)" >> {calls}\n')
+    fake.chmod(0o755)
+    spec = small_study(workdir, kappa=[0.5], pos_enc=["none"], epochs=1,
+                       extra="resources: {cpu: 1, gpu: 0.25, workers: 1}")
+    code = ("import os, signal, sys\n"
+            "from pipelines.launch.resources import Mps\n"
+            "from pipelines.spec import load_study\n"
+            "with Mps(None, load_study(sys.argv[1], 'cpu')):\n"
+            "    print(os.environ['CUDA_MPS_PIPE_DIRECTORY'], flush=True)\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    env.pop("CUDA_MPS_PIPE_DIRECTORY", None)
+    driver = subprocess.run([sys.executable, "-c", code, str(spec)], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert driver.returncode == -signal.SIGKILL, driver.stderr
+    pipe = driver.stdout.splitlines()[-1]
+    deadline = time.time() + 30
+    while time.time() < deadline and (os.path.exists(pipe) or len(calls.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    started, stopped = calls.read_text().splitlines()
+    assert started.startswith(f"-d pipe={pipe}") and stopped == f" pipe={pipe} stdin=quit"
+    assert not os.path.exists(os.path.dirname(pipe))  # the launch's folders are gone too
