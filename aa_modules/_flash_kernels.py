@@ -14,17 +14,13 @@ INTERPRET = isinstance(tl.standard.sum, InterpretedFunction)
 
 
 @triton.jit
-def _rel_tables_t(RW, RH, srw, srh, W, H, DK, dtype,
-                  BW2: tl.constexpr, BH2: tl.constexpr, BLOCK_DK: tl.constexpr):
-    """r^W and r^H transposed, (BLOCK_DK, BW2) and (BLOCK_DK, BH2), zero-padded, in the dots' dtype."""
+def _offsets_t(RT, stride, n, DK, dtype, BN2: tl.constexpr, BLOCK_DK: tl.constexpr):
+    """An offset table (r^W or r^H, n = 2W - 1 or 2H - 1 rows) transposed, (BLOCK_DK, BN2), zero-padded, in the
+    dots' dtype."""
     offs_dk = tl.arange(0, BLOCK_DK)
-    offs_w2 = tl.arange(0, BW2)
-    offs_h2 = tl.arange(0, BH2)
-    rwt = tl.load(RW + offs_w2[None, :] * srw + offs_dk[:, None],
-                  mask=(offs_w2[None, :] < 2 * W - 1) & (offs_dk[:, None] < DK), other=0.0).to(dtype)
-    rht = tl.load(RH + offs_h2[None, :] * srh + offs_dk[:, None],
-                  mask=(offs_h2[None, :] < 2 * H - 1) & (offs_dk[:, None] < DK), other=0.0).to(dtype)
-    return rwt, rht
+    offs = tl.arange(0, BN2)
+    return tl.load(RT + offs[None, :] * stride + offs_dk[:, None],
+                   mask=(offs[None, :] < n) & (offs_dk[:, None] < DK), other=0.0).to(dtype)
 
 
 @triton.jit
@@ -79,9 +75,9 @@ def _fwd_kernel(
     k_base = K + ib * skb + ih * skh
     v_base = V + ib * svb + ih * svh
     if HAS_REL:
-        # The query block's relative logits at every offset, q . r^W[m] and q . r^H[m] (fp32, in registers),
-        # then a_i[x] = (q . r^W)[x - x_i + W - 1] for the tile's columns: no table in memory.
-        rwt, rht = _rel_tables_t(RW, RH, srw, srh, W, H, DK, q.dtype, BW2, BH2, BLOCK_DK)
+        # a_i[x] = q_i . r^W[x - x_i + W - 1] for the query block, built here (fp32, in registers) and pre-scaled;
+        # b at each key block's rows from r^H's rows (`_b_rows`): no per-query table in memory
+        rwt = _offsets_t(RW, srw, 2 * W - 1, DK, q.dtype, BW2, BLOCK_DK)
         a = _spread(_a_of(q, rwt, offs_m, W, BW, BW2, PRECISION) * qk_scale, BLOCK_M, R, BW)  # pre-scaled
         y_i = offs_m // W
     row_b = tl.zeros([BLOCK_M], tl.float32)
@@ -160,7 +156,7 @@ def _bwd_dq_kernel(
         v_base = V + ib * svb + ih * svh
         dq = tl.zeros([BLOCK_M, BLOCK_DK], tl.float32)
         if HAS_REL:
-            rwt, _ = _rel_tables_t(RW, RH, srw, srh, W, H, DK, q.dtype, BW2, BH2, BLOCK_DK)
+            rwt = _offsets_t(RW, srw, 2 * W - 1, DK, q.dtype, BW2, BLOCK_DK)
             a_x = _a_of(q, rwt, offs_m, W, BW, BW2, PRECISION)
             # a, kept for the dk/dv kernel that runs next (it cannot rebuild it cheaply: the gather is per query)
             offs_x = tl.arange(0, BW)
@@ -211,7 +207,8 @@ def _bwd_dq_kernel(
             src_y = tl.arange(0, BH2)[None, :] + (offs_m // W)[:, None] - (H - 1)
             y_ok = (src_y >= 0) & (src_y < H)
             dqh = tl.load(dbs + tl.minimum(tl.maximum(src_y, 0), BH - 1), mask=y_ok, other=0.0).to(q.dtype)
-            rwt, rht = _rel_tables_t(RW, RH, srw, srh, W, H, DK, q.dtype, BW2, BH2, BLOCK_DK)
+            rwt = _offsets_t(RW, srw, 2 * W - 1, DK, q.dtype, BW2, BLOCK_DK)
+            rht = _offsets_t(RH, srh, 2 * H - 1, DK, q.dtype, BH2, BLOCK_DK)
             dq += tl.dot(dqw, tl.trans(rwt), input_precision=PRECISION)
             dq += tl.dot(dqh, tl.trans(rht), input_precision=PRECISION)
             # this program's share of dr^W and dr^H (zeroed by the caller, summed over programs after it in a
