@@ -123,6 +123,8 @@ def _config(q: torch.Tensor, L: int, height: int, width: int, has_rel: bool, pha
     h, w, bw, r = _geometry(L, height, width, has_rel, tune["block_n"])
     block_m = min(tune["block_m"], _pow2(L))
     launch = dict(num_warps=tune["num_warps"], num_stages=tune["num_stages"])
+    if tune.get("maxnreg"):  # a register cap: more programs per SM, at the price of spills
+        launch["maxnreg"] = tune["maxnreg"]
     if not q.is_cuda:  # the interpreter runs blocks as numpy arrays: smaller is faster
         block_m, launch = min(block_m, 32), {}
     return dict(H=h, W=w, BW=bw, R=r, BLOCK_M=block_m), launch
@@ -211,7 +213,8 @@ def _backward(do, q, k, v, rw, rh, o, lse, height, width, scale):
         q, k, v, *rr, o, do, lse, delta, dq, drw, drh, a, dbs, *strides, *o.stride(), *do.stride(),
         NH, L, cfg["H"], cfg["W"], DK, DV, scale * LOG2E, scale, groups, 0, **meta)
     kv, kv_launch = _config(q, L, height, width, has_rel, "dkdv")  # its own key blocks: same H, W, BW
-    kv_meta = dict(meta, BLOCK_M=kv["BLOCK_M"], R=kv["R"], BW=kv["BW"], **kv_launch)
+    kv_meta = {k: v for k, v in meta.items() if k not in launch}  # the dq kernel's launch options are its own
+    kv_meta.update(BLOCK_M=kv["BLOCK_M"], R=kv["R"], BW=kv["BW"], **kv_launch)
     COMPILED["bwd_dkdv"] = _kernels()._bwd_dkdv_kernel[(_cdiv(kv["H"], kv["R"]), B * NH)](
         q, k, v, *rr, do, lse, delta, dk, dv, a, *strides, *do.stride(),
         NH, L, kv["H"], kv["W"], DK, DV, scale * LOG2E, scale, **kv_meta)

@@ -36,6 +36,12 @@ VARIANTS = {
     "dq block_m 32, 2 warps": {"bwd": dict(block_m=32, num_warps=2)},
     "dq block_m 128, 8 warps": {"bwd": dict(block_m=128, num_warps=8)},
     "fwd block_m 128, 8 warps": {"fwd": dict(block_m=128, num_warps=8)},
+    "dq maxnreg 128": {"bwd": dict(maxnreg=128)},
+    "dq maxnreg 168": {"bwd": dict(maxnreg=168)},
+    "fwd maxnreg 128": {"fwd": dict(maxnreg=128)},
+    "fwd maxnreg 168": {"fwd": dict(maxnreg=168)},
+    "dkdv maxnreg 128": {"dkdv": dict(maxnreg=128)},
+    "dkdv maxnreg 168": {"dkdv": dict(maxnreg=168)},
 }
 
 
