@@ -6,6 +6,8 @@
 #   the time went (AA_STUDY_TIMING stamps: the trial's process, its fit, each epoch; the launch's phases);
 #   where the host has two GPUs or more, the study again on all of them (per-GPU busy fractions, the ratio).
 # Prints markdown tables with the ratios. Usage: bash benchmarks/launch_speed.sh [skip-study]
+# (env ROUNDS=N train/run pairs; MPS_TOO=1 the study again with --mps; WARM_TOO=1 each one-trial run again with
+# AA_STUDY_WARM_WORKERS=1)
 set -euo pipefail
 OUT=${OUT:-$(mktemp -d)}
 export AA_STUDY_HOME=$(mktemp -d)
@@ -71,6 +73,13 @@ for round in $(seq 1 "${ROUNDS:-2}"); do  # train and run alternate: each pair o
   cp "$home"/logs/quickstart-one-gpu-*.log "$OUT/one-trial-launch.log"
   rounds="$rounds | round $round: train $train s, run $one s (+$(python3 -c "print(round($one - $train, 1))") s)"
   echo "round $round: train $train s (busy $tbusy %), run $one s" | tee -a "$OUT/partial.txt"
+  if [ -n "${WARM_TOO:-}" ]; then  # the same one-trial study with workers prestarted and pre-imported
+    home=$(mktemp -d); s=$(now)
+    CUDA_VISIBLE_DEVICES=0 AA_STUDY_HOME=$home AA_STUDY_WARM_WORKERS=1 python3 -m aa_study.cli run \
+      "$OUT/one-trial.yaml" --profile gpu --quiet > "$OUT/one-warm.log" 2>&1
+    warm=$(since $s); rounds="$rounds, with AA_STUDY_WARM_WORKERS=1 $warm s"
+    echo "round $round: run with AA_STUDY_WARM_WORKERS=1 $warm s" | tee -a "$OUT/partial.txt"
+  fi
 done
 unset AA_STUDY_TIMING
 echo "one trial, run vs train $rounds"

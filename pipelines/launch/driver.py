@@ -64,6 +64,15 @@ def init_ray(address: Optional[str], study: Study):
     # the test-only fault switch and the benchmarks' timing switch travel to the trials (launch/trial_fit.py)
     env = {k: v for k, v in os.environ.items() if k.startswith(("AA_STUDY_FAULT", "AA_STUDY_TIMING"))}
     runtime_env = {"env_vars": env} if env else None
+    # Experimental, off by default: AA_STUDY_WARM_WORKERS=1 lets Ray prestart one worker per CPU as it starts, each
+    # importing what a trial imports (pipelines/launch/warm.py), so a trial's process has torch and Lightning
+    # loaded when Tune hands it the trial. On a 2-core machine the trial entered its fit 0.001 s after its function
+    # (4.3 s without), but the launch was no faster (58.4, 58.7 s vs 61.3, 56.2 s): the imports compete with the
+    # deep checks and Tune's start for the same 2 cores. Not yet measured on the GPU host, where a trial's imports
+    # take 12 s (benchmarks/launch_speed.sh with WARM_TOO=1).
+    warm = os.environ.get("AA_STUDY_WARM_WORKERS") == "1"
+    if warm:
+        runtime_env = dict(runtime_env or {}, worker_process_setup_hook="pipelines.launch.warm.imports")
     gpu = study.resources["gpu"]  # the local machine was checked by check_local_resources (launch)
     try:
         if address:
@@ -77,7 +86,7 @@ def init_ray(address: Optional[str], study: Study):
             # no idle workers prestarted for the first driver (one per CPU, each importing Ray, while the deep checks
             # import torch): Tune's trials start processes of their own
             ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env,
-                     _system_config={"prestart_worker_first_driver": False})
+                     _system_config={"prestart_worker_first_driver": warm})
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise LaunchError(f"address: cannot join the Ray cluster at {address!r} ({one_line(e)})") from None
     res = ray.cluster_resources()

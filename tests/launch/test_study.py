@@ -186,6 +186,34 @@ def test_driver_sigkilled_mid_study_then_resume_finishes_exactly_once(tiny_study
 
 
 @pytest.mark.slow
+def test_warm_workers_run_the_trial_in_a_preimported_process_with_the_same_result(workdir, monkeypatch):
+    """AA_STUDY_WARM_WORKERS=1 (experimental): Ray prestarts workers that import a trial's modules; the trial runs
+    in one of them, and its result is the one a launch without warm workers gives."""
+    import re
+
+    path = small_study(workdir, kappa=[0.5], pos_enc=["relative"], epochs=1)
+    monkeypatch.setenv("AA_STUDY_TIMING", "1")
+    tops = []
+    for warm in ("0", "1"):
+        home = workdir / f"home-{warm}"
+        monkeypatch.setenv("AA_STUDY_HOME", str(home))
+        monkeypatch.setenv("AA_STUDY_WARM_WORKERS", warm)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow's client sets it: each launch its own store
+        assert main(["run", str(path), "--quiet"]) == 0
+        (log,) = (home / "logs").glob("*.log")
+        text = log.read_text(errors="replace")
+        stamps = {m.group(2): float(m.group(1)) for m in re.finditer(r"\[aa-study timing\] ([\d.]+) (.*)", text)}
+        assert ("worker warmed: a trial's imports done" in stamps) == (warm == "1"), sorted(stamps)
+        if warm == "1":  # the trial's process had imported its fit before Tune handed it the trial
+            assert stamps["worker warmed: a trial's imports done"] <= stamps["trial function entered"]
+        c = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+        (run,) = [r for r in c.search_runs([c.get_experiment_by_name("tiny-cpu").experiment_id])
+                  if r.data.tags.get("kind") == "trial"]
+        tops.append(run.data.metrics["val_top1"])
+    assert tops[0] == tops[1]
+
+
+@pytest.mark.slow
 def test_asha_scheduler_warns_and_records_early_stops(workdir, capsys):
     path = small_study(workdir, kappa=[0.25], pos_enc=["none", "relative"], epochs=3, extra="""
         scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
