@@ -50,6 +50,19 @@ def _b_rows(RH, srh, q, y_i, y0, H, DK, BLOCK_M: tl.constexpr, R: tl.constexpr, 
 
 
 @triton.jit
+def _with_rel(s, a, RH, srh, q, y_i, y0, H, DK, qk_scale, BLOCK_M: tl.constexpr, R: tl.constexpr,
+              BW: tl.constexpr, BLOCK_DK: tl.constexpr):
+    """(scores + a + b, row_b): the tile's relative logits added to its scaled scores s, with a pre-scaled. A one-row
+    key block's b is a per-query constant of the tile: returned as row_b (BLOCK_M,), for the caller to fold into the
+    softmax's shift, instead of added to every score; else row_b is 0 and b is added."""
+    bb = _b_rows(RH, srh, q, y_i, y0, H, DK, BLOCK_M, R, BLOCK_DK) * qk_scale  # (BLOCK_M, R)
+    if R == 1:
+        return s + a, tl.sum(bb, 1)
+    s = s + a + tl.reshape(tl.broadcast_to(bb[:, :, None], (BLOCK_M, R, BW)), (BLOCK_M, R * BW))
+    return s, tl.zeros([BLOCK_M], tl.float32)
+
+
+@triton.jit
 def _fwd_kernel(
     Q, K, V, RW, RH, O, LSE,
     sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd, srw, srh, sob, soh, sol, sod,
@@ -92,12 +105,7 @@ def _fwd_kernel(
                      mask=n_ok[None, :] & (offs_dk[:, None] < DK), other=0.0)
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
         if HAS_REL:
-            s += a
-            bb = _b_rows(RH, srh, q, y_i, y0, H, DK, BLOCK_M, R, BLOCK_DK) * qk_scale  # (BLOCK_M, R)
-            if R == 1:  # one key row: b is a per-query constant of the tile, folded into the softmax's shift
-                row_b = tl.sum(bb, 1)
-            else:
-                s += tl.reshape(tl.broadcast_to(bb[:, :, None], (BLOCK_M, R, BW)), (BLOCK_M, BLOCK_N))
+            s, row_b = _with_rel(s, a, RH, srh, q, y_i, y0, H, DK, qk_scale, BLOCK_M, R, BW, BLOCK_DK)
         s = tl.where(n_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1) + row_b)
         p = tl.math.exp2(s - (m_new - row_b)[:, None])
@@ -157,12 +165,12 @@ def _bwd_dq_kernel(
         dq = tl.zeros([BLOCK_M, BLOCK_DK], tl.float32)
         if HAS_REL:
             rwt = _offsets_t(RW, srw, 2 * W - 1, DK, q.dtype, BW2, BLOCK_DK)
-            a_x = _a_of(q, rwt, offs_m, W, BW, BW2, PRECISION)
+            a_x = _a_of(q, rwt, offs_m, W, BW, BW2, PRECISION) * qk_scale  # pre-scaled
             # a, kept for the dk/dv kernel that runs next (it cannot rebuild it cheaply: the gather is per query)
             offs_x = tl.arange(0, BW)
-            tl.store(A + (pid_bh * L + offs_m[:, None]) * W + offs_x[None, :], (a_x * qk_scale).to(A.dtype.element_ty),
+            tl.store(A + (pid_bh * L + offs_m[:, None]) * W + offs_x[None, :], a_x.to(A.dtype.element_ty),
                      mask=m_ok[:, None] & (offs_x[None, :] < W))
-            a = _spread(a_x * qk_scale, BLOCK_M, R, BW)  # pre-scaled
+            a = _spread(a_x, BLOCK_M, R, BW)
             y_i = offs_m // W
             da = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
             # the score gradients' row sums, db[i, y], go to this program's scratch (BLOCK_M, BH), one column per
@@ -179,13 +187,8 @@ def _bwd_dq_kernel(
             vt = tl.load(v_base + offs_n[None, :] * svl + offs_dv[:, None] * svd,
                          mask=n_ok[None, :] & (offs_dv[:, None] < DV), other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-            if HAS_REL:
-                s += a
-                bb = _b_rows(RH, srh, q, y_i, y0, H, DK, BLOCK_M, R, BLOCK_DK) * qk_scale
-                if R == 1:  # a per-query constant of the tile: folded into the log-sum-exp
-                    row_b = tl.sum(bb, 1)
-                else:
-                    s += tl.reshape(tl.broadcast_to(bb[:, :, None], (BLOCK_M, R, BW)), (BLOCK_M, BLOCK_N))
+            if HAS_REL:  # a one-row block's b folded into the log-sum-exp
+                s, row_b = _with_rel(s, a, RH, srh, q, y_i, y0, H, DK, qk_scale, BLOCK_M, R, BW, BLOCK_DK)
             p = tl.math.exp2(s - (lse - row_b)[:, None])
             p = tl.where(n_ok[None, :] & m_ok[:, None], p, 0.0)
             dp = tl.dot(do, vt, input_precision=PRECISION)
@@ -258,8 +261,6 @@ def _bwd_dkdv_kernel(
     do_base = DO + ib * sdob + ih * sdoh
     if HAS_REL:
         offs_x = tl.arange(0, BW)
-        offs_r = tl.arange(0, R)
-        row_r = pid_n * R + offs_r
         a_base = A + pid_bh * L * W + offs_x[:, None]
     dk = tl.zeros([BLOCK_N, BLOCK_DK], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)

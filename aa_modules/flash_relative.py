@@ -194,14 +194,15 @@ def _backward(do, q, k, v, rw, rh, o, lse, height, width, scale):
     dv = torch.empty((B, NH, L, DV), dtype=q.dtype, device=q.device)
     n_m = _cdiv(L, cfg["BLOCK_M"])
     groups = _groups(q, n_m, B * NH, has_rel)
+    programs = n_m * (B * NH // groups)  # of the dq kernel
     if has_rel:
         # one fp32 share per dq program, summed below in a fixed order
-        drw = torch.zeros((n_m * (B * NH // groups), 2 * width - 1, DK), dtype=torch.float32, device=q.device)
-        drh = torch.zeros((n_m * (B * NH // groups), 2 * height - 1, DK), dtype=torch.float32, device=q.device)
+        drw = torch.zeros((programs, 2 * width - 1, DK), dtype=torch.float32, device=q.device)
+        drh = torch.zeros((programs, 2 * height - 1, DK), dtype=torch.float32, device=q.device)
         # a, the per-query column logits, left by the dq kernel for the dk/dv kernel (q's dtype; freed after)
         a = torch.empty((B, NH, L, width), dtype=q.dtype, device=q.device)
         # each dq program's scratch of score-gradient row sums (BLOCK_M, BH), rounded to q's dtype once
-        dbs = torch.empty((n_m * (B * NH // groups), cfg["BLOCK_M"], rmeta["BH"]), dtype=q.dtype, device=q.device)
+        dbs = torch.empty((programs, cfg["BLOCK_M"], rmeta["BH"]), dtype=q.dtype, device=q.device)
     else:
         drw, drh = q.new_empty(0), q.new_empty(0)
         a = dbs = q
