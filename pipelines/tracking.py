@@ -222,9 +222,9 @@ def _create_sqlite_store(path: Path) -> None:
     MLflow creates a store on first open, migrations and all, and any MLflow client that opens a half-made
     file runs the same migrations: two processes migrating one file fail ('table _alembic_tmp_... already
     exists'), e.g. `aa-study status` or a second launch while the first launch creates the store."""
-    from mlflow.tracking import MlflowClient
-
     import uuid
+
+    from mlflow.tracking import MlflowClient
 
     # unique per call: MLflow caches a store per URI, and a cached one would not create the file again
     tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex}")

@@ -84,7 +84,7 @@ def init_ray(address: Optional[str], study: Study):
             # on stderr beside a deep check's error
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             # no idle workers prestarted for the first driver (one per CPU, each importing Ray, while the deep checks
-            # import torch): Tune's trials start processes of their own
+            # import torch): Tune's trials start processes of their own; unless warm workers were asked for (above)
             ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env,
                      _system_config={"prestart_worker_first_driver": warm})
     except (ConnectionError, RuntimeError, ValueError) as e:

@@ -59,11 +59,11 @@ def test_two_node_cluster_survives_losing_the_worker(workdir):
             time.sleep(0.5)
             if not store.exists():
                 continue
-            try:  # read-only: an MLflow client would migrate a store still being created, beside the driver
+            try:  # read-only, as `aa-study status` reads it, beside the driver that writes it
                 reader = SqliteReader(store)
                 exp = reader.experiment_id("tiny-cpu")
                 runs = reader.run_rows(exp, "trial") if exp else []
-            except sqlite3.Error:  # the store is being created
+            except sqlite3.Error:  # busy: the driver is writing it
                 continue
             nodes = {r.tags.get("node_id") for r in runs if r.tags.get("node_id")}
             if len(nodes) == 2 and all(r.status == "RUNNING" and r.tags.get("checkpoint") for r in runs):

@@ -144,8 +144,7 @@ def test_driver_sigkilled_mid_study_then_resume_finishes_exactly_once(tiny_study
             if driver.poll() is not None:
                 pytest.fail(f"the driver ended (exit {driver.returncode}) before any trial reported an epoch: "
                             f"{output.read_text()[-3000:]}")
-            # an MLflow client on a store still being created would run MLflow's migrations beside the driver's
-            # (both then fail: "table _alembic_tmp_... already exists"); the driver names the store once it is open
+            # the driver names the store once it is open (its launch run started)
             if "MLflow: " in output.read_text():
                 _, _, trials = _runs(workdir)
                 if any(r.info.status == "RUNNING" and r.data.metrics.get("epoch") for r in trials):
@@ -187,8 +186,9 @@ def test_driver_sigkilled_mid_study_then_resume_finishes_exactly_once(tiny_study
 
 @pytest.mark.slow
 def test_warm_workers_run_the_trial_in_a_preimported_process_with_the_same_result(workdir, monkeypatch):
-    """AA_STUDY_WARM_WORKERS=1 (experimental): Ray prestarts workers that import a trial's modules; the trial runs
-    in one of them, and its result is the one a launch without warm workers gives."""
+    """AA_STUDY_WARM_WORKERS=1 (experimental): Ray's workers import a trial's modules as they start (prestarted or
+    not); the trial's own process did so before its trial function was entered, and the result is the one a
+    launch without warm workers gives."""
     import re
 
     path = small_study(workdir, kappa=[0.5], pos_enc=["relative"], epochs=1)
@@ -202,10 +202,15 @@ def test_warm_workers_run_the_trial_in_a_preimported_process_with_the_same_resul
         assert main(["run", str(path), "--quiet"]) == 0
         (log,) = (home / "logs").glob("*.log")
         text = log.read_text(errors="replace")
-        stamps = {m.group(2): float(m.group(1)) for m in re.finditer(r"\[aa-study timing\] ([\d.]+) (.*)", text)}
-        assert ("worker warmed: a trial's imports done" in stamps) == (warm == "1"), sorted(stamps)
-        if warm == "1":  # the trial's process had imported its fit before Tune handed it the trial
-            assert stamps["worker warmed: a trial's imports done"] <= stamps["trial function entered"]
+        # (pid, what) -> when; Ray prefixes each forwarded line with its process, e.g. "(run_trial pid=123)"
+        stamps = {(m.group(1), m.group(3)): float(m.group(2))
+                  for m in re.finditer(r"pid=(\d+)\)\S* \[aa-study timing\] ([\d.]+) (.*)", text)}
+        (trial_pid,) = {pid for pid, what in stamps if what == "trial function entered"}
+        warmed = {pid for pid, what in stamps if what == "worker warmed: a trial's imports done"}
+        assert (trial_pid in warmed) == (warm == "1"), (trial_pid, warmed)
+        if warm == "1":  # the trial's own process had imported its fit before its trial function was entered
+            assert (stamps[trial_pid, "worker warmed: a trial's imports done"]
+                    <= stamps[trial_pid, "trial function entered"])
         c = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
         (run,) = [r for r in c.search_runs([c.get_experiment_by_name("tiny-cpu").experiment_id])
                   if r.data.tags.get("kind") == "trial"]
@@ -249,7 +254,7 @@ def test_a_second_launch_of_a_running_study_is_refused(tiny_study, workdir, caps
             time.sleep(1)
             if driver.poll() is not None:
                 pytest.fail(f"the first launch ended (exit {driver.returncode}): {output.read_text()[-3000:]}")
-            # not before the driver names its store: an MLflow client would migrate a store still being created
+            # not before the driver names its store (open, its launch run started)
             if "MLflow: " in output.read_text() and _runs(workdir, "launch")[2]:
                 break
         else:
