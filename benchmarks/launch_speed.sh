@@ -6,8 +6,8 @@
 #   the time went (AA_STUDY_TIMING stamps: the trial's process, its fit, each epoch; the launch's phases);
 #   where the host has two GPUs or more, the study again on all of them (per-GPU busy fractions, the ratio).
 # Prints markdown tables with the ratios. Usage: bash benchmarks/launch_speed.sh [skip-study]
-# (env ROUNDS=N train/run pairs; MPS_TOO=1 the study again with --mps; WARM_TOO=1 each one-trial run again with
-# AA_STUDY_WARM_WORKERS=1)
+# (env ROUNDS=N train/run pairs; MPS_TOO=1 the study again with --mps; WARM_TOO=1 each one-trial run again with the
+# experimental warm workers, AA_STUDY_WARM_WORKERS=1)
 set -euo pipefail
 OUT=${OUT:-$(mktemp -d)}
 export AA_STUDY_HOME=$(mktemp -d)
@@ -73,11 +73,12 @@ for round in $(seq 1 "${ROUNDS:-2}"); do  # train and run alternate: each pair o
   cp "$home"/logs/quickstart-one-gpu-*.log "$OUT/one-trial-launch.log"
   rounds="$rounds | round $round: train $train s, run $one s (+$(python3 -c "print(round($one - $train, 1))") s)"
   echo "round $round: train $train s (busy $tbusy %), run $one s" | tee -a "$OUT/partial.txt"
-  if [ -n "${WARM_TOO:-}" ]; then  # the same one-trial study with workers prestarted and pre-imported
+  if [ -n "${WARM_TOO:-}" ]; then  # the same one-trial study with warm workers (prestarted, pre-imported)
     home=$(mktemp -d); s=$(now)
     CUDA_VISIBLE_DEVICES=0 AA_STUDY_HOME=$home AA_STUDY_WARM_WORKERS=1 python3 -m aa_study.cli run \
       "$OUT/one-trial.yaml" --profile gpu --quiet > "$OUT/one-warm.log" 2>&1
-    warm=$(since $s); rounds="$rounds, with AA_STUDY_WARM_WORKERS=1 $warm s"
+    warm=$(since $s); rounds="$rounds, with AA_STUDY_WARM_WORKERS=1 $warm s"; warm_start=$s
+    cp "$home"/logs/quickstart-one-gpu-*.log "$OUT/one-warm-launch.log"
     echo "round $round: run with AA_STUDY_WARM_WORKERS=1 $warm s" | tee -a "$OUT/partial.txt"
   fi
 done
@@ -96,24 +97,29 @@ print(f"| one cell (κ=υ=0.5, relative, seed 0, 24 epochs) through aa-study tra
 print(f"| GPU busy during that bare fit (mean %) | {tbusy} | |")
 print(f"| the same cell as a one-trial study through aa-study run | {one:.1f} s | {one / train:.2f}x (+{one - train:.1f} s) |")
 PY
-python3 - "$train_start" "$OUT/train.err" "$one_start" "$OUT/one-trial-launch.log" <<'PY'
-import re, sys
+python3 - "$train_start" "$OUT/train.err" "$one_start" "$OUT/one-trial-launch.log" "${warm_start:-}" \
+  "$OUT/one-warm-launch.log" <<'PY'
+import os, re, sys
 def stamps(start, path):
     out = {}
     for line in open(path, errors="replace"):
         m = re.search(r"\[aa-study timing\] ([\d.]+) (.*)", line)
         if m:
-            out[m.group(2).strip()] = float(m.group(1)) - float(start)
+            out.setdefault(m.group(2).strip(), float(m.group(1)) - float(start))
         if "launch phases" in line:
             out["phases"] = line.split("launch phases", 1)[1].strip()
     return out
 t, r = stamps(sys.argv[1], sys.argv[2]), stamps(sys.argv[3], sys.argv[4])
-print("\n| seconds after the command started | train | run (one trial) |\n|---|---|---|")
-for k in ("trial function entered", "fit entered", "data and network built", "first step", "epoch 1 trained",
+w = stamps(sys.argv[5], sys.argv[6]) if sys.argv[5] and os.path.exists(sys.argv[6]) else {}
+print("\n| seconds after the command started | train | run (one trial) |" + (" run, warm workers |" if w else "")
+      + "\n|---|---|---|" + ("---|" if w else ""))
+for k in ("driver: process started", "driver: launch begins", "driver: ray up", "driver: tuner.fit called",
+          "worker warmed: a trial's imports done", "trial process started", "trial function entered",
+          "driver: store open", "fit entered", "data and network built", "first step", "epoch 1 trained",
           "epoch 1 reported", "epoch 24 trained", "fit done"):
     f = lambda d: f"{d[k]:.2f}" if k in d else ""
-    print(f"| {k} | {f(t)} | {f(r)} |")
-print(f"\nlaunch phases {r.get('phases', '')}")
+    print(f"| {k} | {f(t)} | {f(r)} |" + (f" {f(w)} |" if w else ""))
+print(f"\nlaunch phases {r.get('phases', '')}" + (f"\nwarm workers: launch phases {w.get('phases', '')}" if w else ""))
 PY
 if [ "$GPUS" -ge 2 ] && [ "${1:-}" != "skip-study" ]; then
   export AA_STUDY_HOME=$(mktemp -d)

@@ -209,17 +209,34 @@ def checkpoint_policy(value) -> Tuple[str, float]:
     return "seconds", float(m.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
 
 
-def timing_stamp(what: str) -> None:
-    """With AA_STUDY_TIMING set: one stamped line on stderr, from a fit or a trial's process
-    (benchmarks/launch_speed.sh reads them from `aa-study train`'s output and from a launch's log, where Ray
-    forwards the trials'). Here, below training and launch alike, so a trial stamps before it imports torch."""
+def timing_stamp(what: str, at: Optional[float] = None) -> None:
+    """With AA_STUDY_TIMING set: one stamped line on stderr (at: the time stamped, default now), from a fit, a
+    trial's process or the driver (benchmarks/launch_speed.sh reads them from `aa-study train`'s output and from a
+    launch's log, where Ray forwards the trials'). Here, below training and launch alike, so a trial stamps before
+    it imports torch."""
     import os
 
     if os.environ.get("AA_STUDY_TIMING"):
         import sys
         import time
 
-        print(f"[aa-study timing] {time.time():.3f} {what}", file=sys.stderr, flush=True)
+        print(f"[aa-study timing] {time.time() if at is None else at:.3f} {what}", file=sys.stderr, flush=True)
+
+
+def process_started() -> Optional[float]:
+    """When this process started (epoch seconds; Linux's /proc, else None): a trial's stamp of when Ray started its
+    process, before any of our code ran in it."""
+    try:
+        import os
+
+        ticks = os.sysconf("SC_CLK_TCK")
+        with open("/proc/self/stat") as f:
+            start = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime, in ticks since boot
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return boot + start / ticks
+    except (OSError, ValueError, StopIteration):
+        return None
 
 
 def augment_preset(augment: str, image_size: int) -> str:

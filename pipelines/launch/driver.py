@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..settings import process_started, timing_stamp
 from ..spec import SpecError, Study, load_study
 from .outcome import Background, LaunchError, LaunchResult, one_line  # noqa: F401  (LaunchError: the cli's)
 from .resources import Mps, _check_fits, check_local_resources, concurrent_trials, gpu_share
@@ -55,7 +56,7 @@ def check_deep(study: Study) -> None:
     deep_checks(study)
 
 
-def init_ray(address: Optional[str], study: Study):
+def init_ray(address: Optional[str], study: Study, pending: int = 1):
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -64,15 +65,6 @@ def init_ray(address: Optional[str], study: Study):
     # the test-only fault switch and the benchmarks' timing switch travel to the trials (launch/trial_fit.py)
     env = {k: v for k, v in os.environ.items() if k.startswith(("AA_STUDY_FAULT", "AA_STUDY_TIMING"))}
     runtime_env = {"env_vars": env} if env else None
-    # Experimental, off by default: AA_STUDY_WARM_WORKERS=1 lets Ray prestart one worker per CPU as it starts, each
-    # importing what a trial imports (pipelines/launch/warm.py), so a trial's process has torch and Lightning
-    # loaded when Tune hands it the trial. On a 2-core machine the trial entered its fit 0.001 s after its function
-    # (4.3 s without), but the launch was no faster (58.4, 58.7 s vs 61.3, 56.2 s): the imports compete with the
-    # deep checks and Tune's start for the same 2 cores. Not yet measured on the GPU host, where a trial's imports
-    # take 12 s (benchmarks/launch_speed.sh with WARM_TOO=1).
-    warm = os.environ.get("AA_STUDY_WARM_WORKERS") == "1"
-    if warm:
-        runtime_env = dict(runtime_env or {}, worker_process_setup_hook="pipelines.launch.warm.imports")
     gpu = study.resources["gpu"]  # the local machine was checked by check_local_resources (launch)
     try:
         if address:
@@ -80,12 +72,24 @@ def init_ray(address: Optional[str], study: Study):
         else:
             import logging
 
+            from .resources import local_ray_cpus
+
+            # Experimental, off by default: AA_STUDY_WARM_WORKERS=1 gives the local Ray the CPUs the launch's trials
+            # hold at once (`local_ray_cpus`) and lets it prestart one worker process per CPU, whose setup hook
+            # imports what a trial imports (pipelines/launch/warm.py), so that Tune hands each trial a process with
+            # torch and Lightning loaded. Measured, one-trial quickstart cell (benchmarks/launch_speed.sh WARM_TOO=1):
+            # on this project's 2-core CPU machine 57.8 and 57.4 s against 64.6 and 58.7 s without; on the GPU host
+            # (an H200, 16 cores) 49.1 and 47.1 s against 46.1 and 47.0 s: no gain there, because Ray prestarts the
+            # workers only once the driver has connected, when Tune would start the trial's process anyway, and
+            # the hook's imports then take as long as the trial's own.
+            warm = os.environ.get("AA_STUDY_WARM_WORKERS") == "1"
+            if warm:
+                runtime_env = dict(runtime_env or {}, worker_process_setup_hook="pipelines.launch.warm.imports")
             # Ray's notice that token authentication is on, at every start of a local Ray: it would be the one line
             # on stderr beside a deep check's error
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-            # no idle workers prestarted for the first driver (one per CPU, each importing Ray, while the deep checks
-            # import torch): Tune's trials start processes of their own; unless warm workers were asked for (above)
             ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env,
+                     num_cpus=local_ray_cpus(study, pending) if warm else None,
                      _system_config={"prestart_worker_first_driver": warm})
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise LaunchError(f"address: cannot join the Ray cluster at {address!r} ({one_line(e)})") from None
@@ -102,6 +106,26 @@ def init_ray(address: Optional[str], study: Study):
     if gpu == 0 and study.train.get("device") == "cuda":
         ray.shutdown()
         raise LaunchError("train.device: cuda needs resources.gpu > 0 (Ray hides GPUs from trials that ask for none)")
+
+
+def stop_ray() -> None:
+    """ray.shutdown(), less the second it waits on the local Ray's autoscaler monitor: Ray stops each process it
+    started with SIGTERM and waits up to 1 s before SIGKILL, and the monitor takes that whole second (measured here:
+    raylet 0.03 s, GCS 0.02 s, monitor 1.02 s of a 1.37 s shutdown). For a local Ray of our own, the monitor has
+    nothing to save (no autoscaling, no cluster to hand over): it is killed first. Ray's private node handle; where
+    it is missing, the plain shutdown."""
+    import ray
+
+    try:
+        from ray._private import worker
+
+        node = worker._global_node
+        if node is not None and node.is_head():
+            for info in node.all_processes.get("monitor", []):
+                info.process.kill()
+    except Exception:  # noqa: BLE001 - another Ray's internals: the plain shutdown below does it all
+        pass
+    ray.shutdown()
 
 
 def read_plan(study: Study, uri: str, resume: bool = False) -> tuple:
@@ -264,11 +288,14 @@ def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, comma
 
     phases = result.phases
     t0 = time.time()
+    timing_stamp("driver: process started", process_started())
+    timing_stamp("driver: launch begins", t0)
     checks = _Checks(study, t0)
     Background(_import_late, name="aa-study-imports")
     try:
-        init_ray(address, study)
+        init_ray(address, study, len(the_plan.pending))
         phases["ray start"] = time.time() - t0
+        timing_stamp("driver: ray up")
         if checks.done():
             checks.join()  # failed already: a SpecError before Tune starts
         from ray import tune  # noqa: F401  (waits for the thread's import of it, not for MLflow's)
@@ -288,7 +315,7 @@ def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, comma
         if checks.seconds is not None:
             phases["checks"] = checks.seconds
         t = time.time()
-        ray.shutdown()
+        stop_ray()
         phases["ray stop"] = time.time() - t
         phases["launch"] = time.time() - t0
         order = ("ray start", "checks", "store", "trials", "ray stop", "launch")
@@ -308,6 +335,7 @@ def _open_store(uri: str, exp_id: Optional[str], study: Study, the_plan, command
     spec_text = Path(study.path).read_text() if study.path else None
     parent = tracker.start_launch(exp_id, study, command, spec_text)
     phases["store"] = time.time() - t
+    timing_stamp("driver: store open")
     return tracker, exp_id, parent
 
 
@@ -386,6 +414,7 @@ def _run_tune(study: Study, uri: str, exp_id: Optional[str], the_plan, command: 
     )
     status = "FINISHED"
     t = time.time()
+    timing_stamp("driver: tuner.fit called")
     try:
         with progress or contextlib.nullcontext():
             tuner.fit()

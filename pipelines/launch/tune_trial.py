@@ -6,8 +6,9 @@ from typing import Any, Dict
 
 
 def run_trial(config: Dict[str, Any]) -> None:
-    from ..settings import timing_stamp
+    from ..settings import process_started, timing_stamp
 
+    timing_stamp("trial process started", process_started())
     timing_stamp("trial function entered")
     from ray import tune
 

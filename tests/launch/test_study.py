@@ -186,18 +186,22 @@ def test_driver_sigkilled_mid_study_then_resume_finishes_exactly_once(tiny_study
 
 @pytest.mark.slow
 def test_warm_workers_run_the_trial_in_a_preimported_process_with_the_same_result(workdir, monkeypatch):
-    """AA_STUDY_WARM_WORKERS=1 (experimental): Ray's workers import a trial's modules as they start (prestarted or
-    not); the trial's own process did so before its trial function was entered, and the result is the one a
-    launch without warm workers gives."""
+    """Warm workers (experimental, AA_STUDY_WARM_WORKERS=1): the local Ray prestarts one worker per CPU its
+    trials hold at once (here one), which imports a trial's modules as it starts; the trial runs
+    in that process, which had done so before the trial function was entered, and the result is the one a launch
+    without warm workers gives."""
     import re
 
     path = small_study(workdir, kappa=[0.5], pos_enc=["relative"], epochs=1)
     monkeypatch.setenv("AA_STUDY_TIMING", "1")
     tops = []
-    for warm in ("0", "1"):
+    for warm in (None, "1"):
         home = workdir / f"home-{warm}"
         monkeypatch.setenv("AA_STUDY_HOME", str(home))
-        monkeypatch.setenv("AA_STUDY_WARM_WORKERS", warm)
+        if warm is None:  # the default: off
+            monkeypatch.delenv("AA_STUDY_WARM_WORKERS", raising=False)
+        else:
+            monkeypatch.setenv("AA_STUDY_WARM_WORKERS", warm)
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow's client sets it: each launch its own store
         assert main(["run", str(path), "--quiet"]) == 0
         (log,) = (home / "logs").glob("*.log")
@@ -207,10 +211,12 @@ def test_warm_workers_run_the_trial_in_a_preimported_process_with_the_same_resul
                   for m in re.finditer(r"pid=(\d+)\)\S* \[aa-study timing\] ([\d.]+) (.*)", text)}
         (trial_pid,) = {pid for pid, what in stamps if what == "trial function entered"}
         warmed = {pid for pid, what in stamps if what == "worker warmed: a trial's imports done"}
-        assert (trial_pid in warmed) == (warm == "1"), (trial_pid, warmed)
-        if warm == "1":  # the trial's own process had imported its fit before its trial function was entered
+        if warm == "1":  # one worker prestarted and warmed (one trial, one CPU), and the trial ran in it
+            assert warmed == {trial_pid}, (trial_pid, warmed)
             assert (stamps[trial_pid, "worker warmed: a trial's imports done"]
                     <= stamps[trial_pid, "trial function entered"])
+        else:
+            assert not warmed
         c = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
         (run,) = [r for r in c.search_runs([c.get_experiment_by_name("tiny-cpu").experiment_id])
                   if r.data.tags.get("kind") == "trial"]
