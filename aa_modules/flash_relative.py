@@ -96,10 +96,15 @@ def _cdiv(a: int, b: int) -> int:
 LOG2E = 1.4426950408889634
 
 
-# Launch parameters (benchmarks/attention.py --explore sweeps them on the GPU). block_n: keys per block
-# (whole rows, so the real count is R * BW); fwd and bwd may differ.
-TUNING = {"fwd": dict(block_m=64, block_n=64, num_warps=4, num_stages=2),
-          "bwd": dict(block_m=64, block_n=64, num_warps=4, num_stages=2, programs_per_sm=4),  # the dq kernel
+# Launch parameters (benchmarks/attention.py --explore and benchmarks/kernel_parts.py sweep them on the GPU).
+# block_n: keys per block (whole rows, so the real count is R * BW); fwd and bwd may differ. multirow_stages: the
+# software-pipelining stages where a key block holds several image rows (W <= 32 at block_n 64): 1 there, 2 for
+# one-row blocks. Measured on an H200 (kernel_parts.py, fwd / dq ms): AA-ResNet-50's stage 2 shape (B=128, N_h=8,
+# 28 x 28, d=4) 2.97 / 4.22 with 2 stages, 2.16 / 2.37 with 1; 14 x 14 (d=8) 0.49 / 0.66 -> 0.23 / 0.25; 7 x 7
+# 0.09 / 0.09 -> 0.02 / 0.02; but at 56 x 56 (one row a block) the forward took 2.40 ms with 1 stage against 1.12.
+TUNING = {"fwd": dict(block_m=64, block_n=64, num_warps=4, num_stages=2, multirow_stages=1),
+          "bwd": dict(block_m=64, block_n=64, num_warps=4, num_stages=2, multirow_stages=1,
+                      programs_per_sm=4),  # the dq kernel
           # 128 keys, 1 stage: 2.34 -> 1.68 ms for this kernel at 56 x 56 (H200, benchmarks/kernel_parts.py)
           "dkdv": dict(block_m=64, block_n=128, num_warps=4, num_stages=1)}
 
@@ -122,7 +127,8 @@ def _config(q: torch.Tensor, L: int, height: int, width: int, has_rel: bool, pha
     tune = TUNING[phase]
     h, w, bw, r = _geometry(L, height, width, has_rel, tune["block_n"])
     block_m = min(tune["block_m"], _pow2(L))
-    launch = dict(num_warps=tune["num_warps"], num_stages=tune["num_stages"])
+    stages = tune.get("multirow_stages", tune["num_stages"]) if has_rel and r > 1 else tune["num_stages"]
+    launch = dict(num_warps=tune["num_warps"], num_stages=stages)
     if tune.get("maxnreg"):  # a register cap: more programs per SM, at the price of spills
         launch["maxnreg"] = tune["maxnreg"]
     if not q.is_cuda:  # the interpreter runs blocks as numpy arrays: smaller is faster

@@ -1,7 +1,9 @@
 """Where the relative-attention kernel's time goes: each kernel's GPU time (torch.profiler), registers and
-spills, under launch-parameter variants, at the sizes given (B=32, N_h=4, d_kh=d_vh=16, bf16).
+spills, under launch-parameter variants, at the sizes given (default B=32, N_h=4, d_kh=d_vh=16, bf16).
 
-    python benchmarks/kernel_parts.py [--sizes 28 56]
+    python benchmarks/kernel_parts.py [--sizes 28 56] [--batch 32 --heads 4 --dim 16]
+    # AA-ResNet-50's stage 2 (batch 128, kappa = 0.25, N_h = 8: 28 x 28, 4 dims a head):
+    python benchmarks/kernel_parts.py --sizes 28 --batch 128 --heads 8 --dim 4
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from benchmarks.common import environment, markdown_table  # noqa: E402
 VARIANTS = {
     "as shipped": {},
     "content-only (no r^W, r^H)": {"content": True},
+    "SDPA, no positions (the floor)": {"sdpa": True},
     "fwd 8 warps": {"fwd": dict(num_warps=8)},
     "bwd 8 warps": {"bwd": dict(num_warps=8), "dkdv": dict(num_warps=8)},
     "block_m 32": {"fwd": dict(block_m=32), "bwd": dict(block_m=32), "dkdv": dict(block_m=32)},
@@ -26,8 +29,15 @@ VARIANTS = {
     "bwd 2 programs/SM": {"bwd": dict(programs_per_sm=2)},
     "bwd 8 programs/SM": {"bwd": dict(programs_per_sm=8)},
     "stages 1": {"fwd": dict(num_stages=1), "bwd": dict(num_stages=1), "dkdv": dict(num_stages=1)},
+    "fwd stages 1": {"fwd": dict(num_stages=1)},
+    "multi-row blocks 2 stages (v7)": {"fwd": dict(multirow_stages=2), "bwd": dict(multirow_stages=2)},
+    "block_n 32": {"fwd": dict(block_n=32), "bwd": dict(block_n=32)},
+    "block_n 32, stages 1": {"fwd": dict(block_n=32, num_stages=1), "bwd": dict(block_n=32, num_stages=1)},
+    "block_n 16, stages 1": {"fwd": dict(block_n=16, num_stages=1), "bwd": dict(block_n=16, num_stages=1)},
     "dkdv stages 1": {"dkdv": dict(num_stages=1)},
     "dkdv block_n 128": {"dkdv": dict(block_n=128)},
+    "dkdv block_n 64": {"dkdv": dict(block_n=64)},
+    "dkdv block_n 32": {"dkdv": dict(block_n=32)},
     "dkdv block_n 128, stages 1": {"dkdv": dict(block_n=128, num_stages=1)},
     "dkdv block_n 128, block_m 32": {"dkdv": dict(block_n=128, block_m=32)},
     "dq stages 1": {"bwd": dict(num_stages=1)},
@@ -66,19 +76,26 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", type=int, nargs="+", default=[28, 56])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--dim", type=int, default=16, help="d_k = d_v of a head")
     args = ap.parse_args()
     print(environment())
     rows = []
     for n in args.sizes:
         torch.manual_seed(0)
-        B, NH, d = 32, 4, 16
+        B, NH, d = args.batch, args.heads, args.dim
+        print(f"B={B}, N_h={NH}, d={d}, {n}x{n}", flush=True)
         q, k, v = (torch.randn(B, NH, n * n, d, device="cuda", requires_grad=True) for _ in range(3))
         rw, rh = (torch.randn(2 * n - 1, d, device="cuda", requires_grad=True) for _ in range(2))
 
         def step():
             tables = (None, None) if content else (rw, rh)
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = relative_attention(q, k, v, *tables, n, n, implementation="triton")
+                if sdpa:
+                    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                else:
+                    out = relative_attention(q, k, v, *tables, n, n, implementation="triton")
             out.float().sum().backward()
             for t in (q, k, v, rw, rh):
                 t.grad = None
@@ -86,8 +103,9 @@ def main():
         for name in args.variants:
             saved = {ph: dict(flash_relative.TUNING[ph]) for ph in flash_relative.TUNING}
             content = VARIANTS[name].get("content", False)
+            sdpa = VARIANTS[name].get("sdpa", False)
             for ph, cfg in VARIANTS[name].items():
-                if ph != "content":
+                if ph not in ("content", "sdpa"):
                     flash_relative.TUNING[ph].update(cfg)
             try:
                 times = profile(step)
@@ -107,7 +125,7 @@ def main():
                     flash_relative.TUNING[ph].update(saved[ph])
             kern = {kname: sum(t for key, t in times.items() if kname in key)
                     for kname in ("_fwd_kernel", "_bwd_dq_kernel", "_bwd_dkdv_kernel")}
-            other = sum(times.values()) - sum(kern.values())
+            other = sum(times.values()) - sum(kern.values())  # SDPA's kernels, PyTorch's ops around ours
             regs = " / ".join(f"{getattr(c, 'n_regs', '?')}r {getattr(c, 'n_spills', '?')}s"
                               for c in (flash_relative.COMPILED.get(x) for x in ("fwd", "bwd_dq", "bwd_dkdv")))
             rows.append([f"{n}x{n}", name, f"{wall:.2f}"] + [f"{kern[x]:.2f}" for x in kern] + [f"{other:.2f}", regs])

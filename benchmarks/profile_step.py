@@ -20,16 +20,32 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--stages", type=int, nargs="+", default=[2, 3, 4])
     p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--torchvision", action="store_true", help="profile torchvision's ResNet-50 instead")
     a = p.parse_args(argv)
-    step = train_step_fn(A.aa_resnet50(kappa=0.25, num_heads=8, stages=a.stages), a.batch, 224, "cuda")
+    import torchvision
+
+    model = (torchvision.models.resnet50() if a.torchvision
+             else A.aa_resnet50(kappa=0.25, num_heads=8, stages=a.stages, pos_enc="relative"))
+    step = train_step_fn(model, a.batch, 224, "cuda")
     for _ in range(3):
         step()
     torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        step()
+    end.record()
+    torch.cuda.synchronize()
+    wall = start.elapsed_time(end) / 5
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
             step()
         torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=a.rows, max_name_column_width=70))
+    events = prof.key_averages()
+    gpu = sum(e.self_device_time_total for e in events) / 3 / 1000
+    print(f"step: {wall:.1f} ms wall (CUDA events, 5 steps), {gpu:.1f} ms of kernels "
+          f"({a.batch / wall * 1000:.0f} images/s)")
+    print(events.table(sort_by="self_cuda_time_total", row_limit=a.rows, max_name_column_width=90))
 
 
 if __name__ == "__main__":
