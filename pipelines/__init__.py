@@ -18,8 +18,9 @@ the lowest first. One datum flows one way: YAML -> spec -> plan -> trials -> MLf
   retry, fresh, or the launch refused); ``driver`` executes the plan through Ray Tune; ``tune_trial`` (the
   trainable), ``trial_fit`` (a fit reporting to Tune or Ray Train), ``workers`` (a trial over a Ray Train group);
   ``recorder`` (the driver's MLflow writer; it opens the store in a thread while Tune starts the trials),
-  ``console`` (live progress), ``resources`` (what a trial holds, GPU shares, the ``--mps`` daemon), ``outcome``,
-  ``estimate`` (``--dry-run``). Ray is imported only once a launch has trials to run.
+  ``console`` (live progress), ``output`` (a quiet launch's log), ``resources`` (what a trial holds, GPU shares, the
+  ``--mps`` daemon), ``outcome``, ``estimate`` (``--dry-run``). Ray is imported only once a launch has trials to
+  run, and Tune beside Ray's start.
 - ``reports`` (a sibling package, beside ``launch``): reads MLflow only.
 - ``aa_study.cli``: ``aa-study``, the one layer above both ``pipelines`` and ``reports``.
 """

@@ -3,14 +3,12 @@
 `Progress` is a Ray Tune callback kept by the driver beside the MLflow recorder. It counts, per cell, the seeds
 done, running and failed, and shows the running trials' epoch and latest validation top-1 (mAP for detection),
 with the elapsed time and an ETA from the epochs done so far. On a terminal it is a rich `Live` table redrawn
-once a second; elsewhere (a pipe, CI, a log) one plain line per finished or failed trial. `quiet_output()` sends
-everything else the process writes (Ray's worker logs forwarded to the driver, Tune's own reporter, Lightning's
-banners), at the file-descriptor level, to a log file whose path the launch prints.
+once a second; elsewhere (a pipe, CI, a log) one plain line per finished or failed trial. Everything else the
+process writes goes to the launch's log (`output.quiet_output`). Imported once Ray is up: `from ray import tune`
+takes seconds, which the driver spends beside Ray's start.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -137,28 +135,3 @@ class Progress(tune.Callback):
 def _hms(seconds: float) -> str:
     s = int(max(0, seconds))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
-@contextlib.contextmanager
-def quiet_output(log_path: str):
-    """Inside: file descriptors 1 and 2 (so Ray's forwarded worker output, Tune's reporter, C-level writes too)
-    go to log_path; yields a text stream on the original stdout for the live view. Where stdout has no file
-    descriptor (a test's captured stdout), nothing is redirected and sys.stdout is yielded."""
-    try:
-        fd_out, fd_err = sys.stdout.fileno(), sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
-        yield sys.stdout
-        return
-    sys.stdout.flush(), sys.stderr.flush()
-    saved_out, saved_err = os.dup(fd_out), os.dup(fd_err)
-    console = os.fdopen(os.dup(saved_out), "w", buffering=1)
-    log = open(log_path, "a", buffering=1)
-    os.dup2(log.fileno(), fd_out), os.dup2(log.fileno(), fd_err)
-    try:
-        yield console
-    finally:
-        sys.stdout.flush(), sys.stderr.flush()
-        os.dup2(saved_out, fd_out), os.dup2(saved_err, fd_err)
-        os.close(saved_out), os.close(saved_err)
-        console.close()
-        log.close()

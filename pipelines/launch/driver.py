@@ -191,7 +191,7 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
         log = home / "logs" / f"{study.experiment}-{time.strftime('%Y%m%d-%H%M%S')}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         written.append(log)
-    from .console import quiet_output
+    from .output import quiet_output
     try:
         with (quiet_output(str(log)) if log else contextlib.nullcontext(sys.stdout)) as out, \
                 (daemon or contextlib.nullcontext()):
