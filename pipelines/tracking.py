@@ -208,10 +208,12 @@ def view_state(study) -> Dict[str, Any]:
     metric = study.metric
     axes = [a for a in GRID_AXES if a != "arch" or len(study.axes.get("arch", [])) > 1]
     # orderByKey as the UI names its run-name column (ATTRIBUTE_COLUMN_SORT_KEY.RUN_NAME); "attributes.run_name"
-    # sorted server-side too but showed "Sort: undefined" in the UI
+    # sorted server-side too but showed "Sort: undefined" in the UI. The cell_label tag is there to group by (the
+    # UI's "Group by", or its column picker), not a selected column: MLflow 3's runs table did not show a selected
+    # tag column, and the same label as a param column came first (params are shown alphabetically) and pushed υ
+    # off a 1440-px first screen, a third of which the UI's Assistant panel takes on a browser's first visit.
     return {"searchFilter": "tags.kind = 'trial'", "orderByKey": "tags.`mlflow.runName`", "orderByAsc": True,
-            "selectedColumns": [f"params.`{a}`" for a in axes] + ["params.`seed`", f"metrics.`{metric}`",
-                                                                   "tags.`cell_label`"]}
+            "selectedColumns": [f"params.`{a}`" for a in axes] + ["params.`seed`", f"metrics.`{metric}`"]}
 
 
 def _create_sqlite_store(path: Path) -> None:
