@@ -40,12 +40,14 @@ def experiment_id(c, name: str) -> str:
 
 
 def load_runs(c, exp_id: str) -> pd.DataFrame:
-    """One row per trial run: cell, seed, status, axes, context params, latest metrics, error."""
+    """One row per trial run: cell, seed, status, the code version that ran it, axes, context params, latest metrics,
+    error."""
     rows = []
     for r in search_runs(c, exp_id, "trial"):
         p, t, m = r.data.params, r.data.tags, r.data.metrics
         row = {"run_id": r.info.run_id, "cell": t.get("cell"), "seed": int(t.get("seed", -1)),
-               "status": r.info.status, "error": t.get("error", ""), "node_id": t.get("node_id", "")}
+               "status": r.info.status, "error": t.get("error", ""), "node_id": t.get("node_id", ""),
+               "code_version": t.get("code_version", "")}
         for k in AXES:
             row[k] = p.get(k)
         for k in CONTEXT:
@@ -53,7 +55,8 @@ def load_runs(c, exp_id: str) -> pd.DataFrame:
         for k in METRICS:
             row[k] = m.get(k, math.nan)
         rows.append(row)
-    df = pd.DataFrame(rows, columns=["run_id", "cell", "seed", "status", "error", "node_id"] + AXES + CONTEXT + METRICS)
+    df = pd.DataFrame(rows, columns=["run_id", "cell", "seed", "status", "error", "node_id", "code_version"] + AXES
+                      + CONTEXT + METRICS)
     df = df.sort_values(["cell", "seed", "run_id"], kind="stable").reset_index(drop=True)  # same runs, same files
     for k in ("kappa", "upsilon"):
         df[k] = pd.to_numeric(df[k], errors="coerce")

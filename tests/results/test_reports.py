@@ -283,3 +283,28 @@ def test_a_study_sharing_an_experiment_reports_its_own_cells_only(tiny_study, wo
     assert main(["report", "--experiment", "tiny-cpu", "--tracking-uri", uri, "--out", str(workdir / "all"),
                  "--no-log"]) == 0  # the experiment as a whole still shows every cell
     assert (workdir / "all" / "cells.md").read_text().count("| aa_resnet18 |") == 4
+
+
+def test_report_says_when_its_runs_come_from_several_code_versions(tiny_study, workdir):
+    """A change of code can change a trial's result for the same cell and seed (a kernel that rounds differently):
+    a report pooling runs of several code versions says which, with how many finished runs each."""
+    from mlflow.tracking import MlflowClient
+
+    values = {(k, p, s): 0.6 + 0.1 * s for k in (0.25, 0.5) for p in ("none", "relative") for s in (0, 1)}
+    uri, study = _crafted(tiny_study, workdir, values)
+    make_report(uri, "tiny-cpu", workdir / "one", ["table6"])
+    assert "Mixed code versions" not in (workdir / "one" / "report.md").read_text()
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("tiny-cpu").experiment_id
+    trials = [r for r in c.search_runs([exp]) if r.data.tags.get("kind") == "trial"]
+    version = trials[0].data.tags["code_version"]
+    for r in trials[:3]:  # three runs re-done by another version of the code
+        c.set_tag(r.info.run_id, "code_version", "v-other")
+    make_report(uri, "tiny-cpu", workdir / "two", ["table6"])
+    md = (workdir / "two" / "report.md").read_text()
+    line = next(l for l in md.splitlines() if l.startswith("**Mixed code versions.**"))
+    assert "The finished runs come from 2 code versions: " in line
+    assert f"{version} (5 runs)" in line and "v-other (3 runs)" in line, line
+    runs_csv = (workdir / "two" / "runs.csv").read_text()
+    assert runs_csv.count("v-other") == 3
