@@ -123,12 +123,16 @@ def _geometry(L: int, height: int, width: int, has_rel: bool, block_n: int = 64)
     return height, width, bw, rows
 
 
+def _num_stages(tune: dict, has_rel: bool, rows: int) -> int:
+    """The software-pipelining stages of a phase: `multirow_stages` where a key block holds several image rows."""
+    return tune.get("multirow_stages", tune["num_stages"]) if has_rel and rows > 1 else tune["num_stages"]
+
+
 def _config(q: torch.Tensor, L: int, height: int, width: int, has_rel: bool, phase: str):
     tune = TUNING[phase]
     h, w, bw, r = _geometry(L, height, width, has_rel, tune["block_n"])
     block_m = min(tune["block_m"], _pow2(L))
-    stages = tune.get("multirow_stages", tune["num_stages"]) if has_rel and r > 1 else tune["num_stages"]
-    launch = dict(num_warps=tune["num_warps"], num_stages=stages)
+    launch = dict(num_warps=tune["num_warps"], num_stages=_num_stages(tune, has_rel, r))
     if tune.get("maxnreg"):  # a register cap: more programs per SM, at the price of spills
         launch["maxnreg"] = tune["maxnreg"]
     if not q.is_cuda:  # the interpreter runs blocks as numpy arrays: smaller is faster

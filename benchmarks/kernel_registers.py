@@ -68,8 +68,7 @@ def main():
         consts = dict(HAS_REL=True, BLOCK_M=min(tune["block_m"], F._pow2(L)), BW=bw, R=r,
                       BW2=F._pow2(2 * w - 1), BH2=F._pow2(2 * h - 1), BH=F._pow2(h),
                       BLOCK_DK=F._pow2(args.dk), BLOCK_DV=F._pow2(args.dk), PRECISION="tf32")
-        stages = tune.get("multirow_stages", tune["num_stages"]) if r > 1 else tune["num_stages"]  # as _config
-        opts = dict(num_warps=tune["num_warps"], num_stages=stages)
+        opts = dict(num_warps=tune["num_warps"], num_stages=F._num_stages(tune, True, r))
         if args.maxnreg or tune.get("maxnreg"):
             opts["maxnreg"] = args.maxnreg or tune["maxnreg"]
         print(f"{name:8} {compile_kernel(fn, consts, opts)}")
