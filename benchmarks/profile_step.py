@@ -12,6 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aa_modules as A  # noqa: E402
+from benchmarks.common import measure  # noqa: E402
 from benchmarks.resnet import train_step_fn  # noqa: E402
 
 
@@ -27,23 +28,14 @@ def main(argv=None):
     model = (torchvision.models.resnet50() if a.torchvision
              else A.aa_resnet50(kappa=0.25, num_heads=8, stages=a.stages, pos_enc="relative"))
     step = train_step_fn(model, a.batch, 224, "cuda")
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(5):
-        step()
-    end.record()
-    torch.cuda.synchronize()
-    wall = start.elapsed_time(end) / 5
+    wall = measure(step, warmup=3, repeats=5)[0] * 1000  # ms, median step (CUDA events)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
             step()
         torch.cuda.synchronize()
     events = prof.key_averages()
     gpu = sum(e.self_device_time_total for e in events) / 3 / 1000
-    print(f"step: {wall:.1f} ms wall (CUDA events, 5 steps), {gpu:.1f} ms of kernels "
+    print(f"step: {wall:.1f} ms wall (median of 5, CUDA events), {gpu:.1f} ms of kernels "
           f"({a.batch / wall * 1000:.0f} images/s)")
     print(events.table(sort_by="self_cuda_time_total", row_limit=a.rows, max_name_column_width=90))
 
