@@ -4,11 +4,17 @@ spills, under launch-parameter variants, at the sizes given (default B=32, N_h=4
     python benchmarks/kernel_parts.py [--sizes 28 56] [--batch 32 --heads 4 --dim 16]
     # AA-ResNet-50's stage 2 (batch 128, kappa = 0.25, N_h = 8: 28 x 28, 4 dims a head):
     python benchmarks/kernel_parts.py --sizes 28 --batch 128 --heads 8 --dim 4
+
+Variants named "ablate: ..." run the kernels with one part of the relative work cut out of their source (a patched
+copy of aa_modules/_flash_kernels.py): their results are wrong and only their times mean anything. They say
+what each part costs, which launch parameters cannot.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -17,6 +23,45 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aa_modules import flash_relative  # noqa: E402
 from aa_modules.attention import relative_attention  # noqa: E402
 from benchmarks.common import environment, markdown_table  # noqa: E402
+
+# Source patches (old text, new text) of the timing-only ablations. `HAS_REL == 2` is a compile-time False.
+_NO_B = [("bb = _b_rows(RH, srh, q, y_i, y0, H, DK, BLOCK_M, R, BLOCK_DK) * qk_scale",
+          "bb = tl.zeros([BLOCK_M, R], tl.float32)"),
+         ("bt = tl.trans(_b_rows(RH, srh, q, offs_m // W, pid_n * R, H, DK, BLOCK_M, R, BLOCK_DK)) * qk_scale",
+          "bt = tl.zeros([R, BLOCK_M], tl.float32)")]
+_NO_A = [("return s + a, tl.sum(bb, 1)", "return s, tl.sum(bb, 1)"),
+         ("s = s + a + tl.reshape(", "s = s + tl.reshape("),
+         ("at = tl.load(a_base + offs_m[None, :] * W, mask=(offs_x[:, None] < W) & m_ok[None, :], other=0.0)",
+          "at = tl.zeros([BW, BLOCK_M], tl.float32)")]
+_NO_DA = [("            if HAS_REL:\n                da += ds", "            if HAS_REL == 2:\n                da += ds")]
+_NO_EPI = [("        if HAS_REL:\n            da_x = ", "        if HAS_REL == 2:\n            da_x = ")]
+_NO_ASTORE = [("            tl.store(A + (pid_bh", "            if HAS_REL == 2:\n                tl.store(A + (pid_bh")]
+ABLATIONS = {
+    "ablate: no b (r^H) terms": _NO_B,
+    "ablate: no a (r^W) terms": _NO_A,
+    "ablate: dq without da, db sums": _NO_DA,
+    "ablate: dq without its epilogue": _NO_EPI,
+    "ablate: dq without storing a": _NO_ASTORE,
+    "ablate: all five": _NO_B + _NO_A + _NO_DA + _NO_EPI + _NO_ASTORE,
+}
+
+
+def patched_kernels(patches):
+    """A copy of aa_modules/_flash_kernels.py with `patches` applied, imported as a module of its own (Triton's jit
+    reads a kernel's source from its file)."""
+    src = (Path(__file__).resolve().parents[1] / "aa_modules" / "_flash_kernels.py").read_text()
+    for old, new in patches:
+        if old not in src:
+            raise ValueError(f"ablation patch no longer matches the kernel source: {old[:60]!r}")
+        src = src.replace(old, new)
+    path = Path(tempfile.mkdtemp()) / f"_flash_kernels_ablated_{abs(hash(src))}.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
 
 VARIANTS = {
     "as shipped": {},
@@ -52,6 +97,7 @@ VARIANTS = {
     "fwd maxnreg 168": {"fwd": dict(maxnreg=168)},
     "dkdv maxnreg 128": {"dkdv": dict(maxnreg=128)},
     "dkdv maxnreg 168": {"dkdv": dict(maxnreg=168)},
+    **{name: {"patches": patches} for name, patches in ABLATIONS.items()},
 }
 
 
@@ -105,9 +151,12 @@ def main():
             content = VARIANTS[name].get("content", False)
             sdpa = VARIANTS[name].get("sdpa", False)
             for ph, cfg in VARIANTS[name].items():
-                if ph not in ("content", "sdpa"):
+                if ph not in ("content", "sdpa", "patches"):
                     flash_relative.TUNING[ph].update(cfg)
+            shipped = flash_relative._kernels()
             try:
+                if "patches" in VARIANTS[name]:
+                    flash_relative._K = patched_kernels(VARIANTS[name]["patches"])
                 times = profile(step)
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
@@ -120,6 +169,7 @@ def main():
                 rows.append([f"{n}x{n}", name, "error: " + str(e).splitlines()[0][:80], "", "", "", ""])
                 continue
             finally:
+                flash_relative._K = shipped
                 for ph in saved:
                     flash_relative.TUNING[ph].clear()
                     flash_relative.TUNING[ph].update(saved[ph])
