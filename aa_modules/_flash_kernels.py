@@ -39,27 +39,35 @@ def _spread(t, BLOCK_M: tl.constexpr, R: tl.constexpr, BW: tl.constexpr):
 
 
 @triton.jit
-def _b_rows(RH, srh, q, y_i, y0, H, DK, BLOCK_M: tl.constexpr, R: tl.constexpr, BLOCK_DK: tl.constexpr):
-    """(BLOCK_M, R) fp32: b_i at key rows y0 .. y0 + R - 1, q_i . r^H[y - y_i + H - 1], with the rows of r^H read
-    per query from memory (a table of 2H - 1 rows: cache-resident) instead of a gather in registers."""
-    offs_r = tl.arange(0, R)
+def _b_of(RH, srh, q, y_last, y0, H, DK, NB: tl.constexpr, BLOCK_DK: tl.constexpr, PRECISION: tl.constexpr):
+    """(BLOCK_M, NB) fp32: q_i . r^H[o] for the NB offsets o = y0 - y_last + H - 1 + n, n < NB. A query block spans
+    few image rows (its last is y_last) and a key block R rows from y0, so every offset y - y_i + H - 1 between
+    them is among these NB: one small dot per key block, against a window of r^H's rows (cache-resident)."""
+    offs = y0 - y_last + H - 1 + tl.arange(0, NB)
     offs_dk = tl.arange(0, BLOCK_DK)
-    m = tl.minimum(tl.maximum((y0 + offs_r)[None, :] - y_i[:, None] + H - 1, 0), 2 * H - 2)  # (BLOCK_M, R)
-    rh = tl.load(RH + m[:, :, None] * srh + offs_dk[None, None, :], mask=offs_dk[None, None, :] < DK, other=0.0)
-    return tl.sum(q.to(tl.float32)[:, None, :] * rh.to(q.dtype).to(tl.float32), 2)
+    rsel = tl.load(RH + offs[:, None] * srh + offs_dk[None, :],
+                   mask=(offs[:, None] >= 0) & (offs[:, None] < 2 * H - 1) & (offs_dk[None, :] < DK), other=0.0)
+    return tl.dot(q, tl.trans(rsel.to(q.dtype)), input_precision=PRECISION)
 
 
 @triton.jit
-def _with_rel(s, a, RH, srh, q, y_i, y0, H, DK, qk_scale, BLOCK_M: tl.constexpr, R: tl.constexpr,
-              BW: tl.constexpr, BLOCK_DK: tl.constexpr):
-    """(scores + a + b, row_b): the tile's relative logits added to its scaled scores s, with a pre-scaled. A one-row
-    key block's b is a per-query constant of the tile: returned as row_b (BLOCK_M,), for the caller to fold into the
-    softmax's shift, instead of added to every score; else row_b is 0 and b is added."""
-    bb = _b_rows(RH, srh, q, y_i, y0, H, DK, BLOCK_M, R, BLOCK_DK) * qk_scale  # (BLOCK_M, R)
+def _b_pick(qr, y_i, y_last, r, NB: tl.constexpr):
+    """(BLOCK_M,) b_i at key row y0 + r, y0 the row `_b_of` was called with: column r + y_last - y_i of its table."""
+    return tl.sum(tl.where(tl.arange(0, NB)[None, :] == (r + y_last - y_i)[:, None], qr, 0.0), 1)
+
+
+@triton.jit
+def _with_rel(s, a, qr, y_i, y_last, col_r, qk_scale, BLOCK_M: tl.constexpr, R: tl.constexpr, NB: tl.constexpr):
+    """(scores + a + b, row_b): the tile's relative logits added to its scaled scores s, with a pre-scaled and b
+    picked from `_b_of`'s table qr. A one-row key block's b is a per-query constant of the tile: returned as row_b
+    (BLOCK_M,), for the caller to fold into the softmax's shift, instead of added to every score; else row_b is 0
+    and b is added, row by row of the block (a select per score: no reshape of the tile)."""
     if R == 1:
-        return s + a, tl.sum(bb, 1)
-    s = s + a + tl.reshape(tl.broadcast_to(bb[:, :, None], (BLOCK_M, R, BW)), (BLOCK_M, R * BW))
-    return s, tl.zeros([BLOCK_M], tl.float32)
+        return s + a, _b_pick(qr, y_i, y_last, 0, NB) * qk_scale
+    b = tl.zeros_like(s)
+    for r in tl.static_range(R):
+        b = tl.where(col_r[None, :] == r, (_b_pick(qr, y_i, y_last, r, NB) * qk_scale)[:, None], b)
+    return s + a + b, tl.zeros([BLOCK_M], tl.float32)
 
 
 @triton.jit
@@ -68,7 +76,7 @@ def _fwd_kernel(
     sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd, srw, srh, sob, soh, sol, sod,
     NH, L, H, W, DK, DV, qk_scale,
     HAS_REL: tl.constexpr, BLOCK_M: tl.constexpr, BW: tl.constexpr, R: tl.constexpr,
-    BW2: tl.constexpr, BH2: tl.constexpr, BH: tl.constexpr,
+    BW2: tl.constexpr, BH2: tl.constexpr, BH: tl.constexpr, NB: tl.constexpr,
     BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr,
 ):
     BLOCK_N: tl.constexpr = R * BW
@@ -89,10 +97,11 @@ def _fwd_kernel(
     v_base = V + ib * svb + ih * svh
     if HAS_REL:
         # a_i[x] = q_i . r^W[x - x_i + W - 1] for the query block, built here (fp32, in registers) and pre-scaled;
-        # b at each key block's rows from r^H's rows (`_b_rows`): no per-query table in memory
+        # b at each key block's rows from a small dot with a window of r^H (`_b_of`): no per-query table in memory
         rwt = _offsets_t(RW, srw, 2 * W - 1, DK, q.dtype, BW2, BLOCK_DK)
         a = _spread(_a_of(q, rwt, offs_m, W, BW, BW2, PRECISION) * qk_scale, BLOCK_M, R, BW)  # pre-scaled
         y_i = offs_m // W
+        y_last = (tl.minimum((pid_m + 1) * BLOCK_M, L) - 1) // W
     row_b = tl.zeros([BLOCK_M], tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -105,7 +114,8 @@ def _fwd_kernel(
                      mask=n_ok[None, :] & (offs_dk[:, None] < DK), other=0.0)
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
         if HAS_REL:
-            s, row_b = _with_rel(s, a, RH, srh, q, y_i, y0, H, DK, qk_scale, BLOCK_M, R, BW, BLOCK_DK)
+            qr = _b_of(RH, srh, q, y_last, y0, H, DK, NB, BLOCK_DK, PRECISION)
+            s, row_b = _with_rel(s, a, qr, y_i, y_last, col_r, qk_scale, BLOCK_M, R, NB)
         s = tl.where(n_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1) + row_b)
         p = tl.math.exp2(s - (m_new - row_b)[:, None])
@@ -123,12 +133,12 @@ def _fwd_kernel(
 
 @triton.jit
 def _bwd_dq_kernel(
-    Q, K, V, RW, RH, O, DO, LSE, DELTA, DQ, DRW, DRH, A, DBS,
+    Q, K, V, RW, RH, O, DO, LSE, DELTA, DQ, DRW, DRH, A, DBS, DAS,
     sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd, srw, srh, sob, soh, sol, sod,
     sdob, sdoh, sdol, sdod,
     NH, L, H, W, DK, DV, qk_scale, sm_scale, G, ZERO,
     HAS_REL: tl.constexpr, BLOCK_M: tl.constexpr, BW: tl.constexpr, R: tl.constexpr,
-    BW2: tl.constexpr, BH2: tl.constexpr, BH: tl.constexpr,
+    BW2: tl.constexpr, BH2: tl.constexpr, BH: tl.constexpr, NB: tl.constexpr,
     BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """One program per (query block, group of G batch-heads): dq, delta, and this program's share of dr^W, dr^H."""
@@ -172,6 +182,7 @@ def _bwd_dq_kernel(
                      mask=m_ok[:, None] & (offs_x[None, :] < W))
             a = _spread(a_x, BLOCK_M, R, BW)
             y_i = offs_m // W
+            y_last = (tl.minimum((pid_m + 1) * BLOCK_M, L) - 1) // W
             da = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
             # the score gradients' row sums, db[i, y], go to this program's scratch (BLOCK_M, BH), one column per
             # key row, each written once: cheaper than accumulating a (BLOCK_M, BH) tile in registers
@@ -188,7 +199,8 @@ def _bwd_dq_kernel(
                          mask=n_ok[None, :] & (offs_dv[:, None] < DV), other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
             if HAS_REL:  # a one-row block's b folded into the log-sum-exp
-                s, row_b = _with_rel(s, a, RH, srh, q, y_i, y0, H, DK, qk_scale, BLOCK_M, R, BW, BLOCK_DK)
+                qr = _b_of(RH, srh, q, y_last, y0, H, DK, NB, BLOCK_DK, PRECISION)
+                s, row_b = _with_rel(s, a, qr, y_i, y_last, col_r, qk_scale, BLOCK_M, R, NB)
             p = tl.math.exp2(s - (lse - row_b)[:, None])
             p = tl.where(n_ok[None, :] & m_ok[:, None], p, 0.0)
             dp = tl.dot(do, vt, input_precision=PRECISION)
@@ -203,10 +215,13 @@ def _bwd_dq_kernel(
             da_x = tl.sum(tl.reshape(da, (BLOCK_M, R, BW)), 1)  # fold the R rows: (BLOCK_M, BW)
             # the same gradients by relative offset, d(q . r^W[m]) and d(q . r^H[m]): offset m meets query i at
             # key column x = m + x_i - (W - 1) (row y = m + y_i - (H - 1))
+            # (the shift by x_i goes through the program's scratch, as db's does: a store and a load cost less than
+            # tl.gather of the (BLOCK_M, BW) tile in registers)
+            das = DAS + (prog * BLOCK_M + tl.arange(0, BLOCK_M) + g * ZERO)[:, None] * BW
+            tl.store(das + tl.arange(0, BW)[None, :], da_x.to(DAS.dtype.element_ty))
+            tl.debug_barrier()  # every thread's da and db columns are in the scratch
             src_x = tl.arange(0, BW2)[None, :] + (offs_m % W)[:, None] - (W - 1)
-            dqw = tl.where((src_x >= 0) & (src_x < W),
-                           tl.gather(da_x, tl.minimum(tl.maximum(src_x, 0), BW - 1), 1), 0.0).to(q.dtype)
-            tl.debug_barrier()  # every thread's db columns are in the scratch
+            dqw = tl.load(das + tl.minimum(tl.maximum(src_x, 0), BW - 1), mask=(src_x >= 0) & (src_x < W), other=0.0)
             src_y = tl.arange(0, BH2)[None, :] + (offs_m // W)[:, None] - (H - 1)
             y_ok = (src_y >= 0) & (src_y < H)
             dqh = tl.load(dbs + tl.minimum(tl.maximum(src_y, 0), BH - 1), mask=y_ok, other=0.0).to(q.dtype)
@@ -238,7 +253,7 @@ def _bwd_dkdv_kernel(
     sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd, srw, srh, sdob, sdoh, sdol, sdod,
     NH, L, H, W, DK, DV, qk_scale, sm_scale,
     HAS_REL: tl.constexpr, BLOCK_M: tl.constexpr, BW: tl.constexpr, R: tl.constexpr,
-    BW2: tl.constexpr, BH2: tl.constexpr, BH: tl.constexpr,
+    BW2: tl.constexpr, BH2: tl.constexpr, BH: tl.constexpr, NB: tl.constexpr,
     BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr,
 ):
     BLOCK_N: tl.constexpr = R * BW
@@ -248,7 +263,8 @@ def _bwd_dkdv_kernel(
     ih = pid_bh % NH
     offs_c = tl.arange(0, BLOCK_N)
     col_x = offs_c % BW
-    rows = pid_n * R + offs_c // BW
+    row_r = offs_c // BW
+    rows = pid_n * R + row_r
     offs_n = rows * W + col_x
     n_ok = (col_x < W) & (rows < H) & (offs_n < L)
     offs_dk = tl.arange(0, BLOCK_DK)
@@ -276,11 +292,19 @@ def _bwd_dkdv_kernel(
         qt = tl.trans(q)
         st = tl.dot(k, qt, input_precision=PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
         if HAS_REL:
-            # a^T (BW, M) as the dq kernel left it (pre-scaled), b^T (R, M) at the block's rows, summed on the
-            # (R, BW, M) grid of the block's keys and added once
+            # a^T (BW, M) as the dq kernel left it (pre-scaled), the same for each of the block's R rows; b at each
+            # row from `_b_of`'s table, added with a select (no reshape)
             at = tl.load(a_base + offs_m[None, :] * W, mask=(offs_x[:, None] < W) & m_ok[None, :], other=0.0)
-            bt = tl.trans(_b_rows(RH, srh, q, offs_m // W, pid_n * R, H, DK, BLOCK_M, R, BLOCK_DK)) * qk_scale
-            st += tl.reshape(at.to(tl.float32)[None, :, :] + bt[:, None, :], (BLOCK_N, BLOCK_M))
+            st += tl.reshape(tl.broadcast_to(at.to(tl.float32)[None, :, :], (R, BW, BLOCK_M)), (BLOCK_N, BLOCK_M))
+            y_last = (tl.minimum(m0 + BLOCK_M, L) - 1) // W
+            qr = _b_of(RH, srh, q, y_last, pid_n * R, H, DK, NB, BLOCK_DK, PRECISION)
+            if R == 1:
+                st += (_b_pick(qr, offs_m // W, y_last, 0, NB) * qk_scale)[None, :]
+            else:
+                bt = tl.zeros_like(st)
+                for r in tl.static_range(R):
+                    bt = tl.where(row_r[:, None] == r, (_b_pick(qr, offs_m // W, y_last, r, NB) * qk_scale)[None, :], bt)
+                st += bt
         pt = tl.math.exp2(st - lse[None, :])
         pt = tl.where(n_ok[:, None] & m_ok[None, :], pt, 0.0)
         dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)

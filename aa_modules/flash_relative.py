@@ -153,12 +153,18 @@ def _output(q, B, NH, L, DV):
     return torch.empty((B, L, NH, DV), dtype=q.dtype, device=q.device).permute(0, 2, 1, 3)
 
 
+def _window(cfg) -> int:
+    """NB, the rows of r^H a key block's b needs (`_b_of`): its R rows against every image row a query block of
+    BLOCK_M positions can touch, (BLOCK_M - 1) // W + 2 (at most H), as a power of two >= 16 (a dot's least)."""
+    return _pow2(cfg["R"] + min(cfg["H"], (cfg["BLOCK_M"] - 1) // cfg["W"] + 2) - 1)
+
+
 def _rel_meta(rw, rh, cfg):
     """Strides and padded widths of the offset tables r^W (2W - 1, d) and r^H (2H - 1, d)."""
     if rw is None:
-        return (0, 0), dict(BW2=16, BH2=16, BH=16)
+        return (0, 0), dict(BW2=16, BH2=16, BH=16, NB=16)
     return (rw.stride(0), rh.stride(0)), dict(BW2=_pow2(2 * cfg["W"] - 1), BH2=_pow2(2 * cfg["H"] - 1),
-                                              BH=_pow2(cfg["H"]))
+                                              BH=_pow2(cfg["H"]), NB=_window(cfg))
 
 
 def _groups(q: torch.Tensor, n_m: int, bnh: int, has_rel: bool) -> int:
@@ -213,19 +219,21 @@ def _backward(do, q, k, v, rw, rh, o, lse, height, width, scale):
         a = torch.empty((B, NH, L, width), dtype=q.dtype, device=q.device)
         # each dq program's scratch of score-gradient row sums (BLOCK_M, BH), rounded to q's dtype once
         dbs = torch.empty((programs, cfg["BLOCK_M"], rmeta["BH"]), dtype=q.dtype, device=q.device)
+        # and of the score gradients' column sums (BLOCK_M, BW), which it reads back shifted per query
+        das = torch.empty((programs, cfg["BLOCK_M"], cfg["BW"]), dtype=q.dtype, device=q.device)
     else:
         drw, drh = q.new_empty(0), q.new_empty(0)
-        a = dbs = q
+        a = dbs = das = q
     strides = (*q.stride(), *k.stride(), *v.stride(), *rstrides)
     meta = dict(HAS_REL=has_rel, BLOCK_M=cfg["BLOCK_M"], BW=cfg["BW"], R=cfg["R"], **rmeta,
                 BLOCK_DK=_pow2(DK), BLOCK_DV=_pow2(DV), PRECISION=_precision(q), **launch)
     rr = (rw, rh) if has_rel else (q, q)
     COMPILED["bwd_dq"] = _kernels()._bwd_dq_kernel[(n_m, B * NH // groups)](
-        q, k, v, *rr, o, do, lse, delta, dq, drw, drh, a, dbs, *strides, *o.stride(), *do.stride(),
+        q, k, v, *rr, o, do, lse, delta, dq, drw, drh, a, dbs, das, *strides, *o.stride(), *do.stride(),
         NH, L, cfg["H"], cfg["W"], DK, DV, scale * LOG2E, scale, groups, 0, **meta)
     kv, kv_launch = _config(q, L, height, width, has_rel, "dkdv")  # its own key blocks: same H, W, BW
     kv_meta = {k: v for k, v in meta.items() if k not in launch}  # the dq kernel's launch options are its own
-    kv_meta.update(BLOCK_M=kv["BLOCK_M"], R=kv["R"], BW=kv["BW"], **kv_launch)
+    kv_meta.update(BLOCK_M=kv["BLOCK_M"], R=kv["R"], BW=kv["BW"], NB=_window(kv) if has_rel else 16, **kv_launch)
     COMPILED["bwd_dkdv"] = _kernels()._bwd_dkdv_kernel[(_cdiv(kv["H"], kv["R"]), B * NH)](
         q, k, v, *rr, do, lse, delta, dk, dv, a, *strides, *do.stride(),
         NH, L, kv["H"], kv["W"], DK, DV, scale * LOG2E, scale, **kv_meta)

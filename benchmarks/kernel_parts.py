@@ -25,14 +25,16 @@ from aa_modules.attention import relative_attention  # noqa: E402
 from benchmarks.common import environment, markdown_table  # noqa: E402
 
 # Source patches (old text, new text) of the timing-only ablations. `HAS_REL == 2` is a compile-time False.
-_NO_B = [("bb = _b_rows(RH, srh, q, y_i, y0, H, DK, BLOCK_M, R, BLOCK_DK) * qk_scale",
-          "bb = tl.zeros([BLOCK_M, R], tl.float32)"),
-         ("bt = tl.trans(_b_rows(RH, srh, q, offs_m // W, pid_n * R, H, DK, BLOCK_M, R, BLOCK_DK)) * qk_scale",
-          "bt = tl.zeros([R, BLOCK_M], tl.float32)")]
-_NO_A = [("return s + a, tl.sum(bb, 1)", "return s, tl.sum(bb, 1)"),
-         ("s = s + a + tl.reshape(", "s = s + tl.reshape("),
+_NO_B = [("return s + a, _b_pick(qr, y_i, y_last, 0, NB) * qk_scale", "return s + a, tl.zeros([BLOCK_M], tl.float32)"),
+         ("return s + a + b, tl.zeros", "return s + a, tl.zeros"),
+         ("            if R == 1:\n                st += (_b_pick", "            if R == 0:\n                st += (_b_pick"),
+         ("                st += bt\n", "                st = st\n")]
+_NO_A = [("return s + a, _b_pick", "return s, _b_pick"),
+         ("return s + a + b, tl.zeros", "return s + b, tl.zeros"),
          ("at = tl.load(a_base + offs_m[None, :] * W, mask=(offs_x[:, None] < W) & m_ok[None, :], other=0.0)",
           "at = tl.zeros([BW, BLOCK_M], tl.float32)")]
+_NO_B_AFTER_A = [("return s, _b_pick(qr, y_i, y_last, 0, NB) * qk_scale", "return s, tl.zeros([BLOCK_M], tl.float32)"),
+                 ("return s + b, tl.zeros", "return s, tl.zeros")] + _NO_B[2:]
 _NO_DA = [("            if HAS_REL:\n                da += ds", "            if HAS_REL == 2:\n                da += ds")]
 _NO_EPI = [("        if HAS_REL:\n            da_x = ", "        if HAS_REL == 2:\n            da_x = ")]
 _NO_ASTORE = [("            tl.store(A + (pid_bh", "            if HAS_REL == 2:\n                tl.store(A + (pid_bh")]
@@ -42,7 +44,13 @@ ABLATIONS = {
     "ablate: dq without da, db sums": _NO_DA,
     "ablate: dq without its epilogue": _NO_EPI,
     "ablate: dq without storing a": _NO_ASTORE,
-    "ablate: all five": _NO_B + _NO_A + _NO_DA + _NO_EPI + _NO_ASTORE,
+    "ablate: all five": _NO_A + _NO_B_AFTER_A + _NO_DA + _NO_EPI + _NO_ASTORE,
+    # not an ablation (its results are right): v8's shift of da by tl.gather in registers, against the scratch
+    "dq shifts da by tl.gather (v8)": [(
+        "            dqw = tl.load(das + tl.minimum(tl.maximum(src_x, 0), BW - 1), mask=(src_x >= 0) & (src_x < W), "
+        "other=0.0)",
+        "            dqw = tl.where((src_x >= 0) & (src_x < W), tl.gather(da_x, tl.minimum(tl.maximum(src_x, 0), BW - 1), 1),"
+        " 0.0).to(q.dtype)")],
 }
 
 

@@ -32,7 +32,7 @@ PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 def compile_kernel(fn, consts: dict, opts: dict) -> str:
     """ptxas's one-line summary (registers, spills) for fn specialised with consts."""
     fp32 = {"RW", "RH", "LSE", "DELTA", "DRW", "DRH"}  # the fp32 tensors (r^W, r^H: parameters under autocast)
-    bf16 = {"Q", "K", "V", "O", "DO", "DQ", "A", "DBS", "DK_", "DV_"}
+    bf16 = {"Q", "K", "V", "O", "DO", "DQ", "A", "DBS", "DAS", "DK_", "DV_"}
     sig = {}
     for name in fn.arg_names:
         if name in consts:
@@ -65,8 +65,10 @@ def main():
                             ("dk/dv", K._bwd_dkdv_kernel, "dkdv")):
         tune = F.TUNING[phase]
         h, w, bw, r = F._geometry(L, n, n, True, tune["block_n"])
-        consts = dict(HAS_REL=True, BLOCK_M=min(tune["block_m"], F._pow2(L)), BW=bw, R=r,
+        block_m = min(tune["block_m"], F._pow2(L))
+        consts = dict(HAS_REL=True, BLOCK_M=block_m, BW=bw, R=r,
                       BW2=F._pow2(2 * w - 1), BH2=F._pow2(2 * h - 1), BH=F._pow2(h),
+                      NB=F._window(dict(R=r, H=h, W=w, BLOCK_M=block_m)),
                       BLOCK_DK=F._pow2(args.dk), BLOCK_DV=F._pow2(args.dk), PRECISION="tf32")
         opts = dict(num_warps=tune["num_warps"], num_stages=F._num_stages(tune, True, r))
         if args.maxnreg or tune.get("maxnreg"):
