@@ -38,6 +38,30 @@ _NO_B_AFTER_A = [("return s, _b_pick(qr, y_i, y_last, 0, NB) * qk_scale", "retur
 _NO_DA = [("            if HAS_REL:\n                da += ds", "            if HAS_REL == 2:\n                da += ds")]
 _NO_EPI = [("        if HAS_REL:\n            da_x = ", "        if HAS_REL == 2:\n            da_x = ")]
 _NO_ASTORE = [("            tl.store(A + (pid_bh", "            if HAS_REL == 2:\n                tl.store(A + (pid_bh")]
+_DKDV_B_T = [
+    ("@triton.jit\ndef _b_pick(", '''@triton.jit
+def _b_of_t(RH, srh, qt, y_last, y0, H, DK, NB: tl.constexpr, BLOCK_DK: tl.constexpr, PRECISION: tl.constexpr):
+    offs = y0 - y_last + H - 1 + tl.arange(0, NB)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    rsel = tl.load(RH + offs[:, None] * srh + offs_dk[None, :],
+                   mask=(offs[:, None] >= 0) & (offs[:, None] < 2 * H - 1) & (offs_dk[None, :] < DK), other=0.0)
+    return tl.dot(rsel.to(qt.dtype), qt, input_precision=PRECISION)
+
+
+@triton.jit
+def _b_pick_t(qrt, y_i, y_last, r, NB: tl.constexpr):
+    return tl.sum(tl.where(tl.arange(0, NB)[:, None] == (r + y_last - y_i)[None, :], qrt, 0.0), 0)
+
+
+@triton.jit
+def _b_pick('''),
+    ("qr = _b_of(RH, srh, q, y_last, pid_n * R, H, DK, NB, BLOCK_DK, PRECISION)",
+     "qr = _b_of_t(RH, srh, qt, y_last, pid_n * R, H, DK, NB, BLOCK_DK, PRECISION)"),
+    ("st += (_b_pick(qr, offs_m // W, y_last, 0, NB) * qk_scale)[None, :]",
+     "st += (_b_pick_t(qr, offs_m // W, y_last, 0, NB) * qk_scale)[None, :]"),
+    ("(_b_pick(qr, offs_m // W, y_last, r, NB) * qk_scale)[None, :], bt)",
+     "(_b_pick_t(qr, offs_m // W, y_last, r, NB) * qk_scale)[None, :], bt)"),
+]
 ABLATIONS = {
     "ablate: no b (r^H) terms": _NO_B,
     "ablate: no a (r^W) terms": _NO_A,
@@ -45,7 +69,9 @@ ABLATIONS = {
     "ablate: dq without its epilogue": _NO_EPI,
     "ablate: dq without storing a": _NO_ASTORE,
     "ablate: all five": _NO_A + _NO_B_AFTER_A + _NO_DA + _NO_EPI + _NO_ASTORE,
-    # not an ablation (its results are right): v8's shift of da by tl.gather in registers, against the scratch
+    # not ablations (their results are right): alternatives measured against the shipped code
+    "dkdv b from r^H @ q^T": _DKDV_B_T,
+    # v8's shift of da by tl.gather in registers, against the scratch
     "dq shifts da by tl.gather (v8)": [(
         "            dqw = tl.load(das + tl.minimum(tl.maximum(src_x, 0), BW - 1), mask=(src_x >= 0) & (src_x < W), "
         "other=0.0)",
