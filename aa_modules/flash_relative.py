@@ -19,12 +19,13 @@ so column c of every score tile is key column ``x = c % BW`` of row ``y0 + c // 
 
 * forward, one program per query block: ``a`` (BLOCK_M, BW) from one small dot, q @ r^W^T at every offset,
   gathered per query (``tl.gather``) and added to every score tile as it is; ``b`` at the tile's R rows from
-  the rows of r^H read per query (a cache-resident table); online softmax in exp2; writes o and the
-  log-sum-exp (log2 units).
+  one small dot per key block, q against the window of NB rows of r^H that holds every offset between the
+  block's query rows and its key rows, and a select per query (``_b_of``, ``_b_pick``); online softmax in exp2;
+  writes o and the log-sum-exp (log2 units).
 * backward, one program per (query block, group of G batch-heads) (dq, delta = rowsum(o * do), dr^W, dr^H):
   it walks every key block in a fixed order; the score gradients summed per key column (da) and per key
-  row (db) are turned back into gradients by offset with a gather, which give dq's relative part
-  (times r^W, r^H) and the program's share of dr^W, dr^H (times q). The shares, one per program, fp32, are
+  row (db) are turned back into gradients by offset, shifted per query through the program's scratch, which
+  give dq's relative part (times r^W, r^H) and the program's share of dr^W, dr^H (times q). The shares, one per program, fp32, are
   summed afterwards in a fixed order: no atomics. G trades their memory for parallelism (`_groups`).
   It also leaves ``a`` for the next kernel (B, N_h, HW, W in q's dtype; freed after the backward).
 * backward, one program per key block (dk, dv): walks every query block in a fixed order, reading ``a`` and
