@@ -103,9 +103,12 @@ LOG2E = 1.4426950408889634
 # one-row blocks. Measured on an H200 (kernel_parts.py, fwd / dq ms): AA-ResNet-50's stage 2 shape (B=128, N_h=8,
 # 28 x 28, d=4) 2.97 / 4.22 with 2 stages, 2.16 / 2.37 with 1; 14 x 14 (d=8) 0.49 / 0.66 -> 0.23 / 0.25; 7 x 7
 # 0.09 / 0.09 -> 0.02 / 0.02; but at 56 x 56 (one row a block) the forward took 2.40 ms with 1 stage against 1.12.
+# programs_per_sm (dq: see `_groups`), multirow_programs_per_sm where a key block holds several rows: 8 programs per SM
+# took dq from 1.99 to 1.77 ms at stage 2's shape, 2.17 -> 2.18 at 56 x 56, where it would double the dq programs'
+# scratch and shares (+24 MB, over the 0.3 GiB the benchmark shape must stay within) for nothing.
 TUNING = {"fwd": dict(block_m=64, block_n=64, num_warps=4, num_stages=2, multirow_stages=1),
           "bwd": dict(block_m=64, block_n=64, num_warps=4, num_stages=2, multirow_stages=1,
-                      programs_per_sm=4),  # the dq kernel
+                      programs_per_sm=4, multirow_programs_per_sm=8),  # the dq kernel
           # 128 keys, 1 stage: 2.34 -> 1.68 ms for this kernel at 56 x 56 (H200, benchmarks/kernel_parts.py)
           "dkdv": dict(block_m=64, block_n=128, num_warps=4, num_stages=1)}
 
@@ -168,14 +171,17 @@ def _rel_meta(rw, rh, cfg):
                                               BH=_pow2(cfg["H"]), NB=_window(cfg))
 
 
-def _groups(q: torch.Tensor, n_m: int, bnh: int, has_rel: bool) -> int:
+def _groups(q: torch.Tensor, n_m: int, bnh: int, has_rel: bool, rows: int = 1) -> int:
     """G, the batch-heads one dq program walks: each program leaves one share of dr^W and dr^H (summed after,
     in a fixed order), so fewer, longer programs mean a smaller buffer of shares. G divides B * N_h and
-    leaves at least TUNING['bwd']['programs_per_sm'] programs per SM (all of them when there are fewer)."""
+    leaves at least TUNING['bwd']['programs_per_sm'] programs per SM (all of them when there are fewer), or
+    ``multirow_programs_per_sm`` where a key block holds ``rows`` > 1 image rows."""
     if not has_rel:
         return 1
     sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 1
-    want = min(bnh * n_m, TUNING["bwd"]["programs_per_sm"] * sms)
+    tune = TUNING["bwd"]
+    per_sm = tune.get("multirow_programs_per_sm", tune["programs_per_sm"]) if rows > 1 else tune["programs_per_sm"]
+    want = min(bnh * n_m, per_sm * sms)
     return max(g for g in range(1, bnh + 1) if bnh % g == 0 and n_m * (bnh // g) >= want)
 
 
@@ -210,7 +216,7 @@ def _backward(do, q, k, v, rw, rh, o, lse, height, width, scale):
     dk = torch.empty((B, NH, L, DK), dtype=q.dtype, device=q.device)
     dv = torch.empty((B, NH, L, DV), dtype=q.dtype, device=q.device)
     n_m = _cdiv(L, cfg["BLOCK_M"])
-    groups = _groups(q, n_m, B * NH, has_rel)
+    groups = _groups(q, n_m, B * NH, has_rel, cfg["R"])
     programs = n_m * (B * NH // groups)  # of the dq kernel
     if has_rel:
         # one fp32 share per dq program, summed below in a fixed order

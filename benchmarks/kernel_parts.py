@@ -107,6 +107,7 @@ VARIANTS = {
     "block_n 128": {"fwd": dict(block_n=128), "bwd": dict(block_n=128), "dkdv": dict(block_n=128)},
     "bwd 2 programs/SM": {"bwd": dict(programs_per_sm=2)},
     "bwd 8 programs/SM": {"bwd": dict(programs_per_sm=8)},
+    "multi-row blocks 4 programs/SM (v9)": {"bwd": dict(multirow_programs_per_sm=4)},
     "stages 1": {"fwd": dict(num_stages=1), "bwd": dict(num_stages=1), "dkdv": dict(num_stages=1)},
     "fwd stages 1": {"fwd": dict(num_stages=1)},
     "multi-row blocks 2 stages (v7)": {"fwd": dict(multirow_stages=2), "bwd": dict(multirow_stages=2)},

@@ -1,11 +1,14 @@
 """Where a training step's GPU time goes: torch.profiler table of the top kernels (diagnostic, not a target).
 
     python benchmarks/profile_step.py [--batch 128] [--stages 2 3 4]
+    python benchmarks/profile_step.py --cpu   # where the host's time goes: ops by self CPU time, and the host's
+                                              # time to issue one step while the GPU waits behind a long kernel
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -22,6 +25,7 @@ def main(argv=None):
     p.add_argument("--stages", type=int, nargs="+", default=[2, 3, 4])
     p.add_argument("--rows", type=int, default=25)
     p.add_argument("--torchvision", action="store_true", help="profile torchvision's ResNet-50 instead")
+    p.add_argument("--cpu", action="store_true", help="profile the host's time instead of the GPU's")
     a = p.parse_args(argv)
     import torchvision
 
@@ -29,6 +33,8 @@ def main(argv=None):
              else A.aa_resnet50(kappa=0.25, num_heads=8, stages=a.stages, pos_enc="relative"))
     step = train_step_fn(model, a.batch, 224, "cuda")
     wall = measure(step, warmup=3, repeats=5)[0] * 1000  # ms, median step (CUDA events)
+    if a.cpu:
+        return host(step, wall, a.rows)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
             step()
@@ -38,6 +44,29 @@ def main(argv=None):
     print(f"step: {wall:.1f} ms wall (median of 5, CUDA events), {gpu:.1f} ms of kernels "
           f"({a.batch / wall * 1000:.0f} images/s)")
     print(events.table(sort_by="self_cuda_time_total", row_limit=a.rows, max_name_column_width=90))
+
+
+def host(step, wall: float, rows: int):
+    """The host's time to issue a step, measured while the GPU is kept busy by a long matmul queued before it (so
+    no issue waits for the GPU), and its ops by self CPU time."""
+    issue = []
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(5):
+        torch.cuda.synchronize()
+        for _ in range(40):  # ~ 100+ ms of GPU work ahead of the step
+            a @ a
+        t = time.perf_counter()
+        step()
+        issue.append((time.perf_counter() - t) * 1000)
+        torch.cuda.synchronize()
+    issue.sort()
+    print(f"step: {wall:.1f} ms wall (median of 5, CUDA events); host issues it in {issue[2]:.1f} ms "
+          f"(median of 5, GPU busy ahead of it: {', '.join(f'{x:.1f}' for x in issue)})")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=70))
 
 
 if __name__ == "__main__":
