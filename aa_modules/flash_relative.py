@@ -42,11 +42,7 @@ shapes; see `aa_modules._flash_kernels`): that is how CI checks them against the
 
 `flash_relative_attention` is a PyTorch custom op (``aa_study::flash_rel_fwd`` / ``flash_rel_bwd``) with a
 fake implementation and a registered autograd formula, so ``torch.compile`` traces through it without a
-graph break. In eager mode the same two bodies (`_forward`, `_backward`) are called through a plain
-`torch.autograd.Function` instead: the custom op's Python dispatch and autograd wrapper cost the host about 1.1 ms
-a layer per training step, twice the kernels' own launches (`benchmarks/host_overhead.py`, H200 host: 1826 us to
-issue forward and backward through the op, of which 699 us in the bodies), and AA-ResNet-50's eager step is bound
-by its host. Both routes run the same kernels with the same arguments: their results are bitwise equal (tested).
+graph break.
 """
 from __future__ import annotations
 
@@ -300,24 +296,6 @@ def _backward_formula(ctx, do, _dlse):
 _fwd_op.register_autograd(_backward_formula, setup_context=_setup_context)
 
 
-class _Eager(torch.autograd.Function):
-    """Eager mode's route to `_forward` and `_backward`, without the custom op's dispatch (module docstring)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, rw, rh, height, width, scale):
-        o, lse = _forward(q, k, v, rw, rh, height, width, scale)
-        _setup_context(ctx, (q, k, v, rw, rh, height, width, scale), (o, lse))
-        return o
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, rw, rh, o, lse = ctx.saved_tensors
-        dq, dk, dv, drw, drh = _backward(do, q, k, v, rw, rh, o, lse, *ctx.geometry)
-        if not ctx.has_rel:
-            drw = drh = None
-        return dq, dk, dv, drw, drh, None, None, None
-
-
 def flash_relative_attention(q, k, v, rel_width=None, rel_height=None, height=None, width=None, scale=None):
     """softmax_j(scale * (q_i.k_j + q_i.r^W[x_j - x_i] + q_i.r^H[y_j - y_i])) v_j over an H x W map (see the
     module docstring).
@@ -339,6 +317,5 @@ def flash_relative_attention(q, k, v, rel_width=None, rel_height=None, height=No
     k, v = k.to(q.dtype), v.to(q.dtype)
     if rel_width is not None:  # the kernels read them row by row
         rel_width, rel_height = rel_width.contiguous(), rel_height.contiguous()
-    if torch.compiler.is_compiling():
-        return _fwd_op(q, k, v, rel_width, rel_height, int(height), int(width), scale)[0]
-    return _Eager.apply(q, k, v, rel_width, rel_height, int(height), int(width), scale)
+    o, _ = _fwd_op(q, k, v, rel_width, rel_height, int(height), int(width), scale)
+    return o

@@ -92,20 +92,6 @@ def test_backward_twice_gives_bitwise_equal_gradients():
         assert torch.equal(a, b)
 
 
-def test_eager_route_equals_the_custom_op_bitwise():
-    """Eager mode calls the op's bodies through a plain autograd.Function, torch.compile traces the custom op: the same
-    kernels, so the same output and gradients to the bit, with relative tables and without."""
-    q, k, v, rw, rh = _inputs(2, 2, 5, 7, 6, 5, seed=3)
-    up = torch.randn(2, 2, 35, 5)
-    for tables in ((rw, rh), (None, None)):
-        inputs = (q, k, v) + tuple(t for t in tables if t is not None)
-        eager = flash_relative.flash_relative_attention(q, k, v, *tables, 5, 7, 0.4)
-        op = flash_relative._fwd_op(q, k, v, *tables, 5, 7, 0.4)[0]
-        assert torch.equal(eager, op)
-        for a, b in zip(_grads(eager, inputs, up), _grads(op, inputs, up)):
-            assert torch.equal(a, b)
-
-
 def test_custom_op_passes_opcheck():
     """Schema, fake (meta) implementation, autograd registration and AOT dispatch of the custom op."""
     B, N, H, W, d = 1, 2, 3, 4, 4
