@@ -253,7 +253,7 @@ def _bwd_dkdv_kernel(
     sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd, srw, srh, sdob, sdoh, sdol, sdod,
     NH, L, H, W, DK, DV, qk_scale, sm_scale,
     HAS_REL: tl.constexpr, BLOCK_M: tl.constexpr, BW: tl.constexpr, R: tl.constexpr,
-    BW2: tl.constexpr, BH2: tl.constexpr, BH: tl.constexpr, NB: tl.constexpr, BWK: tl.constexpr,
+    BW2: tl.constexpr, BH2: tl.constexpr, BH: tl.constexpr, NB: tl.constexpr,
     BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr,
 ):
     BLOCK_N: tl.constexpr = R * BW
@@ -276,12 +276,8 @@ def _bwd_dkdv_kernel(
     q_base = Q + ib * sqb + ih * sqh
     do_base = DO + ib * sdob + ih * sdoh
     if HAS_REL:
-        # a enters the scores through a dot: one-hot (BLOCK_N, BWK) of each key's column times the block of a^T
-        # (BWK, M) the dq kernel left (pre-scaled), accumulated onto q . k. The tensor cores do the broadcast over
-        # the block's R rows and the add; BWK = max(BW, 16), a dot's least depth
-        offs_x = tl.arange(0, BWK)
+        offs_x = tl.arange(0, BW)
         a_base = A + pid_bh * L * W + offs_x[:, None]
-        onehot_x = (col_x[:, None] == offs_x[None, :]).to(A.dtype.element_ty)
     dk = tl.zeros([BLOCK_N, BLOCK_DK], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     for m0 in range(0, L, BLOCK_M):
@@ -296,9 +292,10 @@ def _bwd_dkdv_kernel(
         qt = tl.trans(q)
         st = tl.dot(k, qt, input_precision=PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
         if HAS_REL:
-            # a as above; b at each of the block's rows from `_b_of`'s table, added with a select (no reshape)
+            # a^T (BW, M) as the dq kernel left it (pre-scaled), the same for each of the block's R rows; b at each
+            # row from `_b_of`'s table, added with a select (no reshape)
             at = tl.load(a_base + offs_m[None, :] * W, mask=(offs_x[:, None] < W) & m_ok[None, :], other=0.0)
-            st = tl.dot(onehot_x, at, acc=st, input_precision=PRECISION)
+            st += tl.reshape(tl.broadcast_to(at.to(tl.float32)[None, :, :], (R, BW, BLOCK_M)), (BLOCK_N, BLOCK_M))
             y_last = (tl.minimum(m0 + BLOCK_M, L) - 1) // W
             qr = _b_of(RH, srh, q, y_last, pid_n * R, H, DK, NB, BLOCK_DK, PRECISION)
             if R == 1:

@@ -240,8 +240,7 @@ def _backward(do, q, k, v, rw, rh, o, lse, height, width, scale):
         NH, L, cfg["H"], cfg["W"], DK, DV, scale * LOG2E, scale, groups, 0, **meta)
     kv, kv_launch = _config(q, L, height, width, has_rel, "dkdv")  # its own key blocks: same H, W, BW
     kv_meta = {k: v for k, v in meta.items() if k not in launch}  # the dq kernel's launch options are its own
-    kv_meta.update(BLOCK_M=kv["BLOCK_M"], R=kv["R"], BW=kv["BW"], NB=_window(kv) if has_rel else 16,
-                   BWK=max(16, kv["BW"]), **kv_launch)
+    kv_meta.update(BLOCK_M=kv["BLOCK_M"], R=kv["R"], BW=kv["BW"], NB=_window(kv) if has_rel else 16, **kv_launch)
     COMPILED["bwd_dkdv"] = _kernels()._bwd_dkdv_kernel[(_cdiv(kv["H"], kv["R"]), B * NH)](
         q, k, v, *rr, do, lse, delta, dk, dv, a, *strides, *do.stride(),
         NH, L, kv["H"], kv["W"], DK, DV, scale * LOG2E, scale, **kv_meta)
