@@ -9,6 +9,7 @@ Names the MLflow UI's compare view lines up: params `arch`, `kappa`, `upsilon`, 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 import subprocess
@@ -156,21 +157,43 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         raise TrackingError(f"tracking-uri: {path} is not writable")
 
 
+RESULT_PACKAGES = ("aa_modules", "pipelines")  # the code a trial's result depends on
+
+
+def source_hash(root: Path) -> str:
+    """A short hash of the Python source of `RESULT_PACKAGES` under root: names and bytes, in sorted order."""
+    h = hashlib.sha256()
+    for pkg in RESULT_PACKAGES:
+        for f in sorted((root / pkg).rglob("*.py")):
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:10]
+
+
 @functools.lru_cache(maxsize=1)
-def code_version() -> str:  # one git call per process, not one per trial run
+def code_version() -> str:  # once per process, not once per trial run
+    """``<git describe>+src.<source hash>``, or the package version for the first part outside a checkout. The
+    hash of the model and training code tells two versions apart where git cannot: a copy of the tree with an
+    old or no .git (the GPU host's copy of this tree described itself as an earlier commit plus "-dirty", whatever
+    the kernels in it), an installed package. A change of that code can change a trial's result for the same cell and seed."""
     here = Path(__file__).resolve().parent.parent
+    base = None
     try:
         out = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty", "--tags"],
                              capture_output=True, text=True, timeout=10)
         if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
+            base = out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    from importlib.metadata import PackageNotFoundError, version
+    if base is None:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            base = version("aa-study")
+        except PackageNotFoundError:
+            base = "unknown"
     try:
-        return version("aa-study")
-    except PackageNotFoundError:
-        return "unknown"
+        return f"{base}+src.{source_hash(here)}"
+    except OSError:
+        return base
 
 
 def flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, str]:

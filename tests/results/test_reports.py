@@ -308,3 +308,21 @@ def test_report_says_when_its_runs_come_from_several_code_versions(tiny_study, w
     assert f"{version} (5 runs)" in line and "v-other (3 runs)" in line, line
     runs_csv = (workdir / "two" / "runs.csv").read_text()
     assert runs_csv.count("v-other") == 3
+
+
+def test_code_version_carries_a_hash_that_changes_with_the_model_or_training_code(tmp_path):
+    from pipelines import tracking
+    for pkg in tracking.RESULT_PACKAGES:
+        (tmp_path / pkg / "sub").mkdir(parents=True)
+        (tmp_path / pkg / "sub" / "m.py").write_text("x = 1\n")
+    (tmp_path / "aa_study").mkdir()
+    (tmp_path / "aa_study" / "cli.py").write_text("y = 1\n")
+    first = tracking.source_hash(tmp_path)
+    (tmp_path / "aa_study" / "cli.py").write_text("y = 2\n")  # not result code: same hash
+    assert tracking.source_hash(tmp_path) == first
+    (tmp_path / "aa_modules" / "sub" / "m.py").write_text("x = 2\n")
+    assert tracking.source_hash(tmp_path) != first
+    (tmp_path / "aa_modules" / "sub" / "m.py").write_text("x = 1\n")
+    assert tracking.source_hash(tmp_path) == first
+    assert "+src." + tracking.source_hash(tracking.Path(tracking.__file__).resolve().parent.parent) in \
+        tracking.code_version()
