@@ -229,18 +229,21 @@ def _bwd_dq_kernel(
             rht = _offsets_t(RH, srh, 2 * H - 1, DK, q.dtype, BH2, BLOCK_DK)
             dq += tl.dot(dqw, tl.trans(rwt), input_precision=PRECISION)
             dq += tl.dot(dqh, tl.trans(rht), input_precision=PRECISION)
-            # this program's share of dr^W and dr^H (zeroed by the caller, summed over programs after it in a
-            # fixed order: no atomics), accumulated in memory rather than in registers the key loop needs
+            # this program's share of dr^W and dr^H (written by its first batch-head, g = 0, added to by the next;
+            # summed over programs after it in a fixed order: no atomics), accumulated in memory rather than in
+            # registers the key loop needs
             part = pid_g * tl.num_programs(0) + pid_m
             offs_w2 = tl.arange(0, BW2) + g * ZERO
             offs_h2 = tl.arange(0, BH2) + g * ZERO
             drw_ptr = DRW + (part * (2 * W - 1) + offs_w2[:, None]) * DK + offs_dk[None, :]
             drw_ok = (offs_w2[:, None] < 2 * W - 1) & (offs_dk[None, :] < DK)
-            drw = tl.load(drw_ptr, mask=drw_ok, other=0.0) + tl.dot(tl.trans(dqw), q, input_precision=PRECISION)
+            drw = tl.load(drw_ptr, mask=drw_ok & (g > 0), other=0.0) + tl.dot(tl.trans(dqw), q,
+                                                                                input_precision=PRECISION)
             tl.store(drw_ptr, drw, mask=drw_ok)
             drh_ptr = DRH + (part * (2 * H - 1) + offs_h2[:, None]) * DK + offs_dk[None, :]
             drh_ok = (offs_h2[:, None] < 2 * H - 1) & (offs_dk[None, :] < DK)
-            drh = tl.load(drh_ptr, mask=drh_ok, other=0.0) + tl.dot(tl.trans(dqh), q, input_precision=PRECISION)
+            drh = tl.load(drh_ptr, mask=drh_ok & (g > 0), other=0.0) + tl.dot(tl.trans(dqh), q,
+                                                                                input_precision=PRECISION)
             tl.store(drh_ptr, drh, mask=drh_ok)
             tl.debug_barrier()  # the next batch-head's read-back of the shares sees every thread's store
         tl.store(DQ + pid_bh * L * DK + offs_m[:, None] * DK + offs_dk[None, :], dq.to(DQ.dtype.element_ty),

@@ -46,6 +46,7 @@ graph break.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import sys
@@ -181,7 +182,12 @@ def _groups(q: torch.Tensor, n_m: int, bnh: int, has_rel: bool, rows: int = 1) -
     sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 1
     tune = TUNING["bwd"]
     per_sm = tune.get("multirow_programs_per_sm", tune["programs_per_sm"]) if rows > 1 else tune["programs_per_sm"]
-    want = min(bnh * n_m, per_sm * sms)
+    return _largest_group(n_m, bnh, min(bnh * n_m, per_sm * sms))
+
+
+@functools.lru_cache(maxsize=256)
+def _largest_group(n_m: int, bnh: int, want: int) -> int:
+    # cached: a walk over B * N_h candidates costs the host about 50 us a backward (B * N_h = 1024)
     return max(g for g in range(1, bnh + 1) if bnh % g == 0 and n_m * (bnh // g) >= want)
 
 
@@ -219,9 +225,9 @@ def _backward(do, q, k, v, rw, rh, o, lse, height, width, scale):
     groups = _groups(q, n_m, B * NH, has_rel, cfg["R"])
     programs = n_m * (B * NH // groups)  # of the dq kernel
     if has_rel:
-        # one fp32 share per dq program, summed below in a fixed order
-        drw = torch.zeros((programs, 2 * width - 1, DK), dtype=torch.float32, device=q.device)
-        drh = torch.zeros((programs, 2 * height - 1, DK), dtype=torch.float32, device=q.device)
+        # one fp32 share per dq program (its first batch-head writes it, the others add), summed below in a fixed order
+        drw = torch.empty((programs, 2 * width - 1, DK), dtype=torch.float32, device=q.device)
+        drh = torch.empty((programs, 2 * height - 1, DK), dtype=torch.float32, device=q.device)
         # a, the per-query column logits, left by the dq kernel for the dk/dv kernel (q's dtype; freed after)
         a = torch.empty((B, NH, L, width), dtype=q.dtype, device=q.device)
         # each dq program's scratch of score-gradient row sums (BLOCK_M, BH), rounded to q's dtype once
