@@ -306,7 +306,8 @@ def _bwd_dkdv_kernel(
             else:
                 bt = tl.zeros_like(st)
                 for r in tl.static_range(R):
-                    bt = tl.where(row_r[:, None] == r, (_b_pick(qr, offs_m // W, y_last, r, NB) * qk_scale)[None, :], bt)
+                    bb = _b_pick(qr, offs_m // W, y_last, r, NB) * qk_scale
+                    bt = tl.where(row_r[:, None] == r, bb[None, :], bt)
                 st += bt
         pt = tl.math.exp2(st - lse[None, :])
         pt = tl.where(n_ok[:, None] & m_ok[None, :], pt, 0.0)

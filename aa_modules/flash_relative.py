@@ -25,8 +25,8 @@ so column c of every score tile is key column ``x = c % BW`` of row ``y0 + c // 
 * backward, one program per (query block, group of G batch-heads) (dq, delta = rowsum(o * do), dr^W, dr^H):
   it walks every key block in a fixed order; the score gradients summed per key column (da) and per key
   row (db) are turned back into gradients by offset, shifted per query through the program's scratch, which
-  give dq's relative part (times r^W, r^H) and the program's share of dr^W, dr^H (times q). The shares, one per program, fp32, are
-  summed afterwards in a fixed order: no atomics. G trades their memory for parallelism (`_groups`).
+  give dq's relative part (times r^W, r^H) and the program's share of dr^W, dr^H (times q). The shares, one per
+  program, fp32, are summed afterwards in a fixed order: no atomics. G trades their memory for parallelism (`_groups`).
   It also leaves ``a`` for the next kernel (B, N_h, HW, W in q's dtype; freed after the backward).
 * backward, one program per key block (dk, dv): walks every query block in a fixed order, reading ``a`` and
   rebuilding ``b`` as the forward does.

@@ -174,7 +174,8 @@ def code_version() -> str:  # once per process, not once per trial run
     """``<git describe>+src.<source hash>``, or the package version for the first part outside a checkout. The
     hash of the model and training code tells two versions apart where git cannot: a copy of the tree with an
     old or no .git (the GPU host's copy of this tree described itself as an earlier commit plus "-dirty", whatever
-    the kernels in it), an installed package. A change of that code can change a trial's result for the same cell and seed."""
+    the kernels in it), an installed package. A change of that code can change a trial's result for the same cell
+    and seed."""
     here = Path(__file__).resolve().parent.parent
     base = None
     try:

@@ -60,9 +60,12 @@ def test_kernel_gradients_of_the_offset_tables_match_autograd_of_the_dense_logit
               + torch.einsum("bnid,ijd->bnij", q, rh[oh])) * d ** -0.5
     ref = torch.softmax(logits, -1) @ v
     saved = dict(flash_relative.TUNING["bwd"])
-    flash_relative.TUNING["bwd"]["programs_per_sm"] = 1  # on the CPU: one dq program per query block
+    # on the CPU: one dq program per query block
+    flash_relative.TUNING["bwd"].update(programs_per_sm=1, multirow_programs_per_sm=1)
     try:
-        assert flash_relative._groups(q, 2, B * N, True) == B * N  # every batch-head in one program
+        rows = flash_relative._geometry(H * W, H, W, True, flash_relative.TUNING["bwd"]["block_n"])[3]
+        assert rows > 1
+        assert flash_relative._groups(q, 2, B * N, True, rows) == B * N  # every batch-head in one program
         out = flash_relative.flash_relative_attention(q, k, v, rw, rh, H, W)
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
         up = torch.randn_like(ref)
@@ -71,6 +74,17 @@ def test_kernel_gradients_of_the_offset_tables_match_autograd_of_the_dense_logit
         flash_relative.TUNING["bwd"].update(saved)
     for name, got_g, exp in zip("q k v r^W r^H".split(), got, _grads(ref, (q, k, v, rw, rh), up)):
         torch.testing.assert_close(got_g, exp, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
+
+
+def test_dq_programs_per_sm_follow_whether_a_key_block_holds_several_rows(monkeypatch):
+    """TUNING's multirow_programs_per_sm applies where a key block holds several image rows, programs_per_sm
+    elsewhere (the CPU counts as one SM: G is the largest divisor of B * N_h leaving that many programs)."""
+    monkeypatch.setitem(flash_relative.TUNING, "bwd",
+                        dict(flash_relative.TUNING["bwd"], programs_per_sm=2, multirow_programs_per_sm=6))
+    q = torch.zeros(1)
+    assert flash_relative._groups(q, 1, 12, True, rows=1) == 6
+    assert flash_relative._groups(q, 1, 12, True, rows=2) == 2
+    assert flash_relative._groups(q, 1, 12, False, rows=2) == 1  # content-only: no shares to group
 
 
 def test_matches_the_brute_force_loop_on_a_non_square_map():
