@@ -59,8 +59,8 @@ def _b_pick('''),
      "qr = _b_of_t(RH, srh, qt, y_last, pid_n * R, H, DK, NB, BLOCK_DK, PRECISION)"),
     ("st += (_b_pick(qr, offs_m // W, y_last, 0, NB) * qk_scale)[None, :]",
      "st += (_b_pick_t(qr, offs_m // W, y_last, 0, NB) * qk_scale)[None, :]"),
-    ("(_b_pick(qr, offs_m // W, y_last, r, NB) * qk_scale)[None, :], bt)",
-     "(_b_pick_t(qr, offs_m // W, y_last, r, NB) * qk_scale)[None, :], bt)"),
+    ("bb = _b_pick(qr, offs_m // W, y_last, r, NB) * qk_scale",
+     "bb = _b_pick_t(qr, offs_m // W, y_last, r, NB) * qk_scale"),
 ]
 ABLATIONS = {
     "ablate: no b (r^H) terms": _NO_B,

@@ -176,3 +176,17 @@ def test_dkdv_blocks_of_their_own_size_give_the_same_gradients():
         flash_relative.TUNING["dkdv"].update(saved)
     for name, x, y in zip("q k v r^W r^H".split(), base, other):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_kernel_parts_variants_still_patch_the_kernel_source():
+    """benchmarks/kernel_parts.py times variants of the kernels made by patching their source text: each patch must
+    still find its text (a kernel edit that moves it makes the benchmark refuse the variant)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "kernel_parts.py"
+    spec = importlib.util.spec_from_file_location("kernel_parts_under_test", path)
+    kernel_parts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kernel_parts)
+    for name, patches in kernel_parts.ABLATIONS.items():
+        module = kernel_parts.patched_kernels(patches)
+        assert hasattr(module, "_bwd_dq_kernel"), name
