@@ -164,12 +164,18 @@ def _window(cfg) -> int:
     return _pow2(cfg["R"] + min(cfg["H"], (cfg["BLOCK_M"] - 1) // cfg["W"] + 2) - 1)
 
 
+def _rel_consts(cfg, has_rel: bool) -> dict:
+    """The kernels' compile-time widths of the offset tables r^W (2W - 1, d) and r^H (2H - 1, d) for one phase's
+    geometry ``cfg``, and NB (`_window`); placeholders without tables."""
+    if not has_rel:
+        return dict(BW2=16, BH2=16, BH=16, NB=16)
+    return dict(BW2=_pow2(2 * cfg["W"] - 1), BH2=_pow2(2 * cfg["H"] - 1), BH=_pow2(cfg["H"]), NB=_window(cfg))
+
+
 def _rel_meta(rw, rh, cfg):
-    """Strides and padded widths of the offset tables r^W (2W - 1, d) and r^H (2H - 1, d)."""
-    if rw is None:
-        return (0, 0), dict(BW2=16, BH2=16, BH=16, NB=16)
-    return (rw.stride(0), rh.stride(0)), dict(BW2=_pow2(2 * cfg["W"] - 1), BH2=_pow2(2 * cfg["H"] - 1),
-                                              BH=_pow2(cfg["H"]), NB=_window(cfg))
+    """Strides of the offset tables and `_rel_consts`."""
+    strides = (0, 0) if rw is None else (rw.stride(0), rh.stride(0))
+    return strides, _rel_consts(cfg, rw is not None)
 
 
 def _groups(q: torch.Tensor, n_m: int, bnh: int, has_rel: bool, rows: int = 1) -> int:
@@ -246,7 +252,7 @@ def _backward(do, q, k, v, rw, rh, o, lse, height, width, scale):
         NH, L, cfg["H"], cfg["W"], DK, DV, scale * LOG2E, scale, groups, 0, **meta)
     kv, kv_launch = _config(q, L, height, width, has_rel, "dkdv")  # its own key blocks: same H, W, BW
     kv_meta = {k: v for k, v in meta.items() if k not in launch}  # the dq kernel's launch options are its own
-    kv_meta.update(BLOCK_M=kv["BLOCK_M"], R=kv["R"], BW=kv["BW"], NB=_window(kv) if has_rel else 16, **kv_launch)
+    kv_meta.update(BLOCK_M=kv["BLOCK_M"], R=kv["R"], BW=kv["BW"], **_rel_consts(kv, has_rel), **kv_launch)
     COMPILED["bwd_dkdv"] = _kernels()._bwd_dkdv_kernel[(_cdiv(kv["H"], kv["R"]), B * NH)](
         q, k, v, *rr, do, lse, delta, dk, dv, a, *strides, *do.stride(),
         NH, L, kv["H"], kv["W"], DK, DV, scale * LOG2E, scale, **kv_meta)

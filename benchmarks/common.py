@@ -39,6 +39,23 @@ def measure(step, warmup: int = 3, repeats: int = 10):
     return statistics.median(times), peak
 
 
+def host_times(fn, repeats: int = 20, busy_matmuls: int = 30, size: int = 4096):
+    """Seconds the host takes to issue ``fn()`` (perf_counter), sorted: each time behind ``busy_matmuls`` bf16
+    matmuls of ``size`` queued on the GPU first, so that nothing in fn waits for the GPU. The host's cost of the work,
+    apart from the GPU's (CUDA only)."""
+    a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        for _ in range(busy_matmuls):
+            a @ a
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    torch.cuda.synchronize()
+    return sorted(times)
+
+
 def markdown_table(header, rows) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]

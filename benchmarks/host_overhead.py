@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aa_modules import flash_relative as F  # noqa: E402
-from benchmarks.common import environment, markdown_table  # noqa: E402
+from benchmarks.common import environment, host_times, markdown_table  # noqa: E402
 
 
 class _Timed:
@@ -34,18 +34,6 @@ class _Timed:
         return launch
 
 
-def host_us(fn, busy, repeats=20):
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        busy()
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    torch.cuda.synchronize()
-    return statistics.median(times) * 1e6
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", type=int, default=28)
@@ -58,12 +46,6 @@ def main():
     torch.manual_seed(0)
     q, k, v = (torch.randn(B, NH, n * n, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     rw, rh = (torch.randn(2 * n - 1, d, device="cuda", requires_grad=True) for _ in range(2))
-    big = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
-
-    def busy():
-        for _ in range(30):
-            big @ big
-
     out = F.flash_relative_attention(q, k, v, rw, rh, n, n)
     g = torch.randn_like(out)
     out.backward(g)
@@ -88,7 +70,7 @@ def main():
             logs[kname].clear()
             setattr(K, kname, _Timed(shipped[kname], logs[kname]))
         try:
-            us = host_us(fn, busy)
+            us = statistics.median(host_times(fn)) * 1e6
         finally:
             for kname in logs:
                 setattr(K, kname, shipped[kname])

@@ -65,10 +65,8 @@ def main():
                             ("dk/dv", K._bwd_dkdv_kernel, "dkdv")):
         tune = F.TUNING[phase]
         h, w, bw, r = F._geometry(L, n, n, True, tune["block_n"])
-        block_m = min(tune["block_m"], F._pow2(L))
-        consts = dict(HAS_REL=True, BLOCK_M=block_m, BW=bw, R=r,
-                      BW2=F._pow2(2 * w - 1), BH2=F._pow2(2 * h - 1), BH=F._pow2(h),
-                      NB=F._window(dict(R=r, H=h, W=w, BLOCK_M=block_m)),
+        cfg = dict(H=h, W=w, BW=bw, R=r, BLOCK_M=min(tune["block_m"], F._pow2(L)))
+        consts = dict(HAS_REL=True, BLOCK_M=cfg["BLOCK_M"], BW=bw, R=r, **F._rel_consts(cfg, True),
                       BLOCK_DK=F._pow2(args.dk), BLOCK_DV=F._pow2(args.dk), PRECISION="tf32")
         opts = dict(num_warps=tune["num_warps"], num_stages=F._num_stages(tune, True, r))
         if args.maxnreg or tune.get("maxnreg"):

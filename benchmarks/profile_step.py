@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aa_modules as A  # noqa: E402
-from benchmarks.common import measure  # noqa: E402
+from benchmarks.common import host_times, measure  # noqa: E402
 from benchmarks.resnet import train_step_fn  # noqa: E402
 
 
@@ -49,17 +48,7 @@ def main(argv=None):
 def host(step, wall: float, rows: int):
     """The host's time to issue a step, measured while the GPU is kept busy by a long matmul queued before it (so
     no issue waits for the GPU), and its ops by self CPU time."""
-    issue = []
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    for _ in range(5):
-        torch.cuda.synchronize()
-        for _ in range(40):  # ~ 100+ ms of GPU work ahead of the step
-            a @ a
-        t = time.perf_counter()
-        step()
-        issue.append((time.perf_counter() - t) * 1000)
-        torch.cuda.synchronize()
-    issue.sort()
+    issue = [t * 1000 for t in host_times(step, repeats=5, busy_matmuls=40, size=8192)]  # 100+ ms of GPU work ahead
     print(f"step: {wall:.1f} ms wall (median of 5, CUDA events); host issues it in {issue[2]:.1f} ms "
           f"(median of 5, GPU busy ahead of it: {', '.join(f'{x:.1f}' for x in issue)})")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
