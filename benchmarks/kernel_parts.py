@@ -62,6 +62,24 @@ def _b_pick('''),
     ("bb = _b_pick(qr, offs_m // W, y_last, r, NB) * qk_scale",
      "bb = _b_pick_t(qr, offs_m // W, y_last, r, NB) * qk_scale"),
 ]
+_DQ_ONEHOT = [
+    ("            da = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)\n",
+     "            da = tl.zeros([BLOCK_M, BW], tl.float32)\n"
+     "            ex = tl.where(col_x[:, None] == tl.arange(0, BW)[None, :], 1.0, 0.0).to(q.dtype)\n"
+     "            er = tl.where(col_r[:, None] == tl.arange(0, 16)[None, :], 1.0, 0.0).to(q.dtype)\n"),
+    ("""                da += ds
+                db_rows = tl.sum(tl.reshape(ds, (BLOCK_M, R, BW)), 2)  # (BLOCK_M, R): rows y0 .. y0 + R - 1
+                tl.store(dbs + (y0 + offs_r)[None, :], db_rows.to(DBS.dtype.element_ty),
+                         mask=(y0 + offs_r)[None, :] < H)""",
+     """                dsc = ds.to(k.dtype)
+                da = tl.dot(dsc, ex, da, input_precision=PRECISION)
+                db16 = tl.dot(dsc, er, input_precision=PRECISION)
+                offs_r16 = tl.arange(0, 16)
+                tl.store(dbs + (y0 + offs_r16)[None, :], db16.to(DBS.dtype.element_ty),
+                         mask=((offs_r16 < R) & (y0 + offs_r16 < H))[None, :])"""),
+    ("            da_x = tl.sum(tl.reshape(da, (BLOCK_M, R, BW)), 1)  # fold the R rows: (BLOCK_M, BW)",
+     "            da_x = da"),
+]
 ABLATIONS = {
     "ablate: no b (r^H) terms": _NO_B,
     "ablate: no a (r^W) terms": _NO_A,
@@ -71,6 +89,9 @@ ABLATIONS = {
     "ablate: all five": _NO_A + _NO_B_AFTER_A + _NO_DA + _NO_EPI + _NO_ASTORE,
     # not ablations (their results are right): alternatives measured against the shipped code
     "dkdv b from r^H @ q^T": _DKDV_B_T,
+    # da and db (the score gradients' sums per key column and per key row) by dots against one-hot tables, instead of
+    # a (BLOCK_M, BLOCK_N) fp32 accumulator and a reshaped sum per key block (needs BW >= 16)
+    "dq da, db by one-hot dots": _DQ_ONEHOT,
     # v8's shift of da by tl.gather in registers, against the scratch
     "dq shifts da by tl.gather (v8)": [(
         "            dqw = tl.load(das + tl.minimum(tl.maximum(src_x, 0), BW - 1), mask=(src_x >= 0) & (src_x < W), "

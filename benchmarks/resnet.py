@@ -1,6 +1,10 @@
 """Training throughput: AA-ResNet-50 (relative, kappa = upsilon = 0.25, N_h = 8) vs torchvision ResNet-50.
 
-    python benchmarks/resnet.py [--batch 128] [--size 224] [--steps 10]
+    python benchmarks/resnet.py [--batch 128] [--size 224] [--steps 10] [--bounds] [--compile [--mode M]]
+
+--bounds adds the same AA-ResNet-50 without positional encoding (content-only attention: our Triton kernel, and
+PyTorch's SDPA, flash on an H100): an upper bound on what any relative-attention kernel can reach in this network,
+since the relative logits only add work to the same attention.
 
 One SGD step (forward, cross-entropy, backward, update) per timed repeat, bf16 autocast and channels_last on
 CUDA; images/s = batch / median step time. Also tries AA in all four stages at batch 64 (fits or OOM).
@@ -19,12 +23,12 @@ import aa_modules as A  # noqa: E402
 from benchmarks.common import environment, markdown_table, measure  # noqa: E402
 
 
-def train_step_fn(model, batch, size, dev, compile=False):
+def train_step_fn(model, batch, size, dev, compile=False, mode=None):
     cuda = dev == "cuda"
     model = model.to(dev, memory_format=torch.channels_last if cuda else torch.contiguous_format).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     if compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=mode)
     x = torch.randn(batch, 3, size, size, device=dev).to(memory_format=torch.channels_last if cuda else
                                                           torch.contiguous_format)
     y = torch.randint(0, 1000, (batch,), device=dev)
@@ -45,6 +49,9 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument("--mode", default=None, help="torch.compile's mode (e.g. reduce-overhead: CUDA graphs)")
+    p.add_argument("--bounds", action="store_true", help="also AA-ResNet-50 without positions (see above)")
+    p.add_argument("--no-all-stages", action="store_true", help="skip the AA-in-all-four-stages rows (batch 64)")
     p.add_argument("--impls", nargs="+", default=["triton", "fused"],
                    help="attention implementations to time (relative_attention's implementation=)")
     a = p.parse_args(argv)
@@ -53,8 +60,14 @@ def main(argv=None):
     for impl in a.impls:
         configs.append((f"aa_resnet50 relative k=v=0.25 N_h=8, stages 2-4, {impl}", lambda impl=impl: A.aa_resnet50(
             kappa=0.25, num_heads=8, pos_enc="relative", input_size=a.size, attention_impl=impl), a.batch))
-    configs.append(("torchvision resnet50", lambda: torchvision.models.resnet50(), 64))
-    for impl in a.impls:
+    if a.bounds:
+        for impl, what in (("triton", "our content-only kernel"), ("fused", "SDPA")):
+            configs.append((f"aa_resnet50 no positions k=v=0.25 N_h=8, stages 2-4, {what}",
+                            lambda impl=impl: A.aa_resnet50(kappa=0.25, num_heads=8, pos_enc="none", input_size=a.size,
+                                                            attention_impl=impl), a.batch))
+    for impl in [] if a.no_all_stages else a.impls:
+        if impl == a.impls[0]:
+            configs.append(("torchvision resnet50", lambda: torchvision.models.resnet50(), 64))
         configs.append((f"aa_resnet50 relative k=v=0.25 N_h=8, stages 1-4, {impl}", lambda impl=impl: A.aa_resnet50(
             kappa=0.25, num_heads=8, pos_enc="relative", stages=(1, 2, 3, 4), input_size=a.size,
             attention_impl=impl), 64))
@@ -63,7 +76,7 @@ def main(argv=None):
         model = build()
         prof = A.profile(model, (3, a.size, a.size))
         try:
-            t, peak = measure(train_step_fn(model, batch, a.size, dev, a.compile), warmup=3, repeats=a.steps)
+            t, peak = measure(train_step_fn(model, batch, a.size, dev, a.compile, a.mode), warmup=3, repeats=a.steps)
         except torch.OutOfMemoryError:
             rows.append([name, batch, f"{prof.params_m:.1f}", f"{prof.gflops:.2f}", "OOM", "", ""])
             torch.cuda.empty_cache()
@@ -77,7 +90,7 @@ def main(argv=None):
         if dev == "cuda":
             torch.cuda.empty_cache()
     print(f"# training throughput, {a.size}x{a.size}, bf16 autocast + channels_last on CUDA"
-          f"{', torch.compile' if a.compile else ''}\n")
+          f"{', torch.compile' if a.compile else ''}{f' (mode {a.mode})' if a.compile and a.mode else ''}\n")
     print(environment() + "\n")
     print(markdown_table(["model", "batch", "params M", "GFLOPs", "images/s", "vs resnet50", "peak GiB"], rows))
 
