@@ -23,6 +23,7 @@ from `tune.get_checkpoint()`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -70,8 +71,6 @@ def init_ray(address: Optional[str], study: Study, pending: int = 1):
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env)
         else:
-            import logging
-
             from .resources import local_ray_cpus
 
             # Experimental, off by default: AA_STUDY_WARM_WORKERS=1 gives the local Ray the CPUs the launch's trials
@@ -412,6 +411,9 @@ def _run_tune(study: Study, uri: str, exp_id: Optional[str], the_plan, command: 
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[recorder] + ([progress] if progress else []), verbose=verbose),
     )
+    # Tune's warning, as fit returns, that the trials a failed deep check stopped left no metrics: several lines on
+    # stderr before the check's one-line error, where stderr is not redirected to the launch's log (quiet_output)
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     status = "FINISHED"
     t = time.time()
     timing_stamp("driver: tuner.fit called")
