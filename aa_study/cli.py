@@ -43,7 +43,8 @@ def _train_parser(sub):
     p.add_argument("--lr", type=float, help="base learning rate for a batch of 256")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--compile", action="store_true", default=None)
+    p.add_argument("--compile", nargs="?", const=True, default=None, metavar="MODE",
+                   help="torch.compile the network; MODE: a torch.compile mode (reduce-overhead: CUDA graphs)")
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                    help="deterministic algorithms (default: on for classification, off for detection)")
     p.add_argument("--progress", action="store_true", help="show Lightning's progress bar")

@@ -350,8 +350,8 @@ def _parse_train(train) -> Dict[str, Any]:
         _fail("train.device", f"must be auto, cpu or cuda; got {train['device']!r}")
     if "stages" in train and not all(isinstance(s, int) and 1 <= s <= 4 for s in train["stages"]):
         _fail("train.stages", f"must list stage numbers 1-4; got {train['stages']!r}")
-    for k in ("grad_clip", "limit_train_batches"):  # the bounds `aa-study train` checks too: one definition
-        problem = setting_problem(k, train.get(k))
+    for k in ("grad_clip", "limit_train_batches", "compile"):  # the bounds `aa-study train` checks too: one definition
+        problem = setting_problem(k, train.get(k, TRAIN_DEFAULTS[k]))
         if problem:
             _fail(f"train.{k}", problem)
     data = train.get("data", {})

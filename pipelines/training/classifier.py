@@ -66,7 +66,7 @@ def build_model(arch: str, num_classes: int, in_channels: int, image_size, **arc
 class ClassificationModule(pl.LightningModule):
     def __init__(self, arch: str, num_classes: int, in_channels: int, image_size, batch_size: int, epochs: int,
                  optim: dict | None = None, arch_kwargs: dict | None = None, channels_last: bool = False,
-                 compile: bool = False):
+                 compile=False):
         super().__init__()
         self.save_hyperparameters()
         self.optim = OptimConfig(**(optim or {}))
@@ -75,7 +75,8 @@ class ClassificationModule(pl.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.net = torch.compile(self.model) if compile else self.model
+        # compile: False, True (torch.compile's default mode) or a mode name (settings.COMPILE_MODES)
+        self.net = torch.compile(self.model, mode=None if compile is True else compile) if compile else self.model
         self.log_top5 = num_classes > 5  # top-5 of 5 classes or fewer is always 100%: not logged
         k5 = min(5, num_classes)
         self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")

@@ -89,6 +89,7 @@ BAD_SPECS = [
     ("unknown train key", _with(train__learning_rate=0.1), "train.learning_rate: unknown setting"),
     ("unknown optim key", _with(train__optim={"lr": 0.1}), "train.optim: unknown optimiser settings"),
     ("unknown recipe", _with(train__recipe="fast"), "train.recipe: must be one of"),
+    ("unknown compile mode", _with(train__compile="fastest"), "train.compile: must be true, false or a torch.compile"),
     ("checkpoint_every not a duration", _with(checkpoint_every="often"),
      "checkpoint_every: must be an integer of epochs >= 0 (0: no checkpoints) or a duration such as 90s, 5m, 1h"),
     ("checkpoint_every negative", _with(checkpoint_every=-1), "checkpoint_every: must be an integer of epochs >= 0"),

@@ -8,6 +8,8 @@ import pytest
     (["--batch-size", "0"], "batch_size must be an integer >= 1; got 0"),
     (["--lr", "0"], "optim.base_lr (--lr) must be a number > 0; got 0.0"),
     (["--seed", "-3"], "seed must be an integer >= 0; got -3"),
+    (["--compile", "fastest"], "compile must be true, false or a torch.compile mode (default, reduce-overhead, "
+                               "max-autotune, max-autotune-no-cudagraphs); got 'fastest'"),
 ])
 def test_train_flags_are_checked_before_any_work(flags, message, workdir, capsys):
     from aa_study.cli import main
@@ -15,3 +17,18 @@ def test_train_flags_are_checked_before_any_work(flags, message, workdir, capsys
     assert main(["train", "--dataset", "synthetic", "--data", "image_size=16", "--device", "cpu", *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"aa-study train: error: {message}"
+
+
+
+@pytest.mark.parametrize("compile, mode", [(True, None), ("reduce-overhead", "reduce-overhead"), (False, "not compiled")])
+def test_compile_setting_reaches_torch_compile_with_its_mode(compile, mode, monkeypatch):
+    """compile: true compiles in torch.compile's default mode; a mode name is passed on (reduce-overhead: CUDA graphs
+    on a GPU); false leaves the network eager."""
+    import torch
+
+    from pipelines.training import fit
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.append(mode) or model)
+    fit.build({"dataset": "synthetic", "data": {"image_size": 16}, "device": "cpu", "epochs": 1, "compile": compile})
+    assert seen == ([] if mode == "not compiled" else [mode])
