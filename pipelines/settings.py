@@ -129,6 +129,7 @@ NUMERIC_SETTINGS = ("epochs", "batch_size", "seed", "grad_clip", "limit_train_ba
 # step kernel by kernel: AA-ResNet-50, batch 128 on an H100, 2837 images/s against 1971 eager
 # (benchmarks/results/flash-relative/v10/resnet-bounds*.md)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that replay CUDA graphs
 
 
 def setting_problem(key: str, value) -> Optional[str]:

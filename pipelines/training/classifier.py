@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 import aa_modules
 
-from ..settings import ARCHITECTURES, RECIPES, OptimConfig  # noqa: F401  (RECIPES re-exported)
+from ..settings import ARCHITECTURES, CUDA_GRAPH_MODES, RECIPES, OptimConfig  # noqa: F401  (RECIPES re-exported)
 
 class NonFiniteLossError(RuntimeError):
     pass
@@ -63,6 +63,25 @@ def build_model(arch: str, num_classes: int, in_channels: int, image_size, **arc
     return builder(num_classes, in_channels=in_channels, input_size=size, **arch_kwargs)
 
 
+def cudagraph_thread_state() -> None:
+    """Give this thread the thread-local state of torch.compile's CUDA Graph Trees. Before torch 2.13 only the thread
+    that imported them (and the autograd threads it starts) has it, and their first graph in any other thread fails
+    an assertion (pytorch/pytorch#123177). Ray Tune runs each trial in a thread of its own, and a reused actor runs
+    its next trial in a new one: measured on an H100, the quickstart gpu study with compile: reduce-overhead had its
+    three trials that ran in reused actors fail once each. Later torch sets the state up itself."""
+    from collections import defaultdict
+    import threading
+
+    from torch._inductor import cudagraph_trees as trees
+
+    if hasattr(trees.local, "tree_manager_containers") or torch._C._is_key_in_tls("tree_manager_containers"):
+        return
+    trees.local.tree_manager_containers = {}
+    trees.local.tree_manager_locks = defaultdict(threading.Lock)
+    torch._C._stash_obj_in_tls("tree_manager_containers", trees.local.tree_manager_containers)
+    torch._C._stash_obj_in_tls("tree_manager_locks", trees.local.tree_manager_locks)
+
+
 class ClassificationModule(pl.LightningModule):
     def __init__(self, arch: str, num_classes: int, in_channels: int, image_size, batch_size: int, epochs: int,
                  optim: dict | None = None, arch_kwargs: dict | None = None, channels_last: bool = False,
@@ -94,6 +113,8 @@ class ClassificationModule(pl.LightningModule):
 
     # -------------------------------------------------------------------------------------- training
     def on_fit_start(self):
+        if self.hparams.compile in CUDA_GRAPH_MODES and torch.cuda.is_available():
+            cudagraph_thread_state()
         for logger in self.loggers:
             logger.log_hyperparams({"params": self.profile.params, "gflops": round(self.profile.gflops, 4)})
 

@@ -32,3 +32,27 @@ def test_compile_setting_reaches_torch_compile_with_its_mode(compile, mode, monk
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.append(mode) or model)
     fit.build({"dataset": "synthetic", "data": {"image_size": 16}, "device": "cpu", "epochs": 1, "compile": compile})
     assert seen == ([] if mode == "not compiled" else [mode])
+
+
+def test_cudagraph_thread_state_is_set_up_in_a_new_thread():
+    """compile: reduce-overhead under Ray Tune: each trial runs in a thread of its own, where torch < 2.13's CUDA Graph
+    Trees had no thread-local state (pytorch#123177); the module sets it up before the fit."""
+    import threading
+
+    import torch
+    from torch._inductor import cudagraph_trees as trees
+
+    from pipelines.training.classifier import cudagraph_thread_state
+
+    seen = []
+
+    def trial_thread():
+        cudagraph_thread_state()
+        seen.append((hasattr(trees.local, "tree_manager_containers"), torch._C._is_key_in_tls("tree_manager_locks")))
+        cudagraph_thread_state()  # a second call keeps the state it found
+        seen.append(trees.local.tree_manager_containers is torch._C._get_obj_in_tls("tree_manager_containers"))
+
+    t = threading.Thread(target=trial_thread)
+    t.start()
+    t.join()
+    assert seen == [(True, True), True]

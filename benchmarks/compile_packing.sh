@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The quickstart gpu study with `compile: reduce-overhead` (torch.compile + CUDA graphs) against one-at-a-time bare
+# fits of one of its cells with the same setting (issue 18's packing ratio), on the GPU host after
+# `source scripts/gpu-host-env.sh`:
+#   bash benchmarks/compile_packing.sh [--mps]
+# A one-epoch fit first fills torch.compile's on-disk cache, so the bare fit and the study's trials both start warm.
+# Prints the bare fit's wall, the study's wall and GPU busy fraction, the ratio, and whether the study's trial of the
+# bare fit's cell and seed gave the same top-1.
+set -euo pipefail
+OUT=${OUT:-$(mktemp -d)}
+export AA_STUDY_HOME=$(mktemp -d)
+python3 - "$OUT" <<'PY'
+import sys, yaml
+out = sys.argv[1]
+spec = yaml.safe_load(open("studies/quickstart.yaml"))
+spec["name"] = "quickstart-compiled"
+spec["profiles"]["gpu"]["train"]["compile"] = "reduce-overhead"
+yaml.safe_dump(spec, open(f"{out}/compiled.yaml", "w"))
+from pipelines.spec import load_study
+t = next(t for t in load_study(f"{out}/compiled.yaml", "gpu").trials
+         if t.config["kappa"] == 0.5 and t.config["pos_enc"] == "relative" and t.seed == 0)
+yaml.safe_dump(dict(t.config), open(f"{out}/cell.yaml", "w"))
+open(f"{out}/trials.txt", "w").write(str(len(load_study(f"{out}/compiled.yaml", "gpu").trials)))
+PY
+now() { date +%s.%N; }
+since() { python3 -c "print(round($(now) - $1, 2))"; }
+CUDA_VISIBLE_DEVICES=0 python3 -m aa_study.cli train --config "$OUT/cell.yaml" --epochs 1 > /dev/null 2>&1
+s=$(now); CUDA_VISIBLE_DEVICES=0 python3 -m aa_study.cli train --config "$OUT/cell.yaml" > "$OUT/bare.json" 2> "$OUT/bare.err"
+bare=$(since $s)
+echo "bare fit: $bare s, val_top1 $(python3 -c "import json,sys; print(json.load(open('$OUT/bare.json'))['val_top1'])")"
+nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -l 1 > "$OUT/util.txt" & p=$!
+s=$(now); CUDA_VISIBLE_DEVICES=0 python3 -m aa_study.cli run "$OUT/compiled.yaml" --profile gpu --quiet "$@" > "$OUT/study.log" 2>&1
+study=$(since $s); kill $p
+busy=$(python3 -c "v=[float(x) for x in open('$OUT/util.txt') if x.strip()]; print(round(sum(v)/len(v), 1))")
+grep "^finished\|^aa_resnet18\|^cell" "$OUT/study.log" || true
+n=$(cat "$OUT/trials.txt")
+python3 -c "print(f'study ($n trials, $*): $study s, GPU busy $busy %; {$n * $bare / $study:.2f}x the trials per hour of one-at-a-time bare fits')"
