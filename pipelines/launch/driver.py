@@ -395,9 +395,7 @@ def _run_tune(study: Study, uri: str, exp_id: Optional[str], the_plan, command: 
             print(f"GPU share per trial {res['gpu']:g} -> {share:g}: {len(pending)} trials spread evenly over the "
                   f"GPUs (resources.gpu caps the trials per GPU)", file=where, flush=True)
         trainable = tune.with_resources(run_trial, {"cpu": res["cpu"], "gpu": share})
-    # a trial whose network replays CUDA graphs (compile: reduce-overhead, max-autotune) gets a process of its own:
-    # with torch 2.11, a reused actor's next such trial died once in each of two 9-trial studies (H200, --mps)
-    reuse = res["workers"] == 1 and not any(p.trial.config.get("compile") in CUDA_GRAPH_MODES for p in pending)
+    reuse = reuses_actors(study, [p.trial for p in pending])
     name = f"{study.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
     if written is not None and "://" not in storage_path:
         written.append(Path(storage_path) / name)  # removed if a deep check fails
@@ -429,6 +427,14 @@ def _run_tune(study: Study, uri: str, exp_id: Optional[str], the_plan, command: 
     finally:
         result.phases["trials"] = time.time() - t
         recorder.finish(status)  # a failed deep check: its SpecError, and nothing written to the store
+
+
+def reuses_actors(study: Study, trials) -> bool:
+    """Whether Tune may run a trial in the process of a finished one (imports and CUDA context kept). Not for Ray Train
+    trials (workers > 1), nor where a trial's network replays CUDA graphs (compile: reduce-overhead, max-autotune):
+    with torch 2.11, a reused actor's next such trial died once in each of two 9-trial studies (H200, --mps;
+    benchmarks/results/compile-studies-2026-11-26)."""
+    return study.resources["workers"] == 1 and not any(t.config.get("compile") in CUDA_GRAPH_MODES for t in trials)
 
 
 def _checks_stop(checks: Optional[_Checks]):

@@ -156,3 +156,18 @@ def test_stop_ray_stops_every_process_of_a_local_ray():
     for p in procs:
         p.wait(timeout=10)  # each one exited (a process still running would time out here)
         assert p.poll() is not None
+
+
+@pytest.mark.parametrize("workers, compile, reuse", [
+    (1, False, True), (1, True, True), (1, "max-autotune-no-cudagraphs", True),
+    (1, "reduce-overhead", False), (1, "max-autotune", False),  # CUDA graphs: a process per trial
+    (2, False, False),  # Ray Train trials
+])
+def test_actors_are_reused_unless_trials_replay_cuda_graphs(workdir, workers, compile, reuse):
+    from types import SimpleNamespace
+
+    from pipelines.launch.driver import reuses_actors
+
+    study = _study(workdir, 0, workers=workers)
+    trials = [SimpleNamespace(config={**t.config, "compile": compile}) for t in study.trials]
+    assert reuses_actors(study, trials) is reuse
