@@ -56,21 +56,21 @@ def main(argv=None):
                    help="attention implementations to time (relative_attention's implementation=)")
     a = p.parse_args(argv)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    configs = [("torchvision resnet50", lambda: torchvision.models.resnet50(), a.batch)]
-    for impl in a.impls:
-        configs.append((f"aa_resnet50 relative k=v=0.25 N_h=8, stages 2-4, {impl}", lambda impl=impl: A.aa_resnet50(
-            kappa=0.25, num_heads=8, pos_enc="relative", input_size=a.size, attention_impl=impl), a.batch))
+    torchvision_r50 = ("torchvision resnet50", lambda: torchvision.models.resnet50())
+
+    def aa_r50(pos_enc, impl, stages=(2, 3, 4), label=None):
+        """(name, builder) of AA-ResNet-50, kappa = upsilon = 0.25, N_h = 8, AA in ``stages``."""
+        what = {"none": "no positions"}.get(pos_enc, pos_enc)
+        return (f"aa_resnet50 {what} k=v=0.25 N_h=8, stages {stages[0]}-{stages[-1]}, {label or impl}",
+                lambda: A.aa_resnet50(kappa=0.25, num_heads=8, pos_enc=pos_enc, stages=stages, input_size=a.size,
+                                      attention_impl=impl))
+
+    configs = [(*torchvision_r50, a.batch)] + [(*aa_r50("relative", impl), a.batch) for impl in a.impls]
     if a.bounds:
-        for impl, what in (("triton", "our content-only kernel"), ("fused", "SDPA")):
-            configs.append((f"aa_resnet50 no positions k=v=0.25 N_h=8, stages 2-4, {what}",
-                            lambda impl=impl: A.aa_resnet50(kappa=0.25, num_heads=8, pos_enc="none", input_size=a.size,
-                                                            attention_impl=impl), a.batch))
-    for impl in [] if a.no_all_stages else a.impls:
-        if impl == a.impls[0]:
-            configs.append(("torchvision resnet50", lambda: torchvision.models.resnet50(), 64))
-        configs.append((f"aa_resnet50 relative k=v=0.25 N_h=8, stages 1-4, {impl}", lambda impl=impl: A.aa_resnet50(
-            kappa=0.25, num_heads=8, pos_enc="relative", stages=(1, 2, 3, 4), input_size=a.size,
-            attention_impl=impl), 64))
+        configs += [(*aa_r50("none", impl, label=label), a.batch)
+                    for impl, label in (("triton", "our content-only kernel"), ("fused", "SDPA"))]
+    if not a.no_all_stages:
+        configs += [(*torchvision_r50, 64)] + [(*aa_r50("relative", impl, (1, 2, 3, 4)), 64) for impl in a.impls]
     rows, base = [], None
     for name, build, batch in configs:
         model = build()

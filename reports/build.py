@@ -19,9 +19,10 @@ from .contrasts import Family, banner
 
 def mixed_versions(runs) -> str:
     """A line where the finished runs shown come from more than one code version (each trial run's code_version tag:
-    `git describe`, else the package version, plus a hash of the model and training source): a change of code can change a trial's result for the same cell and
-    seed (the relative-attention kernel's v7 -> v8 moved the quickstart gpu cell's top-1 from 58.84 % to 61.21 %,
-    bitwise repeatable under each), so the report says so instead of pooling them silently; "" otherwise."""
+    `git describe`, else the package version, plus a hash of the model and training source): a change of code can
+    change a trial's result for the same cell and seed (the relative-attention kernel's v7 -> v8 moved the quickstart
+    gpu cell's top-1 from 58.84 % to 61.21 %, bitwise repeatable under each), so the report says so instead of pooling
+    them silently; "" otherwise."""
     done = runs[runs["status"] == "FINISHED"]
     counts = done["code_version"].replace("", "unknown").value_counts()
     if len(counts) < 2:

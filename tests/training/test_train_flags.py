@@ -19,7 +19,6 @@ def test_train_flags_are_checked_before_any_work(flags, message, workdir, capsys
     assert err == f"aa-study train: error: {message}"
 
 
-
 @pytest.mark.parametrize("compile, mode", [(True, None), ("reduce-overhead", "reduce-overhead"), (False, "not compiled")])
 def test_compile_setting_reaches_torch_compile_with_its_mode(compile, mode, monkeypatch):
     """compile: true compiles in torch.compile's default mode; a mode name is passed on (reduce-overhead: CUDA graphs
