@@ -3,6 +3,7 @@
   aa-study run STUDY.yaml [--profile P]      launch a study (skips cell x seed already FINISHED)
   aa-study resume STUDY.yaml [--profile P]   continue a launched study (unfinished trials from their checkpoints)
   aa-study status STUDY.yaml                 cells finished / running / failed / pending
+  aa-study serve                             keep Ray and warm trial processes up: later launches start at once
   aa-study ui [STUDY.yaml]                   the MLflow UI on the study's store (127.0.0.1 unless --host)
   aa-study report STUDY.yaml                 the paper's tables and figures, and every axis, from MLflow
   aa-study make-data synthetic-coco --out D  a COCO-format detection proxy dataset
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import yaml
@@ -121,9 +123,17 @@ def _launch(a, resume: bool) -> int:
         return 0
     if a.rate is not None:
         return _fail(cmd, "--rate goes with --dry-run")
+    from pipelines.launch.server import delegate, serving
+
+    if not (serving() or a.address or os.environ.get("RAY_ADDRESS")):  # a study server's launch, if one runs
+        from pipelines.tracking import default_home
+
+        rc = delegate(a.argv, default_home(), a.mps)
+        if rc is not None:
+            return rc
     try:
         res = launch(a.study, a.profile, a.tracking_uri, a.storage, a.address, resume=resume,
-                     command=" ".join(["aa-study"] + sys.argv[1:]), verbose=1, prepared=prepared,
+                     command=" ".join(["aa-study"] + a.argv), verbose=1, prepared=prepared,
                      console="verbose" if a.verbose else "lines" if a.quiet else "live", mps=a.mps)
     except (LaunchError, SpecError) as e:
         return _fail(cmd, e)
@@ -306,6 +316,14 @@ def main(argv=None) -> int:
                                "runs left unfinished (killed driver, failed trials) continue from their last "
                                "checkpoint; finished ones are never run again."))
     _study_args(sub.add_parser("status", help="cells finished / running / failed / pending"), launch=False)
+    p = sub.add_parser("serve", help="a study server: later launches from this folder start at once",
+                   description="Keep a local Ray, Tune, MLflow and warm trial processes (torch and Lightning "
+                               "imported) up, in the foreground until Ctrl-C: `aa-study run` and `resume` from this "
+                               "folder, with the same study folder ($AA_STUDY_HOME), hand their launches to it and "
+                               "skip Ray's start and the trials' imports. A launch it cannot run as given (changed "
+                               "code, --address, other trial variables) runs on its own, saying why.")
+    p.add_argument("--mps", action="store_true", help="an NVIDIA MPS daemon for the server's Ray (every launch it "
+                                                      "runs shares GPUs through it); needed for launches with --mps")
     p = sub.add_parser("ui", help="serve the MLflow UI on the study store")
     p.add_argument("study", nargs="?", help="a study YAML: print the link to its runs")
     p.add_argument("--profile")
@@ -334,6 +352,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     _train_parser(sub)
     a = parser.parse_args(argv)
+    a.argv = list(sys.argv[1:] if argv is None else argv)
+    if a.command == "serve":
+        from pipelines.launch.server import serve
+        from pipelines.tracking import default_home
+
+        return serve(default_home(), a.mps)
     if a.command == "make-data":
         from pipelines.data.coco import make_synthetic_coco
         from pipelines.data import DataError

@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional
 from ..settings import CUDA_GRAPH_MODES, process_started, timing_stamp
 from ..spec import SpecError, Study, load_study
 from .outcome import Background, LaunchError, LaunchResult, one_line  # noqa: F401  (LaunchError: the cli's)
+from .server import TRIAL_ENV, serving
 from .resources import Mps, _check_fits, check_local_resources, concurrent_trials, gpu_share
 from ..tracking import (Tracker, check_tracking_uri, default_home, open_reader, redact, resolve_tracking_uri,
                        ui_url)
@@ -61,50 +62,77 @@ def init_ray(address: Optional[str], study: Study, pending: int = 1):
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    # the test-only fault switch and the benchmarks' timing switch travel to the trials (launch/trial_fit.py)
-    env = {k: v for k, v in os.environ.items() if k.startswith(("AA_STUDY_FAULT", "AA_STUDY_TIMING"))}
-    runtime_env = {"env_vars": env} if env else None
+    runtime_env = _runtime_env()
     gpu = study.resources["gpu"]  # the local machine was checked by check_local_resources (launch)
     try:
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env)
-        else:
-            from .resources import local_ray_cpus
-
-            # Experimental, off by default: AA_STUDY_WARM_WORKERS=1 gives the local Ray the CPUs the launch's trials
-            # hold at once (`local_ray_cpus`) and lets it prestart one worker process per CPU, whose setup hook
-            # imports what a trial imports (pipelines/launch/warm.py), so that Tune hands each trial a process with
-            # torch and Lightning loaded. Measured, one-trial quickstart cell (benchmarks/launch_speed.sh WARM_TOO=1):
-            # on this project's 2-core CPU machine 57.8 and 57.4 s against 64.6 and 58.7 s without; on the GPU host
-            # (an H200, 16 cores) 49.1 and 47.1 s against 46.1 and 47.0 s: no gain there, because Ray prestarts the
-            # workers only once the driver has connected, when Tune would start the trial's process anyway, and
-            # the hook's imports then take as long as the trial's own.
-            warm = os.environ.get("AA_STUDY_WARM_WORKERS") == "1"
-            if warm:
-                runtime_env = dict(runtime_env or {}, worker_process_setup_hook="pipelines.launch.warm.imports")
-            # Ray's notice that token authentication is on, at every start of a local Ray: it would be the one line
-            # on stderr beside a deep check's error
-            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-            ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env,
-                     num_cpus=local_ray_cpus(study, pending) if warm else None,
-                     _system_config={"prestart_worker_first_driver": warm})
+        elif not serving():  # the study server's Ray is up already
+            start_local_ray(runtime_env)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise LaunchError(f"address: cannot join the Ray cluster at {address!r} ({one_line(e)})") from None
     res = ray.cluster_resources()
     if gpu > 0 and res.get("GPU", 0) <= 0:
-        ray.shutdown()
+        release_ray()
         raise LaunchError(f"resources.gpu: {gpu:g} GPU per trial requested but the Ray cluster has no GPU "
                           "(use the cpu profile or resources: {gpu: 0})")
     try:
         _check_fits(study, res, "the Ray cluster")
     except LaunchError:
-        ray.shutdown()
+        release_ray()
         raise
     if gpu == 0 and study.train.get("device") == "cuda":
-        ray.shutdown()
+        release_ray()
         raise LaunchError("train.device: cuda needs resources.gpu > 0 (Ray hides GPUs from trials that ask for none)")
+
+
+def _runtime_env() -> Optional[dict]:
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    # the test-only fault switch and the benchmarks' timing switch travel to the trials (launch/trial_fit.py)
+    env = {k: v for k, v in os.environ.items() if k.startswith(TRIAL_ENV)}
+    return {"env_vars": env} if env else None
+
+
+def start_local_ray(runtime_env: Optional[dict] = None, warm: bool = False) -> None:
+    """A local Ray (dashboard off). warm (the study server, `server.serve`): Ray prestarts one worker process per CPU
+    and keeps idle ones, and each imports what a trial imports as it starts (`warm.imports`, Ray's
+    worker_process_setup_hook), so that Tune hands a trial a process with torch and Lightning loaded. A launch on
+    its own does not: Ray would prestart them only once the driver connects, when Tune starts the trial's process
+    anyway (measured on the GPU host, an H200: 49.1 and 47.1 s with them against 46.1 and 47.0 s without for the
+    one-trial quickstart cell), and sixteen processes importing torch compete with the trial's own."""
+    import ray
+
+    if warm:
+        runtime_env = dict(runtime_env or _runtime_env() or {},
+                           worker_process_setup_hook="pipelines.launch.warm.imports")
+    # Ray's notice that token authentication is on, at every start of a local Ray: it would be the one line on
+    # stderr beside a deep check's error
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env,
+             _system_config={"prestart_worker_first_driver": warm})
+
+
+def top_up_workers() -> None:
+    """The study server, after a launch: its trials' processes ended with them; as many short tasks as the local Ray
+    has CPUs, at once and holding none, make Ray start (and warm) processes where too few idle ones are left for the
+    next launch. Not waited for."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def _pause():
+        time.sleep(0.5)
+
+    for _ in range(int(ray.cluster_resources().get("CPU", 1))):
+        _pause.remote()
+
+
+def release_ray() -> None:
+    """A launch that refuses after Ray's start: its own local Ray stops; the study server's stays up."""
+    import ray
+
+    if not serving() and ray.is_initialized():
+        ray.shutdown()
 
 
 def stop_ray() -> None:
@@ -115,6 +143,8 @@ def stop_ray() -> None:
     it is missing, the plain shutdown."""
     import ray
 
+    if serving():
+        return
     try:
         from ray._private import worker
 
@@ -177,7 +207,8 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
             execute_closing(Tracker(uri), the_plan)
         return result
     check_local_resources(address, study)  # this machine's GPUs as Ray counts them: before Ray starts
-    daemon = Mps(address, study) if mps else None  # refused in one line before Ray starts, or started
+    # refused in one line before Ray starts, or started; the study server's (serve --mps) is up already
+    daemon = Mps(address, study) if mps and not serving() else None
 
     if study.scheduler["type"] == "asha":
         print("warning: scheduler asha stops weak trials early; cells of an ablation are then compared at "
@@ -226,13 +257,18 @@ class _Checks:
         import multiprocessing as mp
         import threading
 
-        ctx = mp.get_context("spawn")  # a fresh interpreter: no fork of a process that may hold Ray's threads
-        conn, child = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_checks_child, args=(study, child), daemon=True, name="aa-study-checks")
-        self._proc.start()
-        child.close()
         self.t0, self.outcome, self.seconds = t0, None, None
         self._done = threading.Event()
+        self._proc = None
+        if serving():  # the study server has torch imported and Ray up: a thread, no second interpreter
+            conn, child = mp.Pipe(duplex=False)
+            threading.Thread(target=_checks_child, args=(study, child), daemon=True, name="aa-study-checks").start()
+        else:
+            ctx = mp.get_context("spawn")  # a fresh interpreter: no fork of a process that may hold Ray's threads
+            conn, child = ctx.Pipe(duplex=False)
+            self._proc = ctx.Process(target=_checks_child, args=(study, child), daemon=True, name="aa-study-checks")
+            self._proc.start()
+            child.close()
         threading.Thread(target=self._wait, args=(conn,), daemon=True).start()  # the pipe's only reader
 
     def _wait(self, conn) -> None:
@@ -260,7 +296,7 @@ class _Checks:
             raise LaunchError(f"the checks of the study failed: {msg}")
 
     def stop(self) -> None:
-        if self._proc.is_alive():
+        if self._proc is not None and self._proc.is_alive():
             self._proc.kill()
 
 
@@ -300,8 +336,7 @@ def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, comma
         from ray import tune  # noqa: F401  (waits for the thread's import of it, not for MLflow's)
     except BaseException:
         checks.stop()
-        if ray.is_initialized():
-            ray.shutdown()
+        release_ray()
         raise
     where = view[0] if view else sys.stdout
     if log:
@@ -311,6 +346,8 @@ def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, comma
                   written if written is not None else [])
     finally:
         checks.stop()
+        if serving():  # Ray forwards the trials' last lines to the launch's log within a moment; its stop waits
+            time.sleep(0.5)
         if checks.seconds is not None:
             phases["checks"] = checks.seconds
         t = time.time()

@@ -81,19 +81,6 @@ def trials_that_fit(study: Study, have: Dict[str, float]) -> int:
     return max(0, min(fits)) if fits else 0
 
 
-def local_ray_cpus(study: Study, pending: int, have: Optional[Dict[str, float]] = None) -> int:
-    """The CPUs a local Ray started for this launch is given: those its trials hold at once (at most this machine's),
-    not every core. Ray prestarts one worker process per CPU it has, and with warm workers (`driver.init_ray`) each
-    prestarted worker imports torch and Lightning: one per trial that will run, not sixteen competing for the cores
-    (measured on the GPU host: a one-trial study's warmed worker was ready 9 s after it started beside fifteen
-    others, for imports that take 7 s alone). Trials are placed exactly as on the whole machine: as many fit at
-    once, and `gpu_share` spreads them alike."""
-    if have is None:  # this machine
-        have = {"CPU": os.cpu_count() or 1, "GPU": local_gpus() if study.resources["gpu"] > 0 else 0}
-    at_once = max(1, min(pending, trials_that_fit(study, have)))
-    return max(1, min(int(have["CPU"]), math.ceil(at_once * trial_needs(study)["CPU"] - 1e-9)))
-
-
 def gpu_share(study: Study, pending: int, have: Optional[Dict[str, float]] = None) -> float:
     """The GPU share each one-worker trial asks Ray for. `resources.gpu` below 1 says how many trials may share a
     GPU at most (0.16: six); Ray fills one GPU before the next, so with GPUs to spare the share grows to spread
@@ -136,12 +123,13 @@ class Mps:
                 "finally:\n"
                 "    shutil.rmtree(d, ignore_errors=True)\n")
 
-    def __init__(self, address: Optional[str], study: Study):
+    def __init__(self, address: Optional[str], study: Optional[Study]):
+        """study None: the study server's daemon, for whatever launches it runs."""
         import shutil
 
         if address or os.environ.get("RAY_ADDRESS"):
             raise LaunchError("--mps: for a local Ray only (on a cluster, run nvidia-cuda-mps-control -d on each node)")
-        if not 0 < study.resources["gpu"] < 1 or study.resources["workers"] > 1:
+        if study is not None and (not 0 < study.resources["gpu"] < 1 or study.resources["workers"] > 1):
             raise LaunchError(f"--mps: helps trials that share a GPU; this study's trials take resources.gpu "
                               f"{study.resources['gpu']:g} (x{study.resources['workers']} workers)")
         self.exe = shutil.which("nvidia-cuda-mps-control")

@@ -1,6 +1,6 @@
-"""Ray's worker_process_setup_hook for a local Ray's warm workers (experimental, AA_STUDY_WARM_WORKERS=1; see
-`driver.init_ray`): what a trial's process imports, imported as soon as Ray starts the process (Ray prestarts one
-per CPU it was given, as it starts, while the deep checks and Tune set up) instead of after Tune hands it a trial.
+"""Ray's worker_process_setup_hook for the study server's warm workers (`aa-study serve`, pipelines/launch/server.py;
+`driver.start_local_ray`): what a trial's process imports, imported as soon as Ray starts the process (Ray prestarts
+one per CPU, and the server tops them up after each launch) instead of after Tune hands it a trial.
 Nothing here touches CUDA: Ray sets a trial's CUDA_VISIBLE_DEVICES when it hands the process the trial, and CUDA
 reads it at its first use, in the fit."""
 

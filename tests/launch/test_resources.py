@@ -2,7 +2,7 @@
 import pytest
 
 from conftest import small_study
-from pipelines.launch.resources import gpu_share, local_gpus, local_ray_cpus, trials_that_fit
+from pipelines.launch.resources import gpu_share, local_gpus
 from pipelines.spec import load_study
 
 
@@ -30,27 +30,6 @@ def test_gpu_share_spreads_trials_evenly_within_the_studys_cap(workdir, gpu, pen
     assert per_gpu * got <= 1  # as many trials as the share says fit on one GPU
     running = min(pending, have["CPU"], int(1 / gpu + 1e-9) * have["GPU"])
     assert per_gpu * have["GPU"] >= running  # all that can run at once, run at once
-
-
-@pytest.mark.parametrize("gpu,cpu,workers,pending,have,cpus", [
-    (0.16, 1, 1, 9, {"GPU": 1, "CPU": 16}, 6),     # the quickstart gpu study: six at once hold six CPUs
-    (0.16, 1, 1, 9, {"GPU": 2, "CPU": 32}, 9),     # all nine at once on two GPUs
-    (1, 1, 1, 1, {"GPU": 1, "CPU": 16}, 1),        # one trial: one prestarted worker, not sixteen
-    (0, 1, 1, 5, {"GPU": 0, "CPU": 2}, 2),         # CPU trials: as many as the cores hold
-    (0, 2, 1, 1, {"GPU": 0, "CPU": 2}, 2),
-    (0.5, 0.5, 1, 3, {"GPU": 1, "CPU": 8}, 1),     # two at once at half a CPU each
-    (1, 1, 2, 3, {"GPU": 2, "CPU": 16}, 3),        # a trial of two workers: 2 CPUs and its own 0.01
-])
-def test_a_local_ray_gets_the_cpus_its_trials_hold_at_once(workdir, gpu, cpu, workers, pending, have, cpus):
-    """Warm workers: a local Ray prestarts one worker per CPU it has, so it is given what the trials hold at once;
-    they are placed as on the whole machine (as many at once, the same GPU share)."""
-    study = _study(workdir, gpu, workers=workers, cpu=cpu)
-    n = local_ray_cpus(study, pending, have)
-    assert n == cpus
-    sized = dict(have, CPU=n)
-    assert min(pending, trials_that_fit(study, sized)) == min(pending, trials_that_fit(study, have))
-    if workers == 1:
-        assert gpu_share(study, pending, sized) == gpu_share(study, pending, have)
 
 
 def test_trials_of_several_workers_keep_their_share(workdir):

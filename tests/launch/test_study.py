@@ -185,46 +185,6 @@ def test_driver_sigkilled_mid_study_then_resume_finishes_exactly_once(tiny_study
 
 
 @pytest.mark.slow
-def test_warm_workers_run_the_trial_in_a_preimported_process_with_the_same_result(workdir, monkeypatch):
-    """Warm workers (experimental, AA_STUDY_WARM_WORKERS=1): the local Ray prestarts one worker per CPU its
-    trials hold at once (here one), which imports a trial's modules as it starts; the trial runs
-    in that process, which had done so before the trial function was entered, and the result is the one a launch
-    without warm workers gives."""
-    import re
-
-    path = small_study(workdir, kappa=[0.5], pos_enc=["relative"], epochs=1)
-    monkeypatch.setenv("AA_STUDY_TIMING", "1")
-    tops = []
-    for warm in (None, "1"):
-        home = workdir / f"home-{warm}"
-        monkeypatch.setenv("AA_STUDY_HOME", str(home))
-        if warm is None:  # the default: off
-            monkeypatch.delenv("AA_STUDY_WARM_WORKERS", raising=False)
-        else:
-            monkeypatch.setenv("AA_STUDY_WARM_WORKERS", warm)
-        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow's client sets it: each launch its own store
-        assert main(["run", str(path), "--quiet"]) == 0
-        (log,) = (home / "logs").glob("*.log")
-        text = log.read_text(errors="replace")
-        # (pid, what) -> when; Ray prefixes each forwarded line with its process, e.g. "(run_trial pid=123)"
-        stamps = {(m.group(1), m.group(3)): float(m.group(2))
-                  for m in re.finditer(r"pid=(\d+)\)\S* \[aa-study timing\] ([\d.]+) (.*)", text)}
-        (trial_pid,) = {pid for pid, what in stamps if what == "trial function entered"}
-        warmed = {pid for pid, what in stamps if what == "worker warmed: a trial's imports done"}
-        if warm == "1":  # one worker prestarted and warmed (one trial, one CPU), and the trial ran in it
-            assert warmed == {trial_pid}, (trial_pid, warmed)
-            assert (stamps[trial_pid, "worker warmed: a trial's imports done"]
-                    <= stamps[trial_pid, "trial function entered"])
-        else:
-            assert not warmed
-        c = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
-        (run,) = [r for r in c.search_runs([c.get_experiment_by_name("tiny-cpu").experiment_id])
-                  if r.data.tags.get("kind") == "trial"]
-        tops.append(run.data.metrics["val_top1"])
-    assert tops[0] == tops[1]
-
-
-@pytest.mark.slow
 def test_asha_scheduler_warns_and_records_early_stops(workdir, capsys):
     path = small_study(workdir, kappa=[0.25], pos_enc=["none", "relative"], epochs=3, extra="""
         scheduler: {type: asha, grace_period: 1, reduction_factor: 2}

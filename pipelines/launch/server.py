@@ -1,0 +1,318 @@
+"""`aa-study serve`: a study server that keeps a local Ray, Tune, MLflow and warm trial processes up between launches.
+
+A launch on its own (`aa-study run`) pays, before its first trial trains: a local Ray's start (4.4 s on the GPU
+host), Tune's start of the trial's process and that process's imports of ray.tune, torch and Lightning (12 s there),
+all in a row, since Ray ties its worker processes to one driver. The server is that driver, kept: it starts a local
+Ray once, whose worker processes import what a trial imports as Ray starts them (`warm.imports`, Ray's
+worker_process_setup_hook; Ray prestarts one per CPU and keeps idle ones), and runs each launch that a client hands
+it in its own process, where the imports are done. The trial code is the same: a served launch is
+`driver.launch` with Ray already up (`driver.serving`).
+
+Clients: `aa-study run` / `resume` for the same study folder ($AA_STUDY_HOME, else ./aa-study-runs) hand their launch
+to the server listening for that folder (a Linux abstract socket named after it; peers of another user are
+refused), with their terminal's file descriptors (SCM_RIGHTS), so the live view, the lines and the final table are
+the client's own; Ctrl-C in the client stops the launch as it would stop its own. A launch the server cannot run as
+the client would have run it is run by the client itself, with one line saying why: the code changed since the
+server started (it would run the old modules), another working folder, other values of the variables that travel
+to trials (AA_STUDY_FAULT*, AA_STUDY_TIMING, CUDA_VISIBLE_DEVICES), `--address` or $RAY_ADDRESS (another cluster),
+`--mps` (a daemon must start before Ray), or a launch already running there. Without a server nothing changes.
+
+The server runs in the foreground of its terminal; Ctrl-C or SIGTERM stops it and its Ray (a launch in progress is
+stopped as a Ctrl-C would stop it). Nothing of it outlives the command.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+TRIAL_ENV = ("AA_STUDY_FAULT", "AA_STUDY_TIMING")  # what `driver.init_ray` gives the trials (Ray's runtime_env)
+SAME_ENV = TRIAL_ENV + ("CUDA_VISIBLE_DEVICES",)  # must match between client and server
+PASSED_ENV = ("MLFLOW_TRACKING_URI",)  # the client's, set in the server for its launch
+PACKAGES = ("aa_modules", "aa_study", "pipelines", "reports")
+_SERVER = None  # the server object in the server's process (driver.serving)
+
+
+def address(home: Path) -> str:
+    """The server's socket for a study folder: an abstract name (no file to go stale, no path-length limit)."""
+    return "\0aa-study-serve-" + hashlib.sha1(str(Path(home).resolve()).encode()).hexdigest()[:20]
+
+
+def code_fingerprint(root: Optional[Path] = None) -> str:
+    """Every module file of the project (path, size, modification time): a served launch runs the server's modules,
+    so a change since it started sends the launch back to the client."""
+    root = Path(root) if root else Path(__file__).resolve().parents[2]
+    h = hashlib.sha1(sys.executable.encode())
+    for pkg in PACKAGES:
+        for p in sorted((root / pkg).rglob("*.py")):
+            st = p.stat()
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _env(keys) -> Dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(keys)}
+
+
+def _send(conn: socket.socket, obj: dict) -> None:
+    conn.sendall((json.dumps(obj) + "\n").encode())
+
+
+def _recv_line(f) -> Optional[dict]:
+    line = f.readline()
+    return json.loads(line) if line else None
+
+
+# ------------------------------------------------------------------------------------------- client
+def delegate(argv: List[str], home: Path, mps: bool = False) -> Optional[int]:
+    """In `aa-study run` / `resume`: hand the launch to the server for `home`, if one listens. Returns the launch's
+    exit code, or None where the client must launch itself (no server, or the server's one-line reason, printed)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fds = [sys.stdout.fileno(), sys.stderr.fileno()]
+    except (AttributeError, OSError, ValueError):  # no terminal to hand over (a test's captured output)
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(address(home))
+    except OSError:
+        sock.close()
+        return None
+    sys.stdout.flush(), sys.stderr.flush()
+    request = {"argv": argv, "cwd": os.getcwd(), "same": _env(SAME_ENV), "passed": _env(PASSED_ENV),
+               "code": code_fingerprint(), "mps": mps}
+    with sock, sock.makefile("r") as f:
+        socket.send_fds(sock, [(json.dumps(request) + "\n").encode()], fds)
+        answer = _recv_line(f)
+        if not answer or not answer.get("accepted"):
+            why = answer.get("why") if answer else "it closed the connection"
+            print(f"study server: {why}; this launch starts its own Ray", file=sys.stderr, flush=True)
+            return None
+        try:
+            done = _recv_line(f)
+        except KeyboardInterrupt:  # the launch is stopped as a Ctrl-C stops a launch of its own
+            with contextlib.suppress(OSError):
+                sock.sendall(b"interrupt\n")
+            done = _recv_line(f)
+    if not done:
+        print("aa-study: error: the study server ended during the launch", file=sys.stderr)
+        return 1
+    return int(done["rc"])
+
+
+# ------------------------------------------------------------------------------------------- server
+class _Request:
+    def __init__(self, conn: socket.socket, request: dict, fds: List[int]):
+        self.conn, self.request, self.fds = conn, request, fds
+
+
+class Server:
+    def __init__(self, home: Path, mps: bool = False):
+        self.home, self.mps = Path(home).resolve(), mps
+        self.cwd = os.getcwd()
+        self.same = _env(SAME_ENV)
+        self.code = code_fingerprint()
+        self.requests: "queue.Queue[_Request]" = queue.Queue()
+        self.busy = threading.Lock()
+        self.running: Optional[_Request] = None
+        self.interrupted = False
+
+    # the acceptor thread: answers at once, queues what the main thread runs
+    def accept(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            try:
+                self._take(conn)
+            except Exception as e:  # noqa: BLE001 - one bad client must not stop the server
+                print(f"study server: a request failed: {e}", file=sys.stderr, flush=True)
+                conn.close()
+
+    def _take(self, conn: socket.socket) -> None:
+        pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        msg, fds, _, _ = socket.recv_fds(conn, 1 << 20, 2)
+        while not msg.endswith(b"\n"):
+            more = conn.recv(1 << 20)
+            if not more:
+                break
+            msg += more
+        why = None
+        if uid != os.getuid():
+            why = "it belongs to another user"
+        request = json.loads(msg) if why is None else {}
+        why = why or self._refusal(request)
+        if why is None and not self.busy.acquire(blocking=False):
+            why = "it is running another launch"
+        if why:
+            _send(conn, {"accepted": False, "why": why})
+            for fd in fds:
+                os.close(fd)
+            conn.close()
+            return
+        self.requests.put(_Request(conn, request, fds))
+
+    def _refusal(self, r: dict) -> Optional[str]:
+        if r.get("code") != self.code:
+            return "the code changed since it started (restart aa-study serve)"
+        if r.get("cwd") != self.cwd:
+            return f"it serves launches from {self.cwd}"
+        if r.get("mps") and not self.mps:
+            return "it runs without MPS (aa-study serve --mps)"
+        if r.get("same") != self.same:
+            keys = sorted(k for k in set(r.get("same", {})) | set(self.same) if r["same"].get(k) != self.same.get(k))
+            return f"{', '.join(keys)} differ from its own (restart aa-study serve with them)"
+        return None
+
+    # the main thread
+    def run(self, req: _Request) -> int:
+        from aa_study.cli import main
+
+        self.running, self.interrupted = req, False
+        threading.Thread(target=self._watch, args=(req,), daemon=True).start()
+        saved_env = {k: os.environ.get(k) for k in PASSED_ENV}
+        saved_argv = sys.argv
+        rc = 1
+        try:
+            with _terminal(req.fds):
+                _send(req.conn, {"accepted": True})
+                os.environ.update(req.request["passed"])
+                for k in PASSED_ENV:
+                    if k not in req.request["passed"]:
+                        os.environ.pop(k, None)
+                sys.argv = ["aa-study"] + req.request["argv"]
+                print(f"study server (pid {os.getpid()}) runs this launch", flush=True)
+                try:
+                    rc = main(req.request["argv"])
+                except KeyboardInterrupt:
+                    if not self.interrupted:
+                        raise
+                    rc = 130
+                except SystemExit as e:  # argparse
+                    rc = e.code if isinstance(e.code, int) else 2
+                except Exception:  # noqa: BLE001 - the client's terminal gets the traceback, the server goes on
+                    import traceback
+
+                    traceback.print_exc()
+                    rc = 1
+                sys.stdout.flush(), sys.stderr.flush()
+        finally:
+            sys.argv = saved_argv
+            for k, v in saved_env.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+            self.running = None
+            with contextlib.suppress(OSError):
+                _send(req.conn, {"rc": rc})
+            req.conn.close()
+            self.busy.release()
+        return rc
+
+    def _watch(self, req: _Request) -> None:
+        """The client's Ctrl-C (or its end): stop the launch as a Ctrl-C in its own terminal would."""
+        with contextlib.suppress(OSError, ValueError), req.conn.makefile("r") as f:
+            f.readline()
+        if self.running is req:
+            self.interrupted = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _terminal(fds: List[int]):
+    """File descriptors 1 and 2 are the client's for the launch (its terminal, pipe or file)."""
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    os.dup2(fds[0], 1), os.dup2(fds[1], 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush(), sys.stderr.flush()
+        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+        for fd in saved + list(fds):
+            os.close(fd)
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def serving() -> bool:
+    """Whether this process is the study server (`driver` then keeps Ray up and checks in a thread)."""
+    return _SERVER is not None
+
+
+def serve(home: Path, mps: bool = False) -> int:
+    """`aa-study serve`: until Ctrl-C or SIGTERM. Exit 2, in one line, where it cannot serve. mps: an NVIDIA MPS
+    daemon for the server's Ray (`resources.Mps`), for every launch it runs, with or without --mps."""
+    if not sys.platform.startswith("linux"):
+        print("aa-study serve: error: the study server needs Linux (abstract sockets)", file=sys.stderr)
+        return 2
+    if os.environ.get("RAY_ADDRESS"):
+        print("aa-study serve: error: RAY_ADDRESS is set: the server runs a local Ray of its own", file=sys.stderr)
+        return 2
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(address(home))
+    except OSError:
+        print(f"aa-study serve: error: a study server for {home} is already running", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    from .outcome import LaunchError
+    from .resources import Mps
+
+    server = Server(home, mps)
+    try:
+        daemon = Mps(None, None) if mps else None
+    except LaunchError as e:
+        print(f"aa-study serve: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        with daemon or contextlib.nullcontext():
+            return _serve(server, sock, t0)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        sock.close()
+
+
+def _serve(server: Server, sock: socket.socket, t0: float) -> int:
+    global _SERVER
+    from . import driver
+
+    try:
+        driver.start_local_ray(warm=True)
+        signal.signal(signal.SIGTERM, _interrupt)  # after Ray's start, which sets a handler of its own
+        from ray import tune  # noqa: F401  (what a launch imports, imported once)
+        import mlflow  # noqa: F401
+        from ..training import checks  # noqa: F401  (torch, Lightning: the deep checks run in this process)
+
+        _SERVER = server
+        sock.listen(8)
+        threading.Thread(target=server.accept, args=(sock,), daemon=True, name="aa-study-accept").start()
+        print(f"study server (pid {os.getpid()}) ready in {time.time() - t0:.1f} s for launches from {server.cwd} "
+              f"with the study folder {server.home}: `aa-study run` hands its launches here. Ctrl-C stops it.",
+              flush=True)
+        while True:
+            try:
+                req = server.requests.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            server.run(req)
+            driver.top_up_workers()
+    except KeyboardInterrupt:
+        print("study server: stopping", flush=True)
+        return 0
+    finally:
+        _SERVER = None
+        driver.stop_ray()

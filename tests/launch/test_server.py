@@ -1,0 +1,138 @@
+"""The study server (`aa-study serve`, pipelines/launch/server.py): launches handed to it run in its warm processes,
+give the result a launch on its own gives, and are sent back to the client where the server would run them
+differently."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import small_study
+from pipelines.launch.server import Server, code_fingerprint
+
+CLI = [sys.executable, "-m", "aa_study.cli"]
+
+
+def _top1(home):
+    c = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    (run,) = [r for r in c.search_runs([c.get_experiment_by_name("tiny-cpu").experiment_id])
+              if r.data.tags.get("kind") == "trial"]
+    return run.info.status, run.data.metrics["val_top1"]
+
+
+def _session_processes(sid: int) -> list:
+    out = []
+    for proc in os.listdir("/proc"):
+        try:
+            if proc.isdigit() and os.getsid(int(proc)) == sid:
+                out.append(int(proc))
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.slow
+def test_a_served_launch_runs_in_a_warm_process_with_the_result_of_a_launch_on_its_own(workdir):
+    path = small_study(workdir, kappa=[0.5], pos_enc=["relative"], epochs=1)
+    env = dict(os.environ, AA_STUDY_TIMING="1")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    # a launch on its own, in another study folder
+    alone = workdir / "alone"
+    p = subprocess.run(CLI + ["run", str(path), "--quiet"], env=dict(env, AA_STUDY_HOME=str(alone)),
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "study server" not in p.stdout + p.stderr  # none runs for that folder
+
+    home = workdir / "served"
+    env["AA_STUDY_HOME"] = str(home)
+    out = workdir / "serve.out"
+    server = subprocess.Popen(CLI + ["serve"], env=env, stdout=out.open("w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while "ready" not in out.read_text() and server.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert "ready" in out.read_text(), out.read_text()[-3000:]
+        second = subprocess.run(CLI + ["serve"], env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and second.stderr.count("\n") == 1
+        assert "already running" in second.stderr
+        time.sleep(3)  # its prestarted workers import a trial's modules
+        p = subprocess.run(CLI + ["run", str(path), "--quiet"], env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert f"study server (pid {server.pid}) runs this launch" in p.stdout
+        assert "done: 1 finished" in p.stdout and "log: " in p.stdout  # the client's terminal got the launch's lines
+        (log,) = (home / "logs").glob("*.log")
+        text = log.read_text(errors="replace")
+        # (pid, what) -> when; Ray prefixes each forwarded line with its process, e.g. "(run_trial pid=123)"; a
+        # worker's stamps before the launch went to the server's own output
+        stamps = {(m.group(1), m.group(3)): float(m.group(2))
+                  for m in re.finditer(r"pid=(\d+)\)\S* \[aa-study timing\] ([\d.]+) (.*)",
+                                       out.read_text(errors="replace") + text)}
+        (trial_pid,) = {pid for pid, what in stamps if what == "trial function entered"}
+        # the trial ran in a process that had imported torch and Lightning before it got the trial
+        assert (stamps[trial_pid, "worker warmed: a trial's imports done"]
+                <= stamps[trial_pid, "trial function entered"]), stamps
+        assert "launch phases (s): ray start 0." in text  # Ray was up already
+        assert _top1(home) == _top1(alone)
+
+        # a relaunch with other trial variables: the client runs it itself, saying why (nothing left to run)
+        p = subprocess.run(CLI + ["run", str(path), "--quiet"], env=dict(env, AA_STUDY_TIMING="0"),
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and "0 to run" in p.stdout
+        assert "study server: AA_STUDY_TIMING differ from its own" in p.stderr
+        p = subprocess.run(CLI + ["run", str(path), "--quiet", "--mps"], env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 0 and "0 to run" in p.stdout
+        assert "study server: it runs without MPS (aa-study serve --mps)" in p.stderr
+        p = subprocess.run(CLI + ["run", str(path), "--quiet"], env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and "0 to run" in p.stdout and "runs this launch" in p.stdout
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    assert server.returncode == 0
+    deadline = time.time() + 20
+    while _session_processes(server.pid) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _session_processes(server.pid)  # its Ray and workers stopped with it
+
+
+def test_the_server_refuses_launches_it_would_run_differently(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AA_STUDY_TIMING", raising=False)
+    server = Server(tmp_path)
+    ok = {"code": server.code, "cwd": str(tmp_path), "same": dict(server.same)}
+    assert server._refusal(ok) is None
+    assert "code changed" in server._refusal(dict(ok, code="x"))
+    assert "serves launches from" in server._refusal(dict(ok, cwd="/"))
+    assert "CUDA_VISIBLE_DEVICES differ" in server._refusal(dict(ok, same=dict(ok["same"], CUDA_VISIBLE_DEVICES="7")))
+
+
+def test_the_code_fingerprint_follows_every_module_file(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    import pipelines
+
+    root = Path(pipelines.__file__).resolve().parents[1]
+    for pkg in ("aa_modules", "aa_study", "pipelines", "reports"):
+        shutil.copytree(root / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_fingerprint(tmp_path)
+    assert code_fingerprint(tmp_path) == before
+    f = tmp_path / "aa_modules" / "__init__.py"
+    f.write_text(f.read_text() + "\n")
+    assert code_fingerprint(tmp_path) != before
+
+
+def test_serve_refuses_in_one_line_what_it_cannot_do(workdir):
+    import shutil
+
+    env = dict(os.environ, RAY_ADDRESS="127.0.0.1:1")
+    p = subprocess.run(CLI + ["serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "RAY_ADDRESS is set" in p.stderr
+    if shutil.which("nvidia-cuda-mps-control") is None:
+        p = subprocess.run(CLI + ["serve", "--mps"], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1 and "nvidia-cuda-mps-control is not on PATH" in p.stderr
