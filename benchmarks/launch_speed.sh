@@ -6,8 +6,8 @@
 #   the time went (AA_STUDY_TIMING stamps: the trial's process, its fit, each epoch; the launch's phases);
 #   where the host has two GPUs or more, the study again on all of them (per-GPU busy fractions, the ratio).
 # Prints markdown tables with the ratios. Usage: bash benchmarks/launch_speed.sh [skip-study]
-# (env ROUNDS=N train/run pairs; MPS_TOO=1 the study again with --mps; WARM_TOO=1 each one-trial run again with the
-# experimental warm workers, AA_STUDY_WARM_WORKERS=1)
+# (env ROUNDS=N train/run pairs; MPS_TOO=1 the study again with --mps; SERVER_TOO=1 a study server (`aa-study serve`,
+# with --mps under MPS_TOO) started after the warm-up: each one-trial run again through it, and the --mps study too)
 set -euo pipefail
 OUT=${OUT:-$(mktemp -d)}
 export AA_STUDY_HOME=$(mktemp -d)
@@ -40,6 +40,24 @@ PY
 # warm-up: the first fit on a fresh machine compiles the Triton kernels (cached for every later process) and reads
 # torch from a cold page cache (seconds): without it, whichever command runs first is charged for both
 CUDA_VISIBLE_DEVICES=0 python3 -m aa_study.cli train --config "$OUT/cell.yaml" --epochs 1 > /dev/null 2>&1
+export AA_STUDY_TIMING=1  # stamps (cheap lines); the same for the server and its clients, which it checks
+if [ -n "${SERVER_TOO:-}" ]; then
+  SERVER_HOME=$(mktemp -d)
+  CUDA_VISIBLE_DEVICES=0 AA_STUDY_HOME=$SERVER_HOME python3 -m aa_study.cli serve ${MPS_TOO:+--mps} > "$OUT/serve.log" 2>&1 &
+  server_pid=$!
+  trap 'kill -TERM $server_pid 2>/dev/null; wait $server_pid 2>/dev/null' EXIT
+  for _ in $(seq 240); do grep -q ready "$OUT/serve.log" && break; sleep 0.5; done
+  head -1 "$OUT/serve.log" | tee -a "$OUT/partial.txt"
+  sleep 20  # its prestarted workers (one per CPU) import a trial's modules: the steady state between studies
+  echo "processes on the GPU with the server idle (its warm workers must not have touched CUDA):" >> "$OUT/partial.txt"
+  nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader >> "$OUT/partial.txt" 2>&1 || true
+fi
+served_run() {  # $1: log; the rest: arguments of aa-study run, through the server with a store of its own
+  local d; d=$(mktemp -d)
+  CUDA_VISIBLE_DEVICES=0 AA_STUDY_HOME=$SERVER_HOME python3 -m aa_study.cli run "${@:2}" --quiet \
+    --tracking-uri "sqlite:///$d/mlflow.db" > "$1" 2>&1
+  grep -q "runs this launch" "$1" || { echo "NOT SERVED: $(grep 'study server' "$1")" | tee -a "$OUT/partial.txt"; }
+}
 study=nan; sbusy=nan; noop=nan; status=nan
 if [ "${1:-}" != "skip-study" ]; then
   s=$(now); p=$(sample "$OUT/util-study.txt")
@@ -59,8 +77,17 @@ if [ "${1:-}" != "skip-study" ]; then
          <(grep -h "^finished" "$OUT/study-mps.log" | sed 's/ (.*//' | sort) > /dev/null \
       && mps_line="$mps_line each trial's top-1 the same as without MPS |" || mps_line="$mps_line TOP-1 DIFFERS |"
   fi
+  if [ -n "${SERVER_TOO:-}" ]; then  # the same study through the server (serve --mps and run --mps under MPS_TOO)
+    s=$(now); p=$(sample "$OUT/util-served.txt")
+    served_run "$OUT/study-served.log" studies/quickstart.yaml --profile gpu ${MPS_TOO:+--mps}
+    served_wall=$(since $s); kill $p
+    echo "study through the server${MPS_TOO:+ (--mps)} $served_wall s, GPU busy $(busy "$OUT/util-served.txt" 1) %" | tee -a "$OUT/partial.txt"
+    served_line="| the same through aa-study serve${MPS_TOO:+ --mps}, wall | $served_wall s | busy $(busy "$OUT/util-served.txt" 1) % |"
+    diff <(grep -h "^finished" "$OUT/study.log" | sed 's/ (.*//' | sort) \
+         <(grep -h "^finished" "$OUT/study-served.log" | sed 's/ (.*//' | sort) > /dev/null \
+      && served_line="$served_line each trial's top-1 the same as the study on its own |" || served_line="$served_line TOP-1 DIFFERS |"
+  fi
 fi
-export AA_STUDY_TIMING=1
 rounds=""
 for round in $(seq 1 "${ROUNDS:-2}"); do  # train and run alternate: each pair on the same warm machine
   s=$(now); p=$(sample "$OUT/util-train.txt")
@@ -73,13 +100,12 @@ for round in $(seq 1 "${ROUNDS:-2}"); do  # train and run alternate: each pair o
   cp "$home"/logs/quickstart-one-gpu-*.log "$OUT/one-trial-launch.log"
   rounds="$rounds | round $round: train $train s, run $one s (+$(python3 -c "print(round($one - $train, 1))") s)"
   echo "round $round: train $train s (busy $tbusy %), run $one s" | tee -a "$OUT/partial.txt"
-  if [ -n "${WARM_TOO:-}" ]; then  # the same one-trial study with warm workers (prestarted, pre-imported)
-    home=$(mktemp -d); s=$(now)
-    CUDA_VISIBLE_DEVICES=0 AA_STUDY_HOME=$home AA_STUDY_WARM_WORKERS=1 python3 -m aa_study.cli run \
-      "$OUT/one-trial.yaml" --profile gpu --quiet > "$OUT/one-warm.log" 2>&1
-    warm=$(since $s); rounds="$rounds, with AA_STUDY_WARM_WORKERS=1 $warm s"; warm_start=$s
-    cp "$home"/logs/quickstart-one-gpu-*.log "$OUT/one-warm-launch.log"
-    echo "round $round: run with AA_STUDY_WARM_WORKERS=1 $warm s" | tee -a "$OUT/partial.txt"
+  if [ -n "${SERVER_TOO:-}" ]; then  # the same one-trial study through the study server
+    s=$(now); served_run "$OUT/one-served.log" "$OUT/one-trial.yaml" --profile gpu
+    warm=$(since $s); rounds="$rounds, through aa-study serve $warm s (+$(python3 -c "print(round($warm - $train, 1))") s)"
+    warm_start=$s
+    cp "$(ls -t "$SERVER_HOME"/logs/quickstart-one-gpu-*.log | head -1)" "$OUT/one-served-launch.log"
+    echo "round $round: run through the server $warm s" | tee -a "$OUT/partial.txt"
   fi
 done
 unset AA_STUDY_TIMING
@@ -98,7 +124,7 @@ print(f"| GPU busy during that bare fit (mean %) | {tbusy} | |")
 print(f"| the same cell as a one-trial study through aa-study run | {one:.1f} s | {one / train:.2f}x (+{one - train:.1f} s) |")
 PY
 python3 - "$train_start" "$OUT/train.err" "$one_start" "$OUT/one-trial-launch.log" "${warm_start:-}" \
-  "$OUT/one-warm-launch.log" <<'PY'
+  "$OUT/one-served-launch.log" <<'PY'
 import os, re, sys
 def stamps(start, path):
     out = {}
@@ -111,7 +137,7 @@ def stamps(start, path):
     return out
 t, r = stamps(sys.argv[1], sys.argv[2]), stamps(sys.argv[3], sys.argv[4])
 w = stamps(sys.argv[5], sys.argv[6]) if sys.argv[5] and os.path.exists(sys.argv[6]) else {}
-print("\n| seconds after the command started | train | run (one trial) |" + (" run, warm workers |" if w else "")
+print("\n| seconds after the command started | train | run (one trial) |" + (" run through aa-study serve |" if w else "")
       + "\n|---|---|---|" + ("---|" if w else ""))
 for k in ("driver: process started", "driver: launch begins", "driver: ray up", "driver: tuner.fit called",
           "worker warmed: a trial's imports done", "trial process started", "trial function entered",
@@ -119,7 +145,7 @@ for k in ("driver: process started", "driver: launch begins", "driver: ray up", 
           "epoch 1 reported", "epoch 24 trained", "fit done"):
     f = lambda d: f"{d[k]:.2f}" if k in d else ""
     print(f"| {k} | {f(t)} | {f(r)} |" + (f" {f(w)} |" if w else ""))
-print(f"\nlaunch phases {r.get('phases', '')}" + (f"\nwarm workers: launch phases {w.get('phases', '')}" if w else ""))
+print(f"\nlaunch phases {r.get('phases', '')}" + (f"\nthrough the server: launch phases {w.get('phases', '')}" if w else ""))
 PY
 if [ "$GPUS" -ge 2 ] && [ "${1:-}" != "skip-study" ]; then
   export AA_STUDY_HOME=$(mktemp -d)
@@ -131,5 +157,6 @@ if [ "$GPUS" -ge 2 ] && [ "${1:-}" != "skip-study" ]; then
   grep -h "GPU share" "$OUT/study-two.log" || true
 fi
 [ -n "${mps_line:-}" ] && echo "$mps_line" && echo "(--mps ratio against bare fits: $(python3 -c "print(f'{9 * $train / $mps_wall:.2f}')")x)"
+[ -n "${served_line:-}" ] && echo "$served_line" && echo "(through the server, ratio against bare fits: $(python3 -c "print(f'{9 * $train / $served_wall:.2f}')")x)"
 grep -h "val_top1" "$OUT/train.json" | tr -d ' ,'
 grep -h "finished .*s0" "$OUT/one.log" || true
