@@ -48,9 +48,6 @@ if [ -n "${SERVER_TOO:-}" ]; then
   trap 'kill -TERM $server_pid 2>/dev/null; wait $server_pid 2>/dev/null' EXIT
   for _ in $(seq 240); do grep -q ready "$OUT/serve.log" && break; sleep 0.5; done
   head -1 "$OUT/serve.log" | tee -a "$OUT/partial.txt"
-  sleep 20  # its prestarted workers (one per CPU) import a trial's modules: the steady state between studies
-  echo "processes on the GPU with the server idle (its warm workers must not have touched CUDA):" >> "$OUT/partial.txt"
-  nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader >> "$OUT/partial.txt" 2>&1 || true
 fi
 served_run() {  # $1: log; the rest: arguments of aa-study run, through the server with a store of its own
   local d; d=$(mktemp -d)
@@ -140,7 +137,7 @@ w = stamps(sys.argv[5], sys.argv[6]) if sys.argv[5] and os.path.exists(sys.argv[
 print("\n| seconds after the command started | train | run (one trial) |" + (" run through aa-study serve |" if w else "")
       + "\n|---|---|---|" + ("---|" if w else ""))
 for k in ("driver: process started", "driver: launch begins", "driver: ray up", "driver: tuner.fit called",
-          "worker warmed: a trial's imports done", "trial process started", "trial function entered",
+          "trial process started", "trial function entered",
           "driver: store open", "fit entered", "data and network built", "first step", "epoch 1 trained",
           "epoch 1 reported", "epoch 24 trained", "fit done"):
     f = lambda d: f"{d[k]:.2f}" if k in d else ""

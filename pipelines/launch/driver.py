@@ -62,7 +62,7 @@ def init_ray(address: Optional[str], study: Study, pending: int = 1):
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = _runtime_env()
+    runtime_env = trial_runtime_env()
     gpu = study.resources["gpu"]  # the local machine was checked by check_local_resources (launch)
     try:
         if address:
@@ -86,7 +86,7 @@ def init_ray(address: Optional[str], study: Study, pending: int = 1):
         raise LaunchError("train.device: cuda needs resources.gpu > 0 (Ray hides GPUs from trials that ask for none)")
 
 
-def _runtime_env() -> Optional[dict]:
+def trial_runtime_env() -> Optional[dict]:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     # the test-only fault switch and the benchmarks' timing switch travel to the trials (launch/trial_fit.py)
@@ -94,37 +94,19 @@ def _runtime_env() -> Optional[dict]:
     return {"env_vars": env} if env else None
 
 
-def start_local_ray(runtime_env: Optional[dict] = None, warm: bool = False) -> None:
-    """A local Ray (dashboard off). warm (the study server, `server.serve`): Ray prestarts one worker process per CPU
-    and keeps idle ones, and each imports what a trial imports as it starts (`warm.imports`, Ray's
-    worker_process_setup_hook), so that Tune hands a trial a process with torch and Lightning loaded. A launch on
-    its own does not: Ray would prestart them only once the driver connects, when Tune starts the trial's process
-    anyway (measured on the GPU host, an H200: 49.1 and 47.1 s with them against 46.1 and 47.0 s without for the
-    one-trial quickstart cell), and sixteen processes importing torch compete with the trial's own."""
+def start_local_ray(runtime_env: Optional[dict] = None) -> None:
+    """A local Ray, dashboard off. Ray's prestart of idle workers stays off: with Ray 2.x it gives a Tune trial no
+    head start. A trial's process is always one Ray starts when Tune asks (measured with the study server, which
+    had processes started and torch imported ahead through Ray's worker_process_setup_hook: Ray's worker pool never
+    gives an actor, and a Tune trial is one, a process that has run a task, and its first-driver prestart started
+    none here; `benchmarks/results/launch-2026-11-26-server.md`)."""
     import ray
 
-    if warm:
-        runtime_env = dict(runtime_env or _runtime_env() or {},
-                           worker_process_setup_hook="pipelines.launch.warm.imports")
     # Ray's notice that token authentication is on, at every start of a local Ray: it would be the one line on
     # stderr beside a deep check's error
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env,
-             _system_config={"prestart_worker_first_driver": warm})
-
-
-def top_up_workers() -> None:
-    """The study server, after a launch: its trials' processes ended with them; as many short tasks as the local Ray
-    has CPUs, at once and holding none, make Ray start (and warm) processes where too few idle ones are left for the
-    next launch. Not waited for."""
-    import ray
-
-    @ray.remote(num_cpus=0)
-    def _pause():
-        time.sleep(0.5)
-
-    for _ in range(int(ray.cluster_resources().get("CPU", 1))):
-        _pause.remote()
+             _system_config={"prestart_worker_first_driver": False})
 
 
 def release_ray() -> None:

@@ -1,12 +1,12 @@
-"""`aa-study serve`: a study server that keeps a local Ray, Tune, MLflow and warm trial processes up between launches.
+"""`aa-study serve`: a study server that keeps a local Ray, Tune and MLflow up between launches.
 
-A launch on its own (`aa-study run`) pays, before its first trial trains: a local Ray's start (4.4 s on the GPU
-host), Tune's start of the trial's process and that process's imports of ray.tune, torch and Lightning (12 s there),
-all in a row, since Ray ties its worker processes to one driver. The server is that driver, kept: it starts a local
-Ray once, whose worker processes import what a trial imports as Ray starts them (`warm.imports`, Ray's
-worker_process_setup_hook; Ray prestarts one per CPU and keeps idle ones), and runs each launch that a client hands
-it in its own process, where the imports are done. The trial code is the same: a served launch is
-`driver.launch` with Ray already up (`driver.serving`).
+A launch on its own (`aa-study run`) pays, before Tune asks for its first trial: its own start (imports, the plan),
+a local Ray's start (4.4 s on the GPU host), the deep checks in a second interpreter that imports torch, and the
+store's opening; and Ray's stop after the last. The server pays them once: it is a Ray driver kept up, with Tune,
+MLflow, torch and Lightning imported, and it runs each launch a client hands it as `driver.launch` with Ray already
+up (`serving()`: the deep checks in a thread, Ray left running). The trials are the same: each still runs in a
+process Ray starts when Tune asks for it, which imports ray.tune, torch and Lightning (Ray gives an actor, as a
+Tune trial is, no process that has run other work, and its own prestart gave none; see `driver.start_local_ray`).
 
 Clients: `aa-study run` / `resume` for the same study folder ($AA_STUDY_HOME, else ./aa-study-runs) hand their launch
 to the server listening for that folder (a Linux abstract socket named after it; peers of another user are
@@ -14,8 +14,9 @@ refused), with their terminal's file descriptors (SCM_RIGHTS), so the live view,
 the client's own; Ctrl-C in the client stops the launch as it would stop its own. A launch the server cannot run as
 the client would have run it is run by the client itself, with one line saying why: the code changed since the
 server started (it would run the old modules), another working folder, other values of the variables that travel
-to trials (AA_STUDY_FAULT*, AA_STUDY_TIMING, CUDA_VISIBLE_DEVICES), `--address` or $RAY_ADDRESS (another cluster),
-`--mps` (a daemon must start before Ray), or a launch already running there. Without a server nothing changes.
+to trials (AA_STUDY_FAULT*, AA_STUDY_TIMING, CUDA_VISIBLE_DEVICES), `--mps` where the server has no MPS daemon
+(`aa-study serve --mps`), or a launch already running there. `--address` or $RAY_ADDRESS (another cluster) are never
+handed over. Without a server nothing changes.
 
 The server runs in the foreground of its terminal; Ctrl-C or SIGTERM stops it and its Ray (a launch in progress is
 stopped as a Ctrl-C would stop it). Nothing of it outlives the command.
@@ -291,7 +292,7 @@ def _serve(server: Server, sock: socket.socket, t0: float) -> int:
     from . import driver
 
     try:
-        driver.start_local_ray(warm=True)
+        driver.start_local_ray(driver.trial_runtime_env())
         signal.signal(signal.SIGTERM, _interrupt)  # after Ray's start, which sets a handler of its own
         from ray import tune  # noqa: F401  (what a launch imports, imported once)
         import mlflow  # noqa: F401
@@ -309,7 +310,6 @@ def _serve(server: Server, sock: socket.socket, t0: float) -> int:
             except queue.Empty:
                 continue
             server.run(req)
-            driver.top_up_workers()
     except KeyboardInterrupt:
         print("study server: stopping", flush=True)
         return 0

@@ -1,6 +1,5 @@
-"""The study server (`aa-study serve`, pipelines/launch/server.py): launches handed to it run in its warm processes,
-give the result a launch on its own gives, and are sent back to the client where the server would run them
-differently."""
+"""The study server (`aa-study serve`, pipelines/launch/server.py): launches handed to it run on its Ray, give the
+result a launch on its own gives, and are sent back to the client where the server would run them differently."""
 import os
 import re
 import signal
@@ -36,7 +35,7 @@ def _session_processes(sid: int) -> list:
 
 
 @pytest.mark.slow
-def test_a_served_launch_runs_in_a_warm_process_with_the_result_of_a_launch_on_its_own(workdir):
+def test_a_served_launch_runs_on_the_servers_ray_with_the_result_of_a_launch_on_its_own(workdir):
     path = small_study(workdir, kappa=[0.5], pos_enc=["relative"], epochs=1)
     env = dict(os.environ, AA_STUDY_TIMING="1")
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -60,23 +59,13 @@ def test_a_served_launch_runs_in_a_warm_process_with_the_result_of_a_launch_on_i
         second = subprocess.run(CLI + ["serve"], env=env, capture_output=True, text=True, timeout=60)
         assert second.returncode == 2 and second.stderr.count("\n") == 1
         assert "already running" in second.stderr
-        time.sleep(3)  # its prestarted workers import a trial's modules
         p = subprocess.run(CLI + ["run", str(path), "--quiet"], env=env, capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stderr[-3000:]
         assert f"study server (pid {server.pid}) runs this launch" in p.stdout
         assert "done: 1 finished" in p.stdout and "log: " in p.stdout  # the client's terminal got the launch's lines
         (log,) = (home / "logs").glob("*.log")
         text = log.read_text(errors="replace")
-        # (pid, what) -> when; Ray prefixes each forwarded line with its process, e.g. "(run_trial pid=123)"; a
-        # worker's stamps before the launch went to the server's own output
-        stamps = {(m.group(1), m.group(3)): float(m.group(2))
-                  for m in re.finditer(r"pid=(\d+)\)\S* \[aa-study timing\] ([\d.]+) (.*)",
-                                       out.read_text(errors="replace") + text)}
-        (trial_pid,) = {pid for pid, what in stamps if what == "trial function entered"}
-        # the trial ran in a process that had imported torch and Lightning before it got the trial
-        assert (stamps[trial_pid, "worker warmed: a trial's imports done"]
-                <= stamps[trial_pid, "trial function entered"]), stamps
-        assert "launch phases (s): ray start 0." in text  # Ray was up already
+        assert re.search(r"launch phases \(s\): ray start 0\.0\d, .* ray stop 0\.00,", text)  # the server's Ray, kept
         assert _top1(home) == _top1(alone)
 
         # a relaunch with other trial variables: the client runs it itself, saying why (nothing left to run)
