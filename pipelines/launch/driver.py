@@ -94,19 +94,81 @@ def trial_runtime_env() -> Optional[dict]:
     return {"env_vars": env} if env else None
 
 
-def start_local_ray(runtime_env: Optional[dict] = None) -> None:
-    """A local Ray, dashboard off. Ray's prestart of idle workers stays off: with Ray 2.x it gives a Tune trial no
-    head start. A trial's process is always one Ray starts when Tune asks (measured with the study server, which
-    had processes started and torch imported ahead through Ray's worker_process_setup_hook: Ray's worker pool never
-    gives an actor, and a Tune trial is one, a process that has run a task, and its first-driver prestart started
-    none here; `benchmarks/results/launch-2026-11-26-server.md`)."""
+def start_local_ray(runtime_env: Optional[dict] = None, warm: bool = False) -> None:
+    """A local Ray, dashboard off. warm (the study server): every Python process of this Ray starts with
+    `warm_site` first on its path, whose sitecustomize has Ray's worker processes import what a trial imports before
+    they register (AA_STUDY_WARM_WORKERS=1), and Ray starts one idle worker per CPU for its first driver (the
+    server), so Tune hands trials processes that have torch and Lightning loaded. The trials' variables
+    (AA_STUDY_FAULT*, AA_STUDY_TIMING) then travel in the environment Ray's processes inherit, not in a
+    runtime_env: Ray prestarts workers only for a job without one. A launch on its own prestarts none: they would
+    start as Tune asks for its trials anyway, and compete with them for the cores."""
     import ray
 
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "AA_STUDY_WARM_WORKERS")}
+    if warm:
+        site = str(Path(__file__).with_name("warm_site"))
+        os.environ["PYTHONPATH"] = os.pathsep.join([site] + ([saved["PYTHONPATH"]] if saved["PYTHONPATH"] else []))
+        os.environ["AA_STUDY_WARM_WORKERS"] = "1"
+        runtime_env = None
+        _plain_trial_actors()
     # Ray's notice that token authentication is on, at every start of a local Ray: it would be the one line on
     # stderr beside a deep check's error
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env,
-             _system_config={"prestart_worker_first_driver": False})
+    try:
+        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env,
+                 _system_config={"prestart_worker_first_driver": warm})
+    finally:  # Ray's processes have inherited them; the driver's own children (the MPS watchdog, ...) do not
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def _plain_trial_actors() -> bool:
+    """The study server: Tune's trial actors without the runtime_env Tune gives them (ray.tune.execution.class_cache:
+    a few variables it sets or passes on), whose variables go instead into the environment that the local Ray's
+    processes inherit. Ray gives an actor only an idle process started with the same runtime_env as the actor's, and
+    the processes it starts idle for its first driver have none: with Tune's, no trial ever got one (measured here).
+    The trials' environment is the same either way. False where this Ray's Tune has no such cache (a trial then
+    starts a process of its own, as without the server)."""
+    try:
+        import ray
+        from ray.tune.execution import class_cache
+    except ImportError:
+        return False
+    if not hasattr(class_cache, "_ActorClassCache") or not isinstance(getattr(class_cache, "DEFAULT_ENV_VARS", None),
+                                                                      dict):
+        return False
+    trial_runtime_env()  # our variables that Tune passes on (RAY_CHDIR_TO_TRIAL_DIR): set
+    for k, v in class_cache.DEFAULT_ENV_VARS.items():
+        os.environ.setdefault(k, v)
+
+    def get(self, trainable_cls):
+        if trainable_cls not in self._cache:
+            self._cache[trainable_cls] = ray.remote(trainable_cls)
+        return self._cache[trainable_cls]
+
+    class_cache._ActorClassCache.get = get
+    return True
+
+
+def idle_workers() -> Optional[int]:
+    """The worker processes the local Ray holds idle (named ray::IDLE, children of its raylet); None where unknown."""
+    try:
+        from ray._private import worker
+
+        raylet = worker._global_node.all_processes["raylet"][0].process.pid
+        n = 0
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    stat = (proc / "stat").read_text()
+                    ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                    if ppid == raylet and (proc / "cmdline").read_bytes().startswith(b"ray::IDLE"):
+                        n += 1
+                except (OSError, ValueError, IndexError):
+                    pass
+        return n
+    except Exception:  # noqa: BLE001 - Ray's private node handle
+        return None
 
 
 def release_ray() -> None:
@@ -117,7 +179,7 @@ def release_ray() -> None:
         ray.shutdown()
 
 
-def stop_ray() -> None:
+def stop_ray(own: bool = False) -> None:
     """ray.shutdown(), less the second it waits on the local Ray's autoscaler monitor: Ray stops each process it
     started with SIGTERM and waits up to 1 s before SIGKILL, and the monitor takes that whole second (measured here:
     raylet 0.03 s, GCS 0.02 s, monitor 1.02 s of a 1.37 s shutdown). For a local Ray of our own, the monitor has
@@ -125,7 +187,7 @@ def stop_ray() -> None:
     it is missing, the plain shutdown."""
     import ray
 
-    if serving():
+    if serving() and not own:  # the study server's Ray outlives its launches (own: the server stops it)
         return
     try:
         from ray._private import worker

@@ -1,12 +1,14 @@
-"""`aa-study serve`: a study server that keeps a local Ray, Tune and MLflow up between launches.
+"""`aa-study serve`: a study server that keeps a local Ray, Tune, MLflow and warm trial processes up between launches.
 
-A launch on its own (`aa-study run`) pays, before Tune asks for its first trial: its own start (imports, the plan),
-a local Ray's start (4.4 s on the GPU host), the deep checks in a second interpreter that imports torch, and the
-store's opening; and Ray's stop after the last. The server pays them once: it is a Ray driver kept up, with Tune,
-MLflow, torch and Lightning imported, and it runs each launch a client hands it as `driver.launch` with Ray already
-up (`serving()`: the deep checks in a thread, Ray left running). The trials are the same: each still runs in a
-process Ray starts when Tune asks for it, which imports ray.tune, torch and Lightning (Ray gives an actor, as a
-Tune trial is, no process that has run other work, and its own prestart gave none; see `driver.start_local_ray`).
+A launch on its own (`aa-study run`) pays, before its first trial trains: its own start (imports, the plan), a local
+Ray's start (4.4 s on the GPU host), the deep checks in a second interpreter that imports torch, the store's opening,
+and then, once Tune asks for the trial, a new process that imports ray.tune, torch and Lightning (about 14 s there);
+and Ray's stop after the last. The server pays them ahead: it is a Ray driver kept up, with Tune, MLflow, torch and
+Lightning imported, whose Ray starts one idle worker process per CPU that imports what a trial imports before Ray
+may hand it work (`driver.start_local_ray(warm=True)`, pipelines/launch/warm_site). It runs each launch a client
+hands it as `driver.launch` with Ray already up (`serving()`: the deep checks in a thread, Ray left running); Tune
+then gets those processes for the trials. After a launch that used up half of them, Ray is restarted (`refresh`).
+The trial code is the same, and so is its result (tested).
 
 Clients: `aa-study run` / `resume` for the same study folder ($AA_STUDY_HOME, else ./aa-study-runs) hand their launch
 to the server listening for that folder (a Linux abstract socket named after it; peers of another user are
@@ -220,6 +222,21 @@ class Server:
             self.busy.release()
         return rc
 
+    def refresh(self) -> None:
+        """After a launch: where its trials used up half the warm processes Ray started with (one per CPU), a fresh
+        Ray, which starts a full set (5 s here, before the next launch is taken; the processes then warm up in the
+        background)."""
+        import ray
+
+        from . import driver
+
+        idle, cpus = driver.idle_workers(), int(ray.cluster_resources().get("CPU", 1))
+        if idle is None or idle < max(1, cpus // 2):
+            driver.stop_ray(own=True)
+            driver.start_local_ray(warm=True)
+            signal.signal(signal.SIGTERM, _interrupt)  # Ray's start set its own
+            print(f"study server: Ray restarted with {cpus} fresh worker processes ({idle} were left)", flush=True)
+
     def _watch(self, req: _Request) -> None:
         """The client's Ctrl-C (or its end): stop the launch as a Ctrl-C in its own terminal would."""
         with contextlib.suppress(OSError, ValueError), req.conn.makefile("r") as f:
@@ -292,7 +309,7 @@ def _serve(server: Server, sock: socket.socket, t0: float) -> int:
     from . import driver
 
     try:
-        driver.start_local_ray(driver.trial_runtime_env())
+        driver.start_local_ray(warm=True)
         signal.signal(signal.SIGTERM, _interrupt)  # after Ray's start, which sets a handler of its own
         from ray import tune  # noqa: F401  (what a launch imports, imported once)
         import mlflow  # noqa: F401
@@ -310,9 +327,10 @@ def _serve(server: Server, sock: socket.socket, t0: float) -> int:
             except queue.Empty:
                 continue
             server.run(req)
+            server.refresh()
     except KeyboardInterrupt:
         print("study server: stopping", flush=True)
         return 0
     finally:
         _SERVER = None
-        driver.stop_ray()
+        driver.stop_ray(own=True)

@@ -10,6 +10,10 @@ def run_trial(config: Dict[str, Any]) -> None:
 
     timing_stamp("trial process started", process_started())
     timing_stamp("trial function entered")
+    import sys
+
+    if "pipelines.launch.trial_fit" in sys.modules:  # imported ahead (the study server's warm_site)
+        timing_stamp("trial's imports were done ahead")
     from ray import tune
 
     t = config["trial"]

@@ -23,6 +23,17 @@ def _top1(home):
     return run.info.status, run.data.metrics["val_top1"]
 
 
+def _idle_workers(sid: int) -> list:
+    idle = []
+    for pid in _session_processes(sid):
+        try:
+            if open(f"/proc/{pid}/cmdline", "rb").read().startswith(b"ray::IDLE"):
+                idle.append(pid)
+        except OSError:
+            pass
+    return idle
+
+
 def _session_processes(sid: int) -> list:
     out = []
     for proc in os.listdir("/proc"):
@@ -37,7 +48,7 @@ def _session_processes(sid: int) -> list:
 @pytest.mark.slow
 def test_a_served_launch_runs_on_the_servers_ray_with_the_result_of_a_launch_on_its_own(workdir):
     path = small_study(workdir, kappa=[0.5], pos_enc=["relative"], epochs=1)
-    env = dict(os.environ, AA_STUDY_TIMING="1")
+    env = dict(os.environ, AA_STUDY_TIMING="1", RAY_DEDUP_LOGS="0")  # every process's stamps, not one of each kind
     env.pop("MLFLOW_TRACKING_URI", None)
     # a launch on its own, in another study folder
     alone = workdir / "alone"
@@ -59,12 +70,27 @@ def test_a_served_launch_runs_on_the_servers_ray_with_the_result_of_a_launch_on_
         second = subprocess.run(CLI + ["serve"], env=env, capture_output=True, text=True, timeout=60)
         assert second.returncode == 2 and second.stderr.count("\n") == 1
         assert "already running" in second.stderr
+        # the worker processes its Ray started as it started (one per CPU) import a trial's modules, and are named
+        # ray::IDLE once they have registered with Ray, after that
+        while not _idle_workers(server.pid) and time.time() < deadline:
+            time.sleep(0.5)
         p = subprocess.run(CLI + ["run", str(path), "--quiet"], env=env, capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stderr[-3000:]
         assert f"study server (pid {server.pid}) runs this launch" in p.stdout
         assert "done: 1 finished" in p.stdout and "log: " in p.stdout  # the client's terminal got the launch's lines
         (log,) = (home / "logs").glob("*.log")
         text = log.read_text(errors="replace")
+        # (pid, what) -> when; Ray prefixes each forwarded line with its process, e.g. "(run_trial pid=123)"; a
+        # worker's stamps before the launch went to the server's own output
+        stamps = {(m.group(1), m.group(3)): float(m.group(2))
+                  for m in re.finditer(r"pid=(\d+)\)\S* \[aa-study timing\] ([\d.]+) (.*)",
+                                       out.read_text(errors="replace") + text)}
+        (trial_pid,) = {pid for pid, what in stamps if what == "trial function entered"}
+        begun = float(re.search(r"\[aa-study timing\] ([\d.]+) driver: launch begins", text).group(1))
+        # the trial ran in a process that Ray had started before the launch began, and that had imported torch and
+        # Lightning before it was given the trial
+        assert stamps[trial_pid, "trial process started"] < begun, stamps
+        assert (trial_pid, "trial's imports were done ahead") in stamps, stamps
         assert re.search(r"launch phases \(s\): ray start 0\.0\d, .* ray stop 0\.00,", text)  # the server's Ray, kept
         assert _top1(home) == _top1(alone)
 
