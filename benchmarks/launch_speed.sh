@@ -41,6 +41,12 @@ PY
 # torch from a cold page cache (seconds): without it, whichever command runs first is charged for both
 CUDA_VISIBLE_DEVICES=0 python3 -m aa_study.cli train --config "$OUT/cell.yaml" --epochs 1 > /dev/null 2>&1
 export AA_STUDY_TIMING=1  # stamps (cheap lines); the same for the server and its clients, which it checks
+wait_idle() {  # the server's Ray holds one idle, pre-imported worker process per CPU (or a minute has passed)
+  local t0=$SECONDS
+  for _ in $(seq 120); do [ "$(pgrep -c '^ray::IDLE' || true)" -ge "$(nproc)" ] && break; sleep 0.5; done
+  echo "server: $(pgrep -c '^ray::IDLE' || true) idle worker processes after $((SECONDS - t0)) s; on the GPU:" \
+    "$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader | wc -l) processes" | tee -a "$OUT/partial.txt"
+}
 if [ -n "${SERVER_TOO:-}" ]; then
   SERVER_HOME=$(mktemp -d)
   CUDA_VISIBLE_DEVICES=0 AA_STUDY_HOME=$SERVER_HOME python3 -m aa_study.cli serve ${MPS_TOO:+--mps} > "$OUT/serve.log" 2>&1 &
@@ -48,6 +54,7 @@ if [ -n "${SERVER_TOO:-}" ]; then
   trap 'kill -TERM $server_pid 2>/dev/null; wait $server_pid 2>/dev/null' EXIT
   for _ in $(seq 240); do grep -q ready "$OUT/serve.log" && break; sleep 0.5; done
   head -1 "$OUT/serve.log" | tee -a "$OUT/partial.txt"
+  wait_idle
 fi
 served_run() {  # $1: log; the rest: arguments of aa-study run, through the server with a store of its own
   local d; d=$(mktemp -d)

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Issue 18's packing numbers with the study server, in one run on the GPU host (after `source scripts/gpu-host-env.sh`):
+# one cell of the quickstart gpu study as a bare `aa-study train` fit; the study (9 trials sharing GPU 0) with --mps on
+# its own; the same study through `aa-study serve --mps` (its Ray up, one pre-imported worker process per CPU, so no
+# trial pays Ray's start or its own imports); each with the GPU's busy fraction, the ratio to one-at-a-time bare fits,
+# and each trial's top-1 compared between the two launches. Usage: bash benchmarks/server_packing.sh
+set -euo pipefail
+OUT=${OUT:-$(mktemp -d)}
+export AA_STUDY_HOME=$(mktemp -d) CUDA_VISIBLE_DEVICES=0
+now() { date +%s.%N; }
+since() { python3 -c "print(round($(now) - $1, 2))"; }
+sample() { nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -l 1 > "$1" & echo $!; }
+busy() { python3 -c "import sys; v = [float(l) for l in open(sys.argv[1]) if l.strip()]; print(f'{sum(v) / len(v):.1f}')" "$1"; }
+python3 - "$OUT" <<'PY'
+import sys, yaml
+from pipelines.spec import load_study
+t = load_study("studies/quickstart.yaml", "gpu").trials[0]
+yaml.safe_dump(dict(t.config), open(f"{sys.argv[1]}/cell.yaml", "w"))
+PY
+python3 -m aa_study.cli train --config "$OUT/cell.yaml" --epochs 1 > /dev/null 2>&1  # Triton's cache, page cache
+s=$(now); python3 -m aa_study.cli train --config "$OUT/cell.yaml" > "$OUT/train.json" 2>&1; train=$(since $s)
+echo "bare fit $train s" | tee -a "$OUT/partial.txt"
+s=$(now); p=$(sample "$OUT/util-alone.txt")
+python3 -m aa_study.cli run studies/quickstart.yaml --profile gpu --quiet --mps > "$OUT/study-alone.log" 2>&1
+alone=$(since $s); kill $p
+echo "study --mps on its own $alone s, busy $(busy "$OUT/util-alone.txt") %" | tee -a "$OUT/partial.txt"
+python3 -m aa_study.cli serve --mps > "$OUT/serve.log" 2>&1 &
+server=$!; trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null' EXIT
+for _ in $(seq 240); do grep -q ready "$OUT/serve.log" && break; sleep 0.5; done
+for _ in $(seq 120); do [ "$(pgrep -c '^ray::IDLE' || true)" -ge "$(nproc)" ] && break; sleep 0.5; done
+echo "server ready; $(pgrep -c '^ray::IDLE' || true) idle workers; $(nvidia-smi --query-compute-apps=pid --format=csv,noheader | wc -l) processes on the GPU" | tee -a "$OUT/partial.txt"
+s=$(now); p=$(sample "$OUT/util-served.txt")
+python3 -m aa_study.cli run studies/quickstart.yaml --profile gpu --quiet --mps \
+  --tracking-uri "sqlite:///$(mktemp -d)/mlflow.db" > "$OUT/study-served.log" 2>&1
+served=$(since $s); kill $p
+grep -q "runs this launch" "$OUT/study-served.log" || echo "NOT SERVED: $(grep 'study server' "$OUT/study-served.log")"
+echo "study --mps through the server $served s, busy $(busy "$OUT/util-served.txt") %" | tee -a "$OUT/partial.txt"
+same=$(diff <(grep -h "^finished" "$OUT/study-alone.log" | sed 's/ (.*//' | sort) \
+            <(grep -h "^finished" "$OUT/study-served.log" | sed 's/ (.*//' | sort) > /dev/null && echo same || echo DIFFER)
+echo "| | wall | GPU busy | trials/hour against one-at-a-time bare fits ($train s) |"
+echo "|---|---|---|---|"
+echo "| quickstart gpu, --mps, on its own | $alone s | $(busy "$OUT/util-alone.txt") % | $(python3 -c "print(f'{9 * $train / $alone:.2f}')")x |"
+echo "| the same through aa-study serve --mps | $served s | $(busy "$OUT/util-served.txt") % | $(python3 -c "print(f'{9 * $train / $served:.2f}')")x |"
+echo "each trial's top-1: $same"
+grep -h "^finished" "$OUT/study-served.log" | sort
