@@ -43,8 +43,8 @@ CUDA_VISIBLE_DEVICES=0 python3 -m aa_study.cli train --config "$OUT/cell.yaml" -
 export AA_STUDY_TIMING=1  # stamps (cheap lines); the same for the server and its clients, which it checks
 wait_idle() {  # the server's Ray holds one idle, pre-imported worker process per CPU (or a minute has passed)
   local t0=$SECONDS
-  for _ in $(seq 120); do [ "$(pgrep -c '^ray::IDLE' || true)" -ge "$(nproc)" ] && break; sleep 0.5; done
-  echo "server: $(pgrep -c '^ray::IDLE' || true) idle worker processes after $((SECONDS - t0)) s; on the GPU:" \
+  for _ in $(seq 120); do [ "$(pgrep -fc '^ray::IDLE' || true)" -ge "$(nproc)" ] && break; sleep 0.5; done
+  echo "server: $(pgrep -fc '^ray::IDLE' || true) idle worker processes after $((SECONDS - t0)) s; on the GPU:" \
     "$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader | wc -l) processes" | tee -a "$OUT/partial.txt"
 }
 if [ -n "${SERVER_TOO:-}" ]; then

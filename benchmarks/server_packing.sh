@@ -27,8 +27,8 @@ echo "study --mps on its own $alone s, busy $(busy "$OUT/util-alone.txt") %" | t
 python3 -m aa_study.cli serve --mps > "$OUT/serve.log" 2>&1 &
 server=$!; trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null' EXIT
 for _ in $(seq 240); do grep -q ready "$OUT/serve.log" && break; sleep 0.5; done
-for _ in $(seq 120); do [ "$(pgrep -c '^ray::IDLE' || true)" -ge "$(nproc)" ] && break; sleep 0.5; done
-echo "server ready; $(pgrep -c '^ray::IDLE' || true) idle workers; $(nvidia-smi --query-compute-apps=pid --format=csv,noheader | wc -l) processes on the GPU" | tee -a "$OUT/partial.txt"
+for _ in $(seq 120); do [ "$(pgrep -fc '^ray::IDLE' || true)" -ge "$(nproc)" ] && break; sleep 0.5; done
+echo "server ready; $(pgrep -fc '^ray::IDLE' || true) idle workers; $(nvidia-smi --query-compute-apps=pid --format=csv,noheader | wc -l) processes on the GPU" | tee -a "$OUT/partial.txt"
 s=$(now); p=$(sample "$OUT/util-served.txt")
 python3 -m aa_study.cli run studies/quickstart.yaml --profile gpu --quiet --mps \
   --tracking-uri "sqlite:///$(mktemp -d)/mlflow.db" > "$OUT/study-served.log" 2>&1
