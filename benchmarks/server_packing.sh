@@ -3,7 +3,8 @@
 # one cell of the quickstart gpu study as a bare `aa-study train` fit; the study (9 trials sharing GPU 0) with --mps on
 # its own; the same study through `aa-study serve --mps` (its Ray up, one pre-imported worker process per CPU, so no
 # trial pays Ray's start or its own imports); each with the GPU's busy fraction, the ratio to one-at-a-time bare fits,
-# and each trial's top-1 compared between the two launches. Usage: bash benchmarks/server_packing.sh
+# and each trial's top-1 compared between the two launches. Usage: [COMPILE=MODE] bash benchmarks/server_packing.sh
+# (COMPILE: the study's and the bare fit's `compile`, e.g. reduce-overhead; a one-epoch fit fills its on-disk cache)
 set -euo pipefail
 OUT=${OUT:-$(mktemp -d)}
 export AA_STUDY_HOME=$(mktemp -d) CUDA_VISIBLE_DEVICES=0
@@ -11,17 +12,24 @@ now() { date +%s.%N; }
 since() { python3 -c "print(round($(now) - $1, 2))"; }
 sample() { nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -l 1 > "$1" & echo $!; }
 busy() { python3 -c "import sys; v = [float(l) for l in open(sys.argv[1]) if l.strip()]; print(f'{sum(v) / len(v):.1f}')" "$1"; }
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" "${COMPILE:-}" <<'PY'
 import sys, yaml
 from pipelines.spec import load_study
-t = load_study("studies/quickstart.yaml", "gpu").trials[0]
-yaml.safe_dump(dict(t.config), open(f"{sys.argv[1]}/cell.yaml", "w"))
+out, mode = sys.argv[1], sys.argv[2]
+spec = yaml.safe_load(open("studies/quickstart.yaml"))
+if mode:
+    spec["name"] = "quickstart-compiled"
+    spec["profiles"]["gpu"]["train"]["compile"] = mode
+yaml.safe_dump(spec, open(f"{out}/study.yaml", "w"))
+trials = load_study(f"{out}/study.yaml", "gpu").trials
+t = next(t for t in trials if t.config["kappa"] == 0.5 and t.config["pos_enc"] == "relative" and t.seed == 0)
+yaml.safe_dump(dict(t.config), open(f"{out}/cell.yaml", "w"))
 PY
 python3 -m aa_study.cli train --config "$OUT/cell.yaml" --epochs 1 > /dev/null 2>&1  # Triton's cache, page cache
-s=$(now); python3 -m aa_study.cli train --config "$OUT/cell.yaml" > "$OUT/train.json" 2>&1; train=$(since $s)
-echo "bare fit $train s" | tee -a "$OUT/partial.txt"
+s=$(now); python3 -m aa_study.cli train --config "$OUT/cell.yaml" > "$OUT/train.json" 2> "$OUT/train.err"; train=$(since $s)
+echo "bare fit $train s, val_top1 $(python3 -c "import json; print(json.load(open('$OUT/train.json'))['val_top1'])")" | tee -a "$OUT/partial.txt"
 s=$(now); p=$(sample "$OUT/util-alone.txt")
-python3 -m aa_study.cli run studies/quickstart.yaml --profile gpu --quiet --mps > "$OUT/study-alone.log" 2>&1
+python3 -m aa_study.cli run "$OUT/study.yaml" --profile gpu --quiet --mps > "$OUT/study-alone.log" 2>&1
 alone=$(since $s); kill $p
 echo "study --mps on its own $alone s, busy $(busy "$OUT/util-alone.txt") %" | tee -a "$OUT/partial.txt"
 python3 -m aa_study.cli serve --mps > "$OUT/serve.log" 2>&1 &
@@ -30,7 +38,7 @@ for _ in $(seq 240); do grep -q ready "$OUT/serve.log" && break; sleep 0.5; done
 for _ in $(seq 120); do [ "$(pgrep -fc '^ray::IDLE' || true)" -ge "$(nproc)" ] && break; sleep 0.5; done
 echo "server ready; $(pgrep -fc '^ray::IDLE' || true) idle workers; $(nvidia-smi --query-compute-apps=pid --format=csv,noheader | wc -l) processes on the GPU" | tee -a "$OUT/partial.txt"
 s=$(now); p=$(sample "$OUT/util-served.txt")
-python3 -m aa_study.cli run studies/quickstart.yaml --profile gpu --quiet --mps \
+python3 -m aa_study.cli run "$OUT/study.yaml" --profile gpu --quiet --mps \
   --tracking-uri "sqlite:///$(mktemp -d)/mlflow.db" > "$OUT/study-served.log" 2>&1
 served=$(since $s); kill $p
 grep -q "runs this launch" "$OUT/study-served.log" || echo "NOT SERVED: $(grep 'study server' "$OUT/study-served.log")"
@@ -39,7 +47,7 @@ same=$(diff <(grep -h "^finished" "$OUT/study-alone.log" | sed 's/ (.*//' | sort
             <(grep -h "^finished" "$OUT/study-served.log" | sed 's/ (.*//' | sort) > /dev/null && echo same || echo DIFFER)
 echo "| | wall | GPU busy | trials/hour against one-at-a-time bare fits ($train s) |"
 echo "|---|---|---|---|"
-echo "| quickstart gpu, --mps, on its own | $alone s | $(busy "$OUT/util-alone.txt") % | $(python3 -c "print(f'{9 * $train / $alone:.2f}')")x |"
+echo "| quickstart gpu${COMPILE:+ (compile: $COMPILE)}, --mps, on its own | $alone s | $(busy "$OUT/util-alone.txt") % | $(python3 -c "print(f'{9 * $train / $alone:.2f}')")x |"
 echo "| the same through aa-study serve --mps | $served s | $(busy "$OUT/util-served.txt") % | $(python3 -c "print(f'{9 * $train / $served:.2f}')")x |"
 echo "each trial's top-1: $same"
 grep -h "^finished" "$OUT/study-served.log" | sort
