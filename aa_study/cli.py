@@ -357,7 +357,7 @@ def main(argv=None) -> int:
         from pipelines.launch.server import serve
         from pipelines.tracking import default_home
 
-        return serve(default_home(), a.mps)
+        return serve(default_home(), main, a.mps)
     if a.command == "make-data":
         from pipelines.data.coco import make_synthetic_coco
         from pipelines.data import DataError

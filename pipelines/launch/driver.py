@@ -33,10 +33,18 @@ from typing import Any, Dict, List, Optional
 from ..settings import CUDA_GRAPH_MODES, process_started, timing_stamp
 from ..spec import SpecError, Study, load_study
 from .outcome import Background, LaunchError, LaunchResult, one_line  # noqa: F401  (LaunchError: the cli's)
-from .server import TRIAL_ENV, serving
 from .resources import Mps, _check_fits, check_local_resources, concurrent_trials, gpu_share
 from ..tracking import (Tracker, check_tracking_uri, default_home, open_reader, redact, resolve_tracking_uri,
                        ui_url)
+
+
+TRIAL_ENV = ("AA_STUDY_FAULT", "AA_STUDY_TIMING")  # the variables that travel from the driver to the trials
+_SERVED = False  # set by the study server (pipelines/launch/server.py) in its own process
+
+
+def serving() -> bool:
+    """Whether this process is the study server: Ray is up for good, the deep checks run in a thread."""
+    return _SERVED
 
 
 # ------------------------------------------------------------------------------------------- launch

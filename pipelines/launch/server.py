@@ -37,13 +37,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
-TRIAL_ENV = ("AA_STUDY_FAULT", "AA_STUDY_TIMING")  # what `driver.init_ray` gives the trials (Ray's runtime_env)
-SAME_ENV = TRIAL_ENV + ("CUDA_VISIBLE_DEVICES",)  # must match between client and server
+from . import driver
+
+SAME_ENV = driver.TRIAL_ENV + ("CUDA_VISIBLE_DEVICES",)  # must match between client and server
 PASSED_ENV = ("MLFLOW_TRACKING_URI",)  # the client's, set in the server for its launch
 PACKAGES = ("aa_modules", "aa_study", "pipelines", "reports")
-_SERVER = None  # the server object in the server's process (driver.serving)
+serving = driver.serving  # whether this process is the study server
 
 
 def address(home: Path) -> str:
@@ -121,8 +122,11 @@ class _Request:
 
 
 class Server:
-    def __init__(self, home: Path, mps: bool = False):
-        self.home, self.mps = Path(home).resolve(), mps
+    """command: what runs a client's arguments and returns the exit code (the CLI's main, which hands it over: the
+    launch layer does not import the CLI)."""
+
+    def __init__(self, home: Path, mps: bool = False, command: Optional[Callable[[List[str]], int]] = None):
+        self.home, self.mps, self.command = Path(home).resolve(), mps, command
         self.cwd = os.getcwd()
         self.same = _env(SAME_ENV)
         self.code = code_fingerprint()
@@ -181,8 +185,7 @@ class Server:
 
     # the main thread
     def run(self, req: _Request) -> int:
-        from aa_study.cli import main
-
+        main = self.command
         self.running, self.interrupted = req, False
         threading.Thread(target=self._watch, args=(req,), daemon=True).start()
         saved_env = {k: os.environ.get(k) for k in PASSED_ENV}
@@ -228,8 +231,6 @@ class Server:
         background)."""
         import ray
 
-        from . import driver
-
         idle, cpus = driver.idle_workers(), int(ray.cluster_resources().get("CPU", 1))
         if idle is None or idle < max(1, cpus // 2):
             driver.stop_ray(own=True)
@@ -265,12 +266,7 @@ def _interrupt(*_):
     raise KeyboardInterrupt
 
 
-def serving() -> bool:
-    """Whether this process is the study server (`driver` then keeps Ray up and checks in a thread)."""
-    return _SERVER is not None
-
-
-def serve(home: Path, mps: bool = False) -> int:
+def serve(home: Path, command: Callable[[List[str]], int], mps: bool = False) -> int:
     """`aa-study serve`: until Ctrl-C or SIGTERM. Exit 2, in one line, where it cannot serve. mps: an NVIDIA MPS
     daemon for the server's Ray (`resources.Mps`), for every launch it runs, with or without --mps."""
     if not sys.platform.startswith("linux"):
@@ -289,7 +285,7 @@ def serve(home: Path, mps: bool = False) -> int:
     from .outcome import LaunchError
     from .resources import Mps
 
-    server = Server(home, mps)
+    server = Server(home, mps, command)
     try:
         daemon = Mps(None, None) if mps else None
     except LaunchError as e:
@@ -305,9 +301,6 @@ def serve(home: Path, mps: bool = False) -> int:
 
 
 def _serve(server: Server, sock: socket.socket, t0: float) -> int:
-    global _SERVER
-    from . import driver
-
     try:
         driver.start_local_ray(warm=True)
         signal.signal(signal.SIGTERM, _interrupt)  # after Ray's start, which sets a handler of its own
@@ -315,7 +308,7 @@ def _serve(server: Server, sock: socket.socket, t0: float) -> int:
         import mlflow  # noqa: F401
         from ..training import checks  # noqa: F401  (torch, Lightning: the deep checks run in this process)
 
-        _SERVER = server
+        driver._SERVED = True
         sock.listen(8)
         threading.Thread(target=server.accept, args=(sock,), daemon=True, name="aa-study-accept").start()
         print(f"study server (pid {os.getpid()}) ready in {time.time() - t0:.1f} s for launches from {server.cwd} "
@@ -332,5 +325,5 @@ def _serve(server: Server, sock: socket.socket, t0: float) -> int:
         print("study server: stopping", flush=True)
         return 0
     finally:
-        _SERVER = None
+        driver._SERVED = False
         driver.stop_ray(own=True)

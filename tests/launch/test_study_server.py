@@ -94,6 +94,21 @@ def test_a_served_launch_runs_on_the_servers_ray_with_the_result_of_a_launch_on_
         assert re.search(r"launch phases \(s\): ray start 0\.0\d, .* ray stop 0\.00,", text)  # the server's Ray, kept
         assert _top1(home) == _top1(alone)
 
+        # Ctrl-C in the client stops the launch it handed over, as it stops its own; the server stays up
+        (workdir / "longer").mkdir()
+        longer = small_study(workdir / "longer", kappa=[0.5], pos_enc=["relative"], epochs=60)
+        before = set((home / "logs").glob("*.log"))
+        c = subprocess.Popen(CLI + ["run", str(longer), "--quiet"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        limit = time.time() + 300
+        while time.time() < limit and not any("fit entered" in f.read_text(errors="replace")
+                                              for f in set((home / "logs").glob("*.log")) - before):
+            time.sleep(0.5)
+        c.send_signal(signal.SIGINT)
+        stdout, _ = c.communicate(timeout=120)
+        assert c.returncode == 1 and "done: 0 finished, 0 failed, 1 killed" in stdout, stdout[-2000:]
+        assert server.poll() is None
+
         # a relaunch with other trial variables: the client runs it itself, saying why (nothing left to run)
         p = subprocess.run(CLI + ["run", str(path), "--quiet"], env=dict(env, AA_STUDY_TIMING="0"),
                            capture_output=True, text=True, timeout=120)
