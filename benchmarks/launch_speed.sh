@@ -53,7 +53,7 @@ if [ -n "${SERVER_TOO:-}" ]; then
   server_pid=$!
   trap 'kill -TERM $server_pid 2>/dev/null; wait $server_pid 2>/dev/null' EXIT
   for _ in $(seq 240); do grep -q ready "$OUT/serve.log" && break; sleep 0.5; done
-  head -1 "$OUT/serve.log" | tee -a "$OUT/partial.txt"
+  grep -m1 "ready" "$OUT/serve.log" | tee -a "$OUT/partial.txt"
   wait_idle
 fi
 served_run() {  # $1: log; the rest: arguments of aa-study run, through the server with a store of its own
