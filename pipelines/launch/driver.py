@@ -15,6 +15,9 @@ Order of a launch (`aa-study run` / `resume`), so that a mistake is named before
      the store if they come before it is open;
   5. Ray stops; the log's last line gives each phase's seconds.
 
+With a study server (`aa-study serve`, pipelines/launch/server.py) the same steps run in the server's process, where
+Ray is up already and stays up (`serving()`), and the deep checks run in a thread.
+
 Resume does not call `Tuner.restore`: MLflow is the record of what finished, and each trial's last
 checkpoint path is a tag on its run, so any launch continues any unfinished trial from where it stopped,
 whichever launch (or machine) started it. Inside one launch, Tune's own retries (max_failures) resume
