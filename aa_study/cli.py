@@ -123,7 +123,8 @@ def _launch(a, resume: bool) -> int:
         return 0
     if a.rate is not None:
         return _fail(cmd, "--rate goes with --dry-run")
-    from pipelines.launch.server import delegate, serving
+    from pipelines.launch.driver import serving
+    from pipelines.launch.server import delegate
 
     if not (serving() or a.address or os.environ.get("RAY_ADDRESS")):  # a study server's launch, if one runs
         from pipelines.tracking import default_home

@@ -69,7 +69,7 @@ def check_deep(study: Study) -> None:
     deep_checks(study)
 
 
-def init_ray(address: Optional[str], study: Study, pending: int = 1):
+def init_ray(address: Optional[str], study: Study):
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -383,7 +383,7 @@ def _launch_trials(study, uri, exp_id, the_plan, result, storage, address, comma
     checks = _Checks(study, t0)
     Background(_import_late, name="aa-study-imports")
     try:
-        init_ray(address, study, len(the_plan.pending))
+        init_ray(address, study)
         phases["ray start"] = time.time() - t0
         timing_stamp("driver: ray up")
         if checks.done():

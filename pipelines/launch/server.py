@@ -44,7 +44,6 @@ from . import driver
 SAME_ENV = driver.TRIAL_ENV + ("CUDA_VISIBLE_DEVICES",)  # must match between client and server
 PASSED_ENV = ("MLFLOW_TRACKING_URI",)  # the client's, set in the server for its launch
 PACKAGES = ("aa_modules", "aa_study", "pipelines", "reports")
-serving = driver.serving  # whether this process is the study server
 
 
 def address(home: Path) -> str:
@@ -234,8 +233,7 @@ class Server:
         idle, cpus = driver.idle_workers(), int(ray.cluster_resources().get("CPU", 1))
         if idle is None or idle < max(1, cpus // 2):
             driver.stop_ray(own=True)
-            driver.start_local_ray(warm=True)
-            signal.signal(signal.SIGTERM, _interrupt)  # Ray's start set its own
+            _start_ray()
             print(f"study server: Ray restarted with {cpus} fresh worker processes ({idle} were left)", flush=True)
 
     def _watch(self, req: _Request) -> None:
@@ -264,6 +262,13 @@ def _terminal(fds: List[int]):
 
 def _interrupt(*_):
     raise KeyboardInterrupt
+
+
+def _start_ray() -> None:
+    """The server's Ray, warm (`driver.start_local_ray`), and SIGTERM as Ctrl-C: after Ray's start, which sets a
+    handler of its own."""
+    driver.start_local_ray(warm=True)
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def serve(home: Path, command: Callable[[List[str]], int], mps: bool = False) -> int:
@@ -302,8 +307,7 @@ def serve(home: Path, command: Callable[[List[str]], int], mps: bool = False) ->
 
 def _serve(server: Server, sock: socket.socket, t0: float) -> int:
     try:
-        driver.start_local_ray(warm=True)
-        signal.signal(signal.SIGTERM, _interrupt)  # after Ray's start, which sets a handler of its own
+        _start_ray()
         from ray import tune  # noqa: F401  (what a launch imports, imported once)
         import mlflow  # noqa: F401
         from ..training import checks  # noqa: F401  (torch, Lightning: the deep checks run in this process)
