@@ -22,16 +22,15 @@ t = next(t for t in trials if t.config["kappa"] == 0.5 and t.config["pos_enc"] =
 yaml.safe_dump(dict(t.config), open(f"{out}/cell.yaml", "w"))
 open(f"{out}/trials.txt", "w").write(str(len(trials)))
 PY
-now() { date +%s.%N; }
-since() { python3 -c "print(round($(now) - $1, 2))"; }
+source "$(dirname "$0")/gpu_sampling.sh"
 CUDA_VISIBLE_DEVICES=0 python3 -m aa_study.cli train --config "$OUT/cell.yaml" --epochs 1 > /dev/null 2>&1
 s=$(now); CUDA_VISIBLE_DEVICES=0 python3 -m aa_study.cli train --config "$OUT/cell.yaml" > "$OUT/bare.json" 2> "$OUT/bare.err"
 bare=$(since $s)
 echo "bare fit: $bare s, val_top1 $(python3 -c "import json,sys; print(json.load(open('$OUT/bare.json'))['val_top1'])")"
-nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -l 1 > "$OUT/util.txt" & p=$!
+p=$(sample "$OUT/util.txt")
 s=$(now); CUDA_VISIBLE_DEVICES=0 python3 -m aa_study.cli run "$OUT/compiled.yaml" --profile gpu --quiet "$@" > "$OUT/study.log" 2>&1
 study=$(since $s); kill $p
-busy=$(python3 -c "v=[float(x) for x in open('$OUT/util.txt') if x.strip()]; print(round(sum(v)/len(v), 1))")
+busy=$(busy "$OUT/util.txt" 1)
 grep "^finished\|^aa_resnet18\|^cell" "$OUT/study.log" || true
 n=$(cat "$OUT/trials.txt")
 python3 -c "print(f'study ($n trials, $*): $study s, GPU busy $busy %; {$n * $bare / $study:.2f}x the trials per hour of one-at-a-time bare fits')"

@@ -12,18 +12,7 @@ set -euo pipefail
 OUT=${OUT:-$(mktemp -d)}
 export AA_STUDY_HOME=$(mktemp -d)
 GPUS=$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)
-now() { date +%s.%N; }
-since() { python3 -c "print(round($(now) - $1, 2))"; }
-sample() { nvidia-smi --query-gpu=index,utilization.gpu --format=csv,noheader,nounits -l 1 > "$1" & echo $!; }
-busy() { python3 - "$1" "${2:-0}" <<'PY'
-import sys, collections
-v = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    i, u = line.split(",")
-    v[int(i)].append(float(u))
-print(" / ".join(f"{sum(x) / len(x):.1f}" for i, x in sorted(v.items()) if i < max(1, int(sys.argv[2])) or int(sys.argv[2]) == 0))
-PY
-}
+source "$(dirname "$0")/gpu_sampling.sh"
 python3 - "$OUT" <<'PY'
 import sys, yaml
 out = sys.argv[1]
@@ -41,20 +30,15 @@ PY
 # torch from a cold page cache (seconds): without it, whichever command runs first is charged for both
 CUDA_VISIBLE_DEVICES=0 python3 -m aa_study.cli train --config "$OUT/cell.yaml" --epochs 1 > /dev/null 2>&1
 export AA_STUDY_TIMING=1  # stamps (cheap lines); the same for the server and its clients, which it checks
-wait_idle() {  # the server's Ray holds one idle, pre-imported worker process per CPU (or a minute has passed)
-  local t0=$SECONDS
-  for _ in $(seq 120); do [ "$(pgrep -fc '^ray::IDLE' || true)" -ge "$(nproc)" ] && break; sleep 0.5; done
-  echo "server: $(pgrep -fc '^ray::IDLE' || true) idle worker processes after $((SECONDS - t0)) s; on the GPU:" \
-    "$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader | wc -l) processes" | tee -a "$OUT/partial.txt"
-}
 if [ -n "${SERVER_TOO:-}" ]; then
   SERVER_HOME=$(mktemp -d)
   CUDA_VISIBLE_DEVICES=0 AA_STUDY_HOME=$SERVER_HOME python3 -m aa_study.cli serve ${MPS_TOO:+--mps} > "$OUT/serve.log" 2>&1 &
   server_pid=$!
   trap 'kill -TERM $server_pid 2>/dev/null; wait $server_pid 2>/dev/null' EXIT
-  for _ in $(seq 240); do grep -q ready "$OUT/serve.log" && break; sleep 0.5; done
+  t0=$SECONDS; wait_served "$OUT/serve.log"
   grep -m1 "ready" "$OUT/serve.log" | tee -a "$OUT/partial.txt"
-  wait_idle
+  echo "server: $(pgrep -fc '^ray::IDLE' || true) idle worker processes after $((SECONDS - t0)) s; on the GPU:" \
+    "$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader | wc -l) processes" | tee -a "$OUT/partial.txt"
 fi
 served_run() {  # $1: log; the rest: arguments of aa-study run, through the server with a store of its own
   local d; d=$(mktemp -d)

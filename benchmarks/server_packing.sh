@@ -8,10 +8,7 @@
 set -euo pipefail
 OUT=${OUT:-$(mktemp -d)}
 export AA_STUDY_HOME=$(mktemp -d) CUDA_VISIBLE_DEVICES=0
-now() { date +%s.%N; }
-since() { python3 -c "print(round($(now) - $1, 2))"; }
-sample() { nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -l 1 > "$1" & echo $!; }
-busy() { python3 -c "import sys; v = [float(l) for l in open(sys.argv[1]) if l.strip()]; print(f'{sum(v) / len(v):.1f}')" "$1"; }
+source "$(dirname "$0")/gpu_sampling.sh"
 python3 - "$OUT" "${COMPILE:-}" <<'PY'
 import sys, yaml
 from pipelines.spec import load_study
@@ -31,23 +28,22 @@ echo "bare fit $train s, val_top1 $(python3 -c "import json; print(json.load(ope
 s=$(now); p=$(sample "$OUT/util-alone.txt")
 python3 -m aa_study.cli run "$OUT/study.yaml" --profile gpu --quiet --mps > "$OUT/study-alone.log" 2>&1
 alone=$(since $s); kill $p
-echo "study --mps on its own $alone s, busy $(busy "$OUT/util-alone.txt") %" | tee -a "$OUT/partial.txt"
+echo "study --mps on its own $alone s, busy $(busy "$OUT/util-alone.txt" 1) %" | tee -a "$OUT/partial.txt"
 python3 -m aa_study.cli serve --mps > "$OUT/serve.log" 2>&1 &
 server=$!; trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null' EXIT
-for _ in $(seq 240); do grep -q ready "$OUT/serve.log" && break; sleep 0.5; done
-for _ in $(seq 120); do [ "$(pgrep -fc '^ray::IDLE' || true)" -ge "$(nproc)" ] && break; sleep 0.5; done
+wait_served "$OUT/serve.log"
 echo "server ready; $(pgrep -fc '^ray::IDLE' || true) idle workers; $(nvidia-smi --query-compute-apps=pid --format=csv,noheader | wc -l) processes on the GPU" | tee -a "$OUT/partial.txt"
 s=$(now); p=$(sample "$OUT/util-served.txt")
 python3 -m aa_study.cli run "$OUT/study.yaml" --profile gpu --quiet --mps \
   --tracking-uri "sqlite:///$(mktemp -d)/mlflow.db" > "$OUT/study-served.log" 2>&1
 served=$(since $s); kill $p
 grep -q "runs this launch" "$OUT/study-served.log" || echo "NOT SERVED: $(grep 'study server' "$OUT/study-served.log")"
-echo "study --mps through the server $served s, busy $(busy "$OUT/util-served.txt") %" | tee -a "$OUT/partial.txt"
+echo "study --mps through the server $served s, busy $(busy "$OUT/util-served.txt" 1) %" | tee -a "$OUT/partial.txt"
 same=$(diff <(grep -h "^finished" "$OUT/study-alone.log" | sed 's/ (.*//' | sort) \
             <(grep -h "^finished" "$OUT/study-served.log" | sed 's/ (.*//' | sort) > /dev/null && echo same || echo DIFFER)
 echo "| | wall | GPU busy | trials/hour against one-at-a-time bare fits ($train s) |"
 echo "|---|---|---|---|"
-echo "| quickstart gpu${COMPILE:+ (compile: $COMPILE)}, --mps, on its own | $alone s | $(busy "$OUT/util-alone.txt") % | $(python3 -c "print(f'{9 * $train / $alone:.2f}')")x |"
-echo "| the same through aa-study serve --mps | $served s | $(busy "$OUT/util-served.txt") % | $(python3 -c "print(f'{9 * $train / $served:.2f}')")x |"
+echo "| quickstart gpu${COMPILE:+ (compile: $COMPILE)}, --mps, on its own | $alone s | $(busy "$OUT/util-alone.txt" 1) % | $(python3 -c "print(f'{9 * $train / $alone:.2f}')")x |"
+echo "| the same through aa-study serve --mps | $served s | $(busy "$OUT/util-served.txt" 1) % | $(python3 -c "print(f'{9 * $train / $served:.2f}')")x |"
 echo "each trial's top-1: $same"
 grep -h "^finished" "$OUT/study-served.log" | sort

@@ -5,17 +5,7 @@
 # compared. Usage: bash benchmarks/server_two_gpus.sh
 set -euo pipefail
 OUT=${OUT:-$(mktemp -d)}
-now() { date +%s.%N; }
-since() { python3 -c "print(round($(now) - $1, 2))"; }
-busy() { python3 - "$1" <<'PY'
-import sys, collections
-v = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    i, u = line.split(",")
-    v[int(i)].append(float(u))
-print(" / ".join(f"{sum(x) / len(x):.1f}" for i, x in sorted(v.items())))
-PY
-}
+source "$(dirname "$0")/gpu_sampling.sh"
 CUDA_VISIBLE_DEVICES=0 python3 -m aa_study.cli train --config <(python3 -c "
 import yaml; from pipelines.spec import load_study
 print(yaml.safe_dump(dict([t for t in load_study('studies/quickstart.yaml', 'gpu').trials
@@ -24,9 +14,8 @@ for gpus in 0 0,1; do
   export CUDA_VISIBLE_DEVICES=$gpus AA_STUDY_HOME=$(mktemp -d)
   python3 -m aa_study.cli serve --mps > "$OUT/serve-$gpus.log" 2>&1 &
   server=$!
-  for _ in $(seq 240); do grep -q ready "$OUT/serve-$gpus.log" && break; sleep 0.5; done
-  for _ in $(seq 120); do [ "$(pgrep -fc '^ray::IDLE' || true)" -ge "$(nproc)" ] && break; sleep 0.5; done
-  nvidia-smi --query-gpu=index,utilization.gpu --format=csv,noheader,nounits -l 1 > "$OUT/util-$gpus.txt" & p=$!
+  wait_served "$OUT/serve-$gpus.log"
+  p=$(sample "$OUT/util-$gpus.txt")
   s=$(now); python3 -m aa_study.cli run studies/quickstart.yaml --profile gpu --quiet --mps > "$OUT/study-$gpus.log" 2>&1
   wall=$(since $s); kill $p; kill -TERM $server; wait $server || true
   grep -q "runs this launch" "$OUT/study-$gpus.log" || echo "NOT SERVED: $(grep 'study server' "$OUT/study-$gpus.log")"
