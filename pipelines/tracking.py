@@ -267,6 +267,40 @@ def _create_sqlite_store(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+_OPENED: Dict[str, tuple] = {}  # sqlite URI -> (device, inode) of the file this process's MLflow opened
+
+
+def _file_id(path: Path) -> Optional[tuple]:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _forget_replaced_store(uri: str, path: Path) -> None:
+    """MLflow keeps one store and one SQLAlchemy engine per URI for its process's life, and the engine's pooled
+    connections keep the file they opened. In a process that lives across launches (`aa-study serve`), a store
+    deleted or replaced since it was opened would be written through them ("attempt to write a readonly
+    database", the runs lost with the deleted file): drop them, so that the next client opens the file anew.
+    MLflow's caches are private (mlflow 3: the store registry's lru_cache, SqlAlchemyStore._engine_map); where
+    they are not found, nothing is dropped."""
+    if _OPENED.get(uri) in (None, _file_id(path)):
+        return
+    _OPENED.pop(uri, None)
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        from mlflow.tracking._tracking_service import utils
+
+        type(utils._tracking_store_registry)._get_store_with_resolved_uri.cache_clear()
+        with SqlAlchemyStore._engine_map_lock:
+            engine = SqlAlchemyStore._engine_map.pop(uri, None)
+        if engine is not None:
+            engine.dispose()
+    except (ImportError, AttributeError):
+        pass
+
+
 class Tracker:
     """The driver's handle on one study's experiment."""
 
@@ -278,8 +312,10 @@ class Tracker:
         path = sqlite_path(uri)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+            _forget_replaced_store(uri, path)
             if not path.exists():
                 _create_sqlite_store(path)
+            _OPENED[uri] = _file_id(path)
         self.artifact_root = artifact_root or (path.parent / "artifacts" if path is not None else None)
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(tracking_uri=uri)

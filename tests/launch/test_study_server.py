@@ -166,3 +166,28 @@ def test_serve_refuses_in_one_line_what_it_cannot_do(workdir):
     if shutil.which("nvidia-cuda-mps-control") is None:
         p = subprocess.run(CLI + ["serve", "--mps"], capture_output=True, text=True, timeout=60)
         assert p.returncode == 2 and p.stderr.count("\n") == 1 and "nvidia-cuda-mps-control is not on PATH" in p.stderr
+
+
+def test_a_store_deleted_or_replaced_under_a_long_lived_process_is_opened_anew(tmp_path):
+    """The server's process outlives the stores it opens: MLflow's cached store and engine for a deleted sqlite file
+    would write into the deleted file ("attempt to write a readonly database"); a replaced one, into the old file."""
+    from pipelines.tracking import Tracker, _create_sqlite_store
+
+    path = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{path}"
+    first = Tracker(uri)
+    exp = first.experiment_id("before", create=True)
+    first.client.create_run(exp)
+    path.unlink()  # `rm -rf aa-study-runs` while the server runs
+    again = Tracker(uri)
+    assert again.experiment_id("before") is None  # the new, empty store, not the cached view of the deleted one
+    exp = again.experiment_id("after", create=True)
+    run = again.client.create_run(exp)
+    again.client.set_terminated(run.info.run_id)
+    other = tmp_path / "other.db"  # another store moved into place (a backup restored)
+    _create_sqlite_store(other)
+    other.replace(path)
+    third = Tracker(uri)
+    assert third.experiment_id("after") is None
+    third.client.create_run(third.experiment_id("restored", create=True))
+    assert [e.name for e in third.client.search_experiments()] == ["restored", "Default"]
