@@ -105,14 +105,15 @@ def trial_runtime_env() -> Optional[dict]:
     return {"env_vars": env} if env else None
 
 
-def start_local_ray(runtime_env: Optional[dict] = None, warm: bool = False) -> None:
+def start_local_ray(runtime_env: Optional[dict] = None, warm: bool = False) -> bool:
     """A local Ray, dashboard off. warm (the study server): every Python process of this Ray starts with
     `warm_site` first on its path, whose sitecustomize has Ray's worker processes import what a trial imports before
     they register (AA_STUDY_WARM_WORKERS=1), and Ray starts one idle worker per CPU for its first driver (the
     server), so Tune hands trials processes that have torch and Lightning loaded. The trials' variables
     (AA_STUDY_FAULT*, AA_STUDY_TIMING) then travel in the environment Ray's processes inherit, not in a
     runtime_env: Ray prestarts workers only for a job without one. A launch on its own prestarts none: they would
-    start as Tune asks for its trials anyway, and compete with them for the cores."""
+    start as Tune asks for its trials anyway, and compete with them for the cores. Returns whether Tune's trials can
+    get those processes (`_plain_trial_actors`); False without warm."""
     import ray
 
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "AA_STUDY_WARM_WORKERS")}
@@ -121,7 +122,7 @@ def start_local_ray(runtime_env: Optional[dict] = None, warm: bool = False) -> N
         os.environ["PYTHONPATH"] = os.pathsep.join([site] + ([saved["PYTHONPATH"]] if saved["PYTHONPATH"] else []))
         os.environ["AA_STUDY_WARM_WORKERS"] = "1"
         runtime_env = None
-        _plain_trial_actors()
+        plain = _plain_trial_actors()
     # Ray's notice that token authentication is on, at every start of a local Ray: it would be the one line on
     # stderr beside a deep check's error
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
@@ -131,6 +132,7 @@ def start_local_ray(runtime_env: Optional[dict] = None, warm: bool = False) -> N
     finally:  # Ray's processes have inherited them; the driver's own children (the MPS watchdog, ...) do not
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    return warm and plain
 
 
 def _plain_trial_actors() -> bool:

@@ -264,11 +264,12 @@ def _interrupt(*_):
     raise KeyboardInterrupt
 
 
-def _start_ray() -> None:
+def _start_ray() -> bool:
     """The server's Ray, warm (`driver.start_local_ray`), and SIGTERM as Ctrl-C: after Ray's start, which sets a
-    handler of its own."""
-    driver.start_local_ray(warm=True)
+    handler of its own. Whether Tune's trials can get the pre-imported processes."""
+    warm = driver.start_local_ray(warm=True)
     signal.signal(signal.SIGTERM, _interrupt)
+    return warm
 
 
 def serve(home: Path, command: Callable[[List[str]], int], mps: bool = False) -> int:
@@ -307,7 +308,7 @@ def serve(home: Path, command: Callable[[List[str]], int], mps: bool = False) ->
 
 def _serve(server: Server, sock: socket.socket, t0: float) -> int:
     try:
-        _start_ray()
+        warm = _start_ray()
         from ray import tune  # noqa: F401  (what a launch imports, imported once)
         import mlflow  # noqa: F401
         from ..training import checks  # noqa: F401  (torch, Lightning: the deep checks run in this process)
@@ -318,6 +319,9 @@ def _serve(server: Server, sock: socket.socket, t0: float) -> int:
         print(f"study server (pid {os.getpid()}) ready in {time.time() - t0:.1f} s for launches from {server.cwd} "
               f"with the study folder {server.home}: `aa-study run` hands its launches here. Ctrl-C stops it.",
               flush=True)
+        if not warm:  # the launches still run here, without Ray's start; their trials import on their own
+            print("study server: this Ray's Tune has no actor-class cache to replace (ray.tune.execution.class_cache):"
+                  " its trials start in processes of their own, not the pre-imported ones", flush=True)
         while True:
             try:
                 req = server.requests.get(timeout=0.5)

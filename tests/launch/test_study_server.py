@@ -191,3 +191,29 @@ def test_a_store_deleted_or_replaced_under_a_long_lived_process_is_opened_anew(t
     assert third.experiment_id("after") is None
     third.client.create_run(third.experiment_id("restored", create=True))
     assert [e.name for e in third.client.search_experiments()] == ["restored", "Default"]
+
+
+def test_the_server_says_where_its_trials_cannot_get_the_warm_processes(monkeypatch):
+    """The warm path swaps a private Tune class: where this Tune has it, trial actors are plain `ray.remote` classes
+    (no runtime_env of Tune's) and Tune's variables are in the environment; where it has not, the server says so
+    (start_local_ray's answer, printed beside its ready line) instead of starting trials cold in silence."""
+    import ray
+    from ray.tune.execution import class_cache
+
+    from pipelines.launch import driver
+
+    class Trainable:  # what Tune registers: a class (a function trainable is wrapped in one)
+        pass
+
+    tunes = class_cache._ActorClassCache.get
+    assert tunes(class_cache._ActorClassCache(), Trainable)._default_options["runtime_env"]  # Tune's own
+    monkeypatch.setattr(class_cache._ActorClassCache, "get", tunes)  # restored after the test
+    for k in list(class_cache.DEFAULT_ENV_VARS) + ["RAY_CHDIR_TO_TRIAL_DIR"]:
+        monkeypatch.delenv(k, raising=False)  # restored after, as it was
+    assert driver._plain_trial_actors() is True
+    assert all(os.environ[k] == v for k, v in class_cache.DEFAULT_ENV_VARS.items())
+    actor = class_cache._ActorClassCache().get(Trainable)
+    assert isinstance(actor, ray.actor.ActorClass)
+    assert not actor._default_options.get("runtime_env")
+    monkeypatch.delattr(class_cache, "_ActorClassCache")
+    assert driver._plain_trial_actors() is False
