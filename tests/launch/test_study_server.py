@@ -3,6 +3,7 @@ result a launch on its own gives, and are sent back to the client where the serv
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -120,6 +121,20 @@ def test_a_served_launch_runs_on_the_servers_ray_with_the_result_of_a_launch_on_
         assert "study server: it runs without MPS (aa-study serve --mps)" in p.stderr
         p = subprocess.run(CLI + ["run", str(path), "--quiet"], env=env, capture_output=True, text=True, timeout=120)
         assert p.returncode == 0 and "0 to run" in p.stdout and "runs this launch" in p.stdout
+
+        # the store deleted under the server (`rm aa-study-runs/mlflow.db`), then a trial of two Ray Train workers
+        (home / "mlflow.db").unlink()
+        (workdir / "group").mkdir()
+        group = small_study(workdir / "group", kappa=[0.5], pos_enc=["relative"], epochs=1,
+                            extra="resources: {cpu: 0.5, gpu: 0, workers: 2}\n")
+        p = subprocess.run(CLI + ["run", str(group), "--quiet"], env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+        assert "runs this launch" in p.stdout and "done: 1 finished" in p.stdout
+        with sqlite3.connect(home / "mlflow.db") as db:  # read afresh (this process's MLflow cached the old file)
+            trials = db.execute("SELECT r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                                "WHERE t.key = 'kind' AND t.value = 'trial'").fetchall()
+        assert trials == [("FINISHED",)]  # the new store's one trial: the deleted one's two are gone with it
+        assert "no actor-class cache" not in out.read_text()
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
