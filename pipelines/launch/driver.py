@@ -121,6 +121,7 @@ def start_local_ray(runtime_env: Optional[dict] = None, warm: bool = False) -> b
         site = str(Path(__file__).with_name("warm_site"))
         os.environ["PYTHONPATH"] = os.pathsep.join([site] + ([saved["PYTHONPATH"]] if saved["PYTHONPATH"] else []))
         os.environ["AA_STUDY_WARM_WORKERS"] = "1"
+        trial_runtime_env()  # its variables and defaults (RAY_CHDIR_TO_TRIAL_DIR) go in the inherited environment
         runtime_env = None
         plain = _plain_trial_actors()
     # Ray's notice that token authentication is on, at every start of a local Ray: it would be the one line on
@@ -150,7 +151,6 @@ def _plain_trial_actors() -> bool:
     if not hasattr(class_cache, "_ActorClassCache") or not isinstance(getattr(class_cache, "DEFAULT_ENV_VARS", None),
                                                                       dict):
         return False
-    trial_runtime_env()  # our variables that Tune passes on (RAY_CHDIR_TO_TRIAL_DIR): set
     for k, v in class_cache.DEFAULT_ENV_VARS.items():
         os.environ.setdefault(k, v)
 
