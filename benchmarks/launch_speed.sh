@@ -61,8 +61,8 @@ if [ "${1:-}" != "skip-study" ]; then
     mps_wall=$(since $s); kill $p
     echo "study --mps $mps_wall s, GPU busy $(busy "$OUT/util-mps.txt" 1) %" | tee -a "$OUT/partial.txt"
     mps_line="| the same with --mps, wall | $mps_wall s | $(python3 -c "print(f'{$study / $mps_wall:.2f}')")x faster; busy $(busy "$OUT/util-mps.txt" 1) % |"
-    diff <(grep -h "^finished" "$OUT/study.log" | sed 's/ (.*//' | sort) \
-         <(grep -h "^finished" "$OUT/study-mps.log" | sed 's/ (.*//' | sort) > /dev/null \
+    diff <(top1s "$OUT/study.log") \
+         <(top1s "$OUT/study-mps.log") > /dev/null \
       && mps_line="$mps_line each trial's top-1 the same as without MPS |" || mps_line="$mps_line TOP-1 DIFFERS |"
   fi
   if [ -n "${SERVER_TOO:-}" ]; then  # the same study through the server (serve --mps and run --mps under MPS_TOO)
@@ -71,8 +71,8 @@ if [ "${1:-}" != "skip-study" ]; then
     served_wall=$(since $s); kill $p
     echo "study through the server${MPS_TOO:+ (--mps)} $served_wall s, GPU busy $(busy "$OUT/util-served.txt" 1) %" | tee -a "$OUT/partial.txt"
     served_line="| the same through aa-study serve${MPS_TOO:+ --mps}, wall | $served_wall s | busy $(busy "$OUT/util-served.txt" 1) % |"
-    diff <(grep -h "^finished" "$OUT/study.log" | sed 's/ (.*//' | sort) \
-         <(grep -h "^finished" "$OUT/study-served.log" | sed 's/ (.*//' | sort) > /dev/null \
+    diff <(top1s "$OUT/study.log") \
+         <(top1s "$OUT/study-served.log") > /dev/null \
       && served_line="$served_line each trial's top-1 the same as the study on its own |" || served_line="$served_line TOP-1 DIFFERS |"
   fi
 fi

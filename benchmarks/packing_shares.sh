@@ -50,7 +50,7 @@ for sh in $SHARES; do
     --tracking-uri "sqlite:///$(mktemp -d)/mlflow.db" > "$W/study-$sh.log" 2>&1
   wall=$(since $s); kill $p
   grep -q "runs this launch" "$W/study-$sh.log" || echo "NOT SERVED: $(grep 'study server' "$W/study-$sh.log")"
-  grep -h "^finished" "$W/study-$sh.log" | sed 's/ (.*//' | sort > "$W/top1-$sh.txt"
+  top1s "$W/study-$sh.log" > "$W/top1-$sh.txt"
   same=$([ -z "$first" ] && echo "(reference)" || { diff -q "$W/top1-$first.txt" "$W/top1-$sh.txt" > /dev/null && echo same || echo DIFFER; })
   first=${first:-$sh}
   python3 - "$W/bare.txt" "$sh" "$wall" "$(busy "$W/util-$sh.txt" 1)" "$same" <<'PY' | tee -a "$W/table.txt" "$OUT/partial.txt"

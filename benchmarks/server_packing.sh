@@ -39,8 +39,8 @@ python3 -m aa_study.cli run "$OUT/study.yaml" --profile gpu --quiet --mps \
 served=$(since $s); kill $p
 grep -q "runs this launch" "$OUT/study-served.log" || echo "NOT SERVED: $(grep 'study server' "$OUT/study-served.log")"
 echo "study --mps through the server $served s, busy $(busy "$OUT/util-served.txt" 1) %" | tee -a "$OUT/partial.txt"
-same=$(diff <(grep -h "^finished" "$OUT/study-alone.log" | sed 's/ (.*//' | sort) \
-            <(grep -h "^finished" "$OUT/study-served.log" | sed 's/ (.*//' | sort) > /dev/null && echo same || echo DIFFER)
+same=$(diff <(top1s "$OUT/study-alone.log") \
+            <(top1s "$OUT/study-served.log") > /dev/null && echo same || echo DIFFER)
 echo "| | wall | GPU busy | trials/hour against one-at-a-time bare fits ($train s) |"
 echo "|---|---|---|---|"
 echo "| quickstart gpu${COMPILE:+ (compile: $COMPILE)}, --mps, on its own | $alone s | $(busy "$OUT/util-alone.txt" 1) % | $(python3 -c "print(f'{9 * $train / $alone:.2f}')")x |"

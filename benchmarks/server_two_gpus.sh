@@ -36,5 +36,5 @@ for gpus in 0 0,1; do
 done
 one=$(cat "$W/wall-0.txt"); two=$(cat "$W/wall-0-1.txt")
 echo "two GPUs: $(python3 -c "print(f'{$one / $two:.2f}')")x the one-GPU rate"
-diff <(grep -h "^finished" "$OUT/study-0.log" | sed 's/ (.*//' | sort) <(grep -h "^finished" "$OUT/study-0-1.log" | sed 's/ (.*//' | sort) \
+diff <(top1s "$OUT/study-0.log") <(top1s "$OUT/study-0-1.log") \
   > /dev/null && echo "each trial's top-1: same" || echo "each trial's top-1: DIFFERS"
