@@ -152,6 +152,11 @@ def _precision(q: torch.Tensor) -> str:
     return "tf32"
 
 
+def _head_blocks(dk: int, dv: int) -> Tuple[int, int]:
+    """(BLOCK_DK, BLOCK_DV): the head dims zero-padded to powers of two >= 16 (a dot's least)."""
+    return _pow2(dk), _pow2(dv)
+
+
 def _output(q, B, NH, L, DV):
     """o as (B, N_h, L, d_v) over (B, L, N_h, d_v) memory: the heads-concatenated, channels-last layout the AA
     layer reshapes it to next, so that reshape is free (no transpose copy after the kernel)."""
@@ -211,7 +216,7 @@ def _forward(q, k, v, rw, rh, height, width, scale):
         *q.stride(), *k.stride(), *v.stride(), *rstrides, *o.stride(),
         NH, L, cfg["H"], cfg["W"], DK, DV, scale * LOG2E,
         HAS_REL=has_rel, BLOCK_M=cfg["BLOCK_M"], BW=cfg["BW"], R=cfg["R"], **rmeta,
-        BLOCK_DK=_pow2(DK), BLOCK_DV=_pow2(DV), PRECISION=_precision(q), **launch,
+        **dict(zip(("BLOCK_DK", "BLOCK_DV"), _head_blocks(DK, DV))), PRECISION=_precision(q), **launch,
     )
     return o, lse
 
@@ -245,7 +250,7 @@ def _backward(do, q, k, v, rw, rh, o, lse, height, width, scale):
         a = dbs = das = q
     strides = (*q.stride(), *k.stride(), *v.stride(), *rstrides)
     meta = dict(HAS_REL=has_rel, BLOCK_M=cfg["BLOCK_M"], BW=cfg["BW"], R=cfg["R"], **rmeta,
-                BLOCK_DK=_pow2(DK), BLOCK_DV=_pow2(DV), PRECISION=_precision(q), **launch)
+                **dict(zip(("BLOCK_DK", "BLOCK_DV"), _head_blocks(DK, DV))), PRECISION=_precision(q), **launch)
     rr = (rw, rh) if has_rel else (q, q)
     COMPILED["bwd_dq"] = _kernels()._bwd_dq_kernel[(n_m, B * NH // groups)](
         q, k, v, *rr, o, do, lse, delta, dq, drw, drh, a, dbs, das, *strides, *o.stride(), *do.stride(),
