@@ -28,6 +28,7 @@ Three implementations of `relative_attention`, which compute the same function:
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -142,6 +143,16 @@ def _attention_triton(q, k, v, rel_width, rel_height, height, width):
                                                    q.shape[-1] ** -0.5)
 
 
+_WARNED = set()
+
+
+def _warn_once(message: str):
+    """One warning per distinct message in a process (a layer calls attention every step)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
 def relative_attention(q, k, v, rel_width, rel_height, height, width, *, implementation="auto"):
     """Multi-head self-attention over an H x W map with 2D relative position logits.
 
@@ -156,6 +167,8 @@ def relative_attention(q, k, v, rel_width, rel_height, height, width, *, impleme
             (H*W)^2 tensor; stock SDPA on one-hot-augmented keys), ``"triton"`` (our fused kernel pair,
             `aa_modules.flash_relative`: deterministic, no (H*W)^2 tensor in forward or backward; CUDA,
             or the CPU under ``TRITON_INTERPRET=1``) or ``"auto"`` (triton on CUDA, reference elsewhere).
+            A call the triton kernels do not take (`flash_relative.unsupported`: dtype, head depth, map size)
+            runs fused on CUDA, reference elsewhere, with one warning per reason and process.
 
     Returns:
         (B, N_h, H*W, d_vh): softmax_j(l_ij) v_j with l_ij as in the module docstring.
@@ -167,6 +180,12 @@ def relative_attention(q, k, v, rel_width, rel_height, height, width, *, impleme
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; got {implementation!r}")
     if implementation == "auto":
         implementation = "triton" if q.is_cuda and flash_relative.available(q.device) else "reference"
+    if implementation == "triton":
+        reason = flash_relative.unsupported(q, v, rel_width is not None, height, width)
+        if reason is not None:
+            implementation = "fused" if q.is_cuda else "reference"
+            _warn_once(f"the triton attention kernel does not take {reason}: using the {implementation} "
+                       "implementation for these calls")
     if implementation == "triton":
         return _attention_triton(q, k, v, rel_width, rel_height, height, width)
     if implementation == "fused":

@@ -83,6 +83,28 @@ def available(device: torch.device) -> bool:
     return (device.type == "cuda" and not interpret) or (device.type == "cpu" and interpret)
 
 
+# What the kernels take: benchmarks/kernel_sweep.py checks them on the GPU over random shapes up to these limits
+# (head depths to MAX_HEAD_DIM, map sides to MAX_SIDE with relative logits), so a call outside them goes elsewhere
+# (`unsupported`).
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 128
+MAX_SIDE = 64
+
+
+def unsupported(q: torch.Tensor, v: torch.Tensor, has_rel: bool, height: int, width: int) -> Optional[str]:
+    """Why the kernels cannot take this call (one line), or None where they can."""
+    if not available(q.device):
+        return f"Triton cannot run on {q.device.type} tensors in this process"
+    if q.dtype not in DTYPES and not torch.is_autocast_enabled(q.device.type):  # k, v are cast to q's dtype
+        return f"dtype {q.dtype} (the kernels take float16, bfloat16 and float32)"
+    if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
+        return (f"head depths d_k {q.shape[-1]}, d_v {v.shape[-1]} per head (the kernels take up to "
+                f"{MAX_HEAD_DIM})")
+    if has_rel and max(height, width) > MAX_SIDE:
+        return f"a {height} x {width} map with relative logits (the kernels take sides up to {MAX_SIDE})"
+    return None
+
+
 def _next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
@@ -114,6 +136,12 @@ TUNING = {"fwd": dict(block_m=64, block_n=64, num_warps=4, num_stages=2, multiro
           "dkdv": dict(block_m=64, block_n=128, num_warps=4, num_stages=1)}
 
 
+# The interpreter (CPU) normally runs smaller query blocks and one SM's worth of dq programs (it is faster so);
+# tests set these to run the very block sizes, launch options and batch-head groups the GPU path chooses.
+GPU_LAUNCH_IN_INTERPRETER = False
+INTERPRETER_SMS = 1
+
+
 def _geometry(L: int, height: int, width: int, has_rel: bool, block_n: int = 64):
     """(H, W, BW, R) of the key blocks: R whole rows of BW (>= W, a power of two) columns.
 
@@ -140,8 +168,8 @@ def _config(q: torch.Tensor, L: int, height: int, width: int, has_rel: bool, pha
     launch = dict(num_warps=tune["num_warps"], num_stages=_num_stages(tune, has_rel, r))
     if tune.get("maxnreg"):  # a register cap: more programs per SM, at the price of spills
         launch["maxnreg"] = tune["maxnreg"]
-    if not q.is_cuda:  # the interpreter runs blocks as numpy arrays: smaller is faster
-        block_m, launch = min(block_m, 32), {}
+    if not q.is_cuda and not GPU_LAUNCH_IN_INTERPRETER:  # the interpreter runs blocks as numpy arrays: smaller
+        block_m, launch = min(block_m, 32), {}             # is faster
     return dict(H=h, W=w, BW=bw, R=r, BLOCK_M=block_m), launch
 
 
@@ -183,6 +211,13 @@ def _rel_meta(rw, rh, cfg):
     return strides, _rel_consts(cfg, rw is not None)
 
 
+def _sm_count(q: torch.Tensor) -> int:
+    """The GPU's multiprocessors (the interpreter counts as one, unless ``INTERPRETER_SMS`` says otherwise)."""
+    if q.is_cuda:
+        return torch.cuda.get_device_properties(q.device).multi_processor_count
+    return INTERPRETER_SMS
+
+
 def _groups(q: torch.Tensor, n_m: int, bnh: int, has_rel: bool, rows: int = 1) -> int:
     """G, the batch-heads one dq program walks: each program leaves one share of dr^W and dr^H (summed after,
     in a fixed order), so fewer, longer programs mean a smaller buffer of shares. G divides B * N_h and
@@ -190,7 +225,7 @@ def _groups(q: torch.Tensor, n_m: int, bnh: int, has_rel: bool, rows: int = 1) -
     ``multirow_programs_per_sm`` where a key block holds ``rows`` > 1 image rows."""
     if not has_rel:
         return 1
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 1
+    sms = _sm_count(q)
     tune = TUNING["bwd"]
     per_sm = tune.get("multirow_programs_per_sm", tune["programs_per_sm"]) if rows > 1 else tune["programs_per_sm"]
     return _largest_group(n_m, bnh, min(bnh * n_m, per_sm * sms))
