@@ -190,3 +190,54 @@ def test_kernel_parts_variants_still_patch_the_kernel_source():
     for name, patches in kernel_parts.ABLATIONS.items():
         module = kernel_parts.patched_kernels(patches)
         assert hasattr(module, "_bwd_dq_kernel"), name
+
+
+@pytest.fixture
+def gpu_launch(monkeypatch):
+    """The interpreter runs the block sizes, launch options and dq batch-head groups an H100/H200 (132 SMs) gets."""
+    monkeypatch.setattr(flash_relative, "GPU_LAUNCH_IN_INTERPRETER", True)
+    monkeypatch.setattr(flash_relative, "INTERPRETER_SMS", 132)
+
+
+# (B, N_h, H, W, d_k, d_v per head, relative): shapes that crashed or gave wrong numbers on an H200 (d_k != d_v per
+# head), at smaller B * N_h; benchmarks/kernel_sweep.py --cases issue runs them at B 8, N_h 8 on the GPU
+GPU_FAILED = [(1, 2, 28, 28, 20, 4, True), (1, 2, 28, 28, 20, 4, False), (2, 2, 14, 14, 20, 4, True),
+              (2, 2, 14, 14, 40, 8, True), (2, 2, 7, 7, 20, 8, True), (1, 2, 7, 7, 8, 40, True)]
+
+
+@pytest.mark.parametrize("shape", GPU_FAILED, ids=lambda s: "x".join(map(str, s[:6])) + ("-rel" if s[6] else ""))
+def test_unequal_head_depths_at_the_gpu_launch_configuration(shape, gpu_launch):
+    B, N, H, W, dk, dv, rel = shape
+    q, k, v, rw, rh = _inputs(B, N, H, W, dk, dv, seed=dk * dv + H)
+    tables = (rw, rh) if rel else (None, None)
+    ref = relative_attention(q, k, v, *tables, H, W, implementation="reference")
+    out = relative_attention(q, k, v, *tables, H, W, implementation="triton")
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    inputs = (q, k, v, rw, rh) if rel else (q, k, v)
+    up = torch.randn_like(ref)
+    for name, got, exp in zip("q k v rel_width rel_height".split(), _grads(out, inputs, up), _grads(ref, inputs, up)):
+        torch.testing.assert_close(got, exp, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
+
+
+def test_a_call_the_kernels_do_not_take_runs_the_reference_with_one_warning(monkeypatch):
+    """Head depths over MAX_HEAD_DIM (and maps over MAX_SIDE with relative logits) never reach the kernels."""
+    import warnings
+    from aa_modules import attention
+    monkeypatch.setattr(attention, "_WARNED", set())
+    launched = []
+    monkeypatch.setattr(flash_relative, "_forward", lambda *a: launched.append(a))
+    dk = flash_relative.MAX_HEAD_DIM + 1
+    q, k, v, rw, rh = _inputs(1, 1, 2, 3, dk, 4, seed=1)
+    wide = _inputs(1, 1, 1, flash_relative.MAX_SIDE + 1, 4, 4, seed=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            out = relative_attention(q, k, v, rw, rh, 2, 3, implementation="triton")
+            torch.testing.assert_close(out, relative_attention(q, k, v, rw, rh, 2, 3, implementation="reference"))
+        relative_attention(*wide, 1, flash_relative.MAX_SIDE + 1, implementation="triton")
+    assert not launched
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 2, messages
+    assert f"head depths d_k {dk}" in messages[0] and "reference" in messages[0]
+    assert f"1 x {flash_relative.MAX_SIDE + 1} map" in messages[1]
+    assert flash_relative.unsupported(q[..., :4], v, True, 2, 3) is None
