@@ -181,8 +181,11 @@ def _precision(q: torch.Tensor) -> str:
 
 
 def _head_blocks(dk: int, dv: int) -> Tuple[int, int]:
-    """(BLOCK_DK, BLOCK_DV): the head dims zero-padded to powers of two >= 16 (a dot's least)."""
-    return _pow2(dk), _pow2(dv)
+    """(BLOCK_DK, BLOCK_DV): both head dims zero-padded to one power of two >= 16 (a dot's least), the larger
+    one's. Compiled for an H100/H200 (Triton 3.6), the kernels gave wrong outputs or faulted where the two blocks
+    differed, while Triton's interpreter computed them right (benchmarks/kernel_sweep.py, variant unequal_blocks)."""
+    block = max(_pow2(dk), _pow2(dv))
+    return block, block
 
 
 def _output(q, B, NH, L, DV):

@@ -38,7 +38,8 @@ DTYPES = ("bfloat16", "float16", "float32")
 TOLERANCE = {"bfloat16": 2e-2, "float16": 3e-3, "float32": 1e-4}
 SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 14, 15, 16, 17, 20, 24, 28, 31, 32, 33, 40, 56, 64)
 DEPTHS = (1, 2, 3, 4, 5, 8, 12, 16, 17, 20, 24, 31, 32, 33, 40, 48, 64, 96, 128)
-# the rows of the kernel-correctness issue (B 8, N_h 8), each in bf16, plus their fp32 and fp16 twins
+# the rows of the kernel-correctness issue (B 8, N_h 8; B 1 at 56 x 56, where the float64 reference would need
+# 40 GB), each in bf16 as there, and in fp16 and fp32
 ISSUE_ROWS = [(28, 28, 20, 4, True), (28, 28, 20, 4, False), (14, 14, 20, 4, True), (14, 14, 40, 8, True),
               (7, 7, 20, 8, True), (28, 28, 20, 20, True), (28, 28, 16, 4, True), (28, 28, 4, 4, True),
               (28, 28, 24, 24, True), (28, 28, 4, 20, True), (56, 56, 20, 8, True), (7, 7, 8, 40, True)]
@@ -46,7 +47,7 @@ MAX_ELEMENTS = 1 << 26  # B * N_h * L^2 of one case: the float64 reference mater
 
 
 def issue_cases():
-    return [dict(B=8, N=8, H=h, W=w, dk=dk, dv=dv, rel=rel, dtype=dt)
+    return [dict(B=8 if h * w <= 1024 else 1, N=8, H=h, W=w, dk=dk, dv=dv, rel=rel, dtype=dt)
             for dt in DTYPES for (h, w, dk, dv, rel) in ISSUE_ROWS]
 
 
@@ -70,9 +71,9 @@ def describe(c):
 
 
 # diagnostic launch changes, applied in the worker before any kernel runs
-def _variant_equal_blocks(F):
-    pow2 = F._pow2
-    F._head_blocks = lambda dk, dv: (max(pow2(dk), pow2(dv)),) * 2
+def _variant_unequal_blocks(F):
+    """Key and value depths padded each to its own power of two (the kernels' launch before the fix)."""
+    F._head_blocks = lambda dk, dv: (F._pow2(dk), F._pow2(dv))
 
 
 def _variant_one_stage(F):
@@ -85,7 +86,7 @@ def _variant_one_group(F):
     F._groups = lambda *a, **k: 1
 
 
-VARIANTS = {"equal_blocks": _variant_equal_blocks, "one_stage": _variant_one_stage, "one_group": _variant_one_group}
+VARIANTS = {"unequal_blocks": _variant_unequal_blocks, "one_stage": _variant_one_stage, "one_group": _variant_one_group}
 
 
 def check_case(c, device):
@@ -136,35 +137,37 @@ def worker(args):
     if args.variant:
         VARIANTS[args.variant](flash_relative)
     cases = json.loads(sys.stdin.read())
-    device = torch.device("cuda")
+    device = torch.device(os.environ.get("KERNEL_SWEEP_DEVICE", "cuda"))  # cpu: a smoke test of this script
     for index, c in cases:
         print(json.dumps({"start": index}), flush=True)
         torch.manual_seed(1000 + index)
         row = check_case(c, device)
-        torch.cuda.synchronize()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         row["index"] = index
         print(json.dumps(row), flush=True)
 
 
-def run_workers(cases, n_workers, variant):
-    """Cases spread over worker processes; a worker that dies marks its case CRASH and a new one takes the rest."""
+def run_workers(cases, n_workers, variant, log=None):
+    """Cases spread over worker processes; a worker that dies marks its case CRASH and a new one takes the rest.
+    Each finished case is also appended to ``log`` (a file object) as it arrives."""
+    import tempfile
     pending = list(enumerate(cases))
     chunks = [pending[i::n_workers] for i in range(n_workers)]
     results = {}
-    procs = []
     cmd = [sys.executable, __file__, "--worker"] + (["--variant", variant] if variant else [])
     env = dict(os.environ, PYTHONUNBUFFERED="1")
 
     def spawn(chunk):
-        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=env)
+        err = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty worker cannot block on it
+        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         p.stdin.write(json.dumps(chunk))
         p.stdin.close()
-        return p, chunk
+        return p, chunk, err
 
     procs = [spawn(c) for c in chunks if c]
     while procs:
-        p, chunk = procs.pop(0)
+        p, chunk, err = procs.pop(0)
         started = None
         for line in p.stdout:
             msg = json.loads(line)
@@ -172,13 +175,18 @@ def run_workers(cases, n_workers, variant):
                 started = msg["start"]
             else:
                 results[msg["index"]] = msg
+                if log is not None:
+                    log.write(line)
+                    log.flush()
                 started = None
-        err = p.stderr.read()
         p.wait()
+        err.seek(0)
+        tail = err.read().strip().splitlines()
+        err.close()
         if p.returncode != 0:
             done = set(results)
             if started is not None:
-                last = err.strip().splitlines()[-1] if err.strip() else f"exit {p.returncode}"
+                last = next((t for t in reversed(tail) if "Error" in t), tail[-1] if tail else f"exit {p.returncode}")
                 results[started] = dict(index=started, case=dict(cases[started]), errors={}, stock={},
                                         failures=[f"CRASH: {last[:300]}"])
             rest = [(i, c) for i, c in chunk if i not in done and i != started]
@@ -200,16 +208,18 @@ def main():
     if args.worker:
         return worker(args)
     import torch
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and os.environ.get("KERNEL_SWEEP_DEVICE") != "cpu":
         sys.exit("kernel_sweep.py: needs a CUDA GPU (the CPU tests run the kernels through Triton's interpreter)")
     cases = (issue_cases() if args.cases in ("issue", "both") else []) + \
         (random_cases(args.shapes, args.seed) if args.cases in ("random", "both") else [])
-    print(f"# kernel sweep: {len(cases)} cases on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "the CPU (Triton's interpreter)"
+    print(f"# kernel sweep: {len(cases)} cases on {gpu}, torch {torch.__version__}, "
           f"variant {args.variant or 'none'}, seed {args.seed}")
     print("# tolerance (norm-relative, or twice the reference's own error in that dtype): "
           + ", ".join(f"{k} {v:g}" for k, v in TOLERANCE.items()))
     t0 = time.time()
-    rows = run_workers(cases, args.workers, args.variant)
+    log = open(args.out, "w") if args.out else None
+    rows = run_workers(cases, args.workers, args.variant, log)
     worst = {}
     for r in rows:
         for name, e in r["errors"].items():
@@ -218,10 +228,8 @@ def main():
     failed = [r for r in rows if r["failures"]]
     for r in failed:
         print(f"FAIL {describe(r['case'])}: " + "; ".join(r["failures"]))
-    if args.out:
-        with open(args.out, "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+    if log is not None:
+        log.close()
     print("# worst error per dtype and tensor: " + "; ".join(
         f"{dt} {name} {worst[(dt, name)]:.2e}" for dt in DTYPES for name in ("out", "dq", "dk", "dv", "drw", "drh")
         if (dt, name) in worst))
