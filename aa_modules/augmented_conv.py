@@ -79,6 +79,29 @@ def table_for_size(table: torch.Tensor, n: int) -> torch.Tensor:
     return table[offsets + (n0 - 1)]
 
 
+def _bilinear_matrix(n_out: int, n_in: int, device, dtype) -> torch.Tensor:
+    """(n_out, n_in): bilinear interpolation along one axis as `F.interpolate(mode="bilinear",
+    align_corners=False)` does it (half-pixel centres, source clamped at 0, edge rows repeated)."""
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    lo = src.floor().long().clamp(max=n_in - 1)
+    hi = (lo + 1).clamp(max=n_in - 1)
+    frac = src - lo
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    m[torch.arange(n_out), lo] += 1 - frac
+    m[torch.arange(n_out), hi] += frac
+    return m.to(device=device, dtype=dtype)
+
+
+def resize_bilinear(x: torch.Tensor, size) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, H, W), bilinear as `F.interpolate(..., align_corners=False)`, computed as two small
+    products with the interpolation matrices: its backward is deterministic on CUDA (that of upsample_bilinear2d
+    accumulates with atomics, and deterministic runs refuse it)."""
+    h_out, w_out = int(size[0]), int(size[1])
+    mh = _bilinear_matrix(h_out, x.shape[-2], x.device, x.dtype)
+    mw = _bilinear_matrix(w_out, x.shape[-1], x.device, x.dtype)
+    return torch.einsum("Hh,bchw,Ww->bcHW", mh, x, mw)
+
+
 class RelativePositionTables(LazyModuleMixin, nn.Module):
     """Learned r^W (2W - 1, d_kh) and r^H (2H - 1, d_kh), shared across heads.
 
@@ -136,7 +159,11 @@ class AugmentedConv2d(nn.Module):
             branches give ceil(H/2) x ceil(W/2).
         feature_size: (H, W) of the attention map, to size the relative tables; default: first input.
         bias: bias for the convolution branch and the output projection W^O (False under BatchNorm).
-        attention_impl: passed to `relative_attention` (``auto`` picks fused on CUDA).
+        attention_impl: passed to `relative_attention` (``auto`` picks triton on CUDA).
+        attention_pool: the attention branch runs on its input average-pooled 3x3 with stride 2 (padding 1; in
+            place of the 2x2 pooling of a stride-2 layer), and its output (after W^O) is upsampled bilinearly to
+            the convolution's size where that is larger: at stride 1 a quarter of the positions, a sixteenth of
+            the attention's memory. ``feature_size`` is the pooled map's size.
     """
 
     def __init__(
@@ -155,6 +182,7 @@ class AugmentedConv2d(nn.Module):
         feature_size: Optional[Tuple[int, int]] = None,
         bias: bool = False,
         attention_impl: str = "auto",
+        attention_pool: bool = False,
     ):
         super().__init__()
         dk, dv = _resolve_depths(out_channels, kappa, upsilon, dk, dv)
@@ -162,6 +190,7 @@ class AugmentedConv2d(nn.Module):
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         self.dk, self.dv, self.num_heads, self.pos_enc = dk, dv, num_heads, pos_enc
         self.attention_impl = attention_impl
+        self.attention_pool = bool(attention_pool)
         kh, kw = _pair(kernel_size)
         conv_out = out_channels - dv
         self.conv = (
@@ -179,7 +208,8 @@ class AugmentedConv2d(nn.Module):
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, dk={self.dk}, dv={self.dv}, "
-                f"num_heads={self.num_heads}, pos_enc={self.pos_enc!r}, stride={self.stride}")
+                f"num_heads={self.num_heads}, pos_enc={self.pos_enc!r}, stride={self.stride}"
+                + (", attention_pool=True" if self.attention_pool else ""))
 
     def _absolute_channels(self, x):
         _, _, h, w = x.shape
@@ -191,8 +221,16 @@ class AugmentedConv2d(nn.Module):
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The attention branch alone: (B, C_in, H, W) -> (B, d_v, H', W')."""
+        if self.attention_pool:
+            size = [-(-n // self.stride) for n in x.shape[-2:]]  # the convolution's output size
+            out = self._attend(F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False))
+            return out if list(out.shape[-2:]) == size else resize_bilinear(out, size)
         if self.stride == 2:
             x = F.avg_pool2d(x, 2, ceil_mode=True)
+        return self._attend(x)
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        """Multi-head attention over every position of x, then W^O: (B, C_in, h, w) -> (B, d_v, h, w)."""
         if self.pos_channels:
             x = torch.cat([x, self._absolute_channels(x)], dim=1)
         B, _, h, w = x.shape

@@ -57,13 +57,21 @@ def augment_resnet(
     input_size: Union[int, Sequence[int]] = 224,
     small_input: bool = False,
     min_key_depth_per_head: int = 0,
+    attention_pool_stages: Iterable[int] = (),
     attention_impl: str = "auto",
 ) -> tv.ResNet:
-    """Swap the 3x3 convolution of every block in ``stages`` for an `AugmentedConv2d` (in place)."""
-    stages = tuple(stages)
+    """Swap the 3x3 convolution of every block in ``stages`` for an `AugmentedConv2d` (in place).
+
+    min_key_depth_per_head: d_k is at least this many dimensions per head (the paper's 20) wherever kappa > 0.
+    attention_pool_stages: stages whose attention runs on a 3x3 stride-2 average-pooled input, upsampled back
+    (`AugmentedConv2d`'s ``attention_pool``); each must be among ``stages``.
+    """
+    stages, pooled = tuple(stages), tuple(attention_pool_stages or ())
     for s in stages:
         if s not in (1, 2, 3, 4):
             raise ValueError(f"stages must be drawn from 1, 2, 3, 4; got {stages}")
+    if not set(pooled) <= set(stages):
+        raise ValueError(f"attention_pool_stages must be among the augmented stages {list(stages)}; got {list(pooled)}")
     if kappa == 0 and upsilon == 0:
         return model
     sizes = stage_feature_sizes(input_size, small_input)
@@ -74,10 +82,13 @@ def augment_resnet(
             f_out = conv.out_channels
             dk = max(int(round(kappa * f_out)), min_key_depth_per_head * num_heads if kappa > 0 else 0)
             try:
+                pool = s in pooled
+                h, w = sizes[s - 1]  # the block's output; its input pooled 3x3, stride 2 where it has stride 1
                 aug = AugmentedConv2d(
                     conv.in_channels, f_out, conv.kernel_size, dk=dk, dv=int(round(upsilon * f_out)),
-                    num_heads=num_heads, pos_enc=pos_enc, stride=conv.stride[0], feature_size=sizes[s - 1],
-                    attention_impl=attention_impl,
+                    num_heads=num_heads, pos_enc=pos_enc, stride=conv.stride[0],
+                    feature_size=((h + 1) // 2, (w + 1) // 2) if pool and conv.stride[0] == 1 else (h, w),
+                    attention_impl=attention_impl, attention_pool=pool,
                 )
             except ValueError as e:
                 raise ValueError(f"layer{s}.{b}.{name} (F_out={f_out}): {e}") from None
@@ -94,7 +105,8 @@ class GlobalAvgPool(nn.Module):
 
 
 def _aa_resnet(depth, num_classes, kappa, upsilon, num_heads, pos_enc, stages, small_input, in_channels,
-               input_size, attention_impl, zero_init_residual=False):
+               input_size, attention_impl, zero_init_residual=False, min_key_depth_per_head=0,
+               attention_pool_stages=()):
     check_fractions(kappa, upsilon)
     block, layers = _DEPTHS[depth]
     # zero_init_residual: the last BatchNorm of every residual branch starts at gamma 0 (Goyal et al. 2017; the TPU
@@ -112,24 +124,28 @@ def _aa_resnet(depth, num_classes, kappa, upsilon, num_heads, pos_enc, stages, s
         input_size = 32 if small_input else 224
     return augment_resnet(model, kappa=kappa, upsilon=upsilon, num_heads=num_heads, pos_enc=pos_enc,
                           stages=stages, input_size=input_size, small_input=small_input,
-                          attention_impl=attention_impl)
+                          min_key_depth_per_head=min_key_depth_per_head or 0,
+                          attention_pool_stages=attention_pool_stages or (), attention_impl=attention_impl)
 
 
 def _builder(depth):
     def build(num_classes: int = 1000, *, kappa: float = 0.0, upsilon: Optional[float] = None,
               num_heads: int = 8, pos_enc: str = "relative", stages: Iterable[int] = DEFAULT_STAGES,
               small_input: bool = False, in_channels: int = 3, input_size=None,
-              attention_impl: str = "auto", zero_init_residual: bool = False) -> tv.ResNet:
+              attention_impl: str = "auto", zero_init_residual: bool = False,
+              min_key_depth_per_head: Optional[int] = 0, attention_pool_stages: Iterable[int] = ()) -> tv.ResNet:
         return _aa_resnet(depth, num_classes, kappa, kappa if upsilon is None else upsilon, num_heads,
                           pos_enc, stages, small_input, in_channels, input_size, attention_impl,
-                          zero_init_residual)
+                          zero_init_residual, min_key_depth_per_head, attention_pool_stages)
 
     build.__name__ = build.__qualname__ = f"aa_resnet{depth}"
     build.__doc__ = (
         f"AA-ResNet-{depth} on torchvision's ResNet. kappa = d_k/F_out, upsilon = d_v/F_out (default: "
         f"upsilon = kappa), N_h = num_heads, pos_enc in none/relative/sine2d/coordconv, stages from 1-4. "
         f"input_size sizes the relative tables (default 224, or 32 with small_input); other sizes still run. "
-        f"zero_init_residual: each residual branch's last BatchNorm starts at 0 (the ImageNet recipe's init)."
+        f"zero_init_residual: each residual branch's last BatchNorm starts at 0 (the ImageNet recipe's init). "
+        f"min_key_depth_per_head: at least this many key dimensions per head (the paper's 20); "
+        f"attention_pool_stages: stages whose attention runs on a 3x3 stride-2 average-pooled map."
     )
     return build
 

@@ -17,7 +17,7 @@ from .augmented_conv import AugmentedConv2d
 
 
 class WideBasic(nn.Module):
-    def __init__(self, in_planes, planes, stride, dropout, feature_size, aa: dict):
+    def __init__(self, in_planes, planes, stride, dropout, feature_size, aa: dict, attention_pool: bool = False):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         if aa:
@@ -25,7 +25,7 @@ class WideBasic(nn.Module):
             self.conv1 = AugmentedConv2d(in_planes, planes, 3, stride=stride, dk=dk,
                                          dv=int(round(aa["upsilon"] * planes)), num_heads=aa["num_heads"],
                                          pos_enc=aa["pos_enc"], feature_size=feature_size,
-                                         attention_impl=aa["attention_impl"])
+                                         attention_impl=aa["attention_impl"], attention_pool=attention_pool)
         else:
             self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -51,12 +51,17 @@ class WideResNet(nn.Module):
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         layers, in_planes, size = [], widths[0], input_size
+        pooled = tuple((aa or {}).get("attention_pool_stages") or ())
+        if not set(pooled) <= {1, 2, 3}:
+            raise ValueError(f"attention_pool_stages must be drawn from the groups 1, 2, 3; got {list(pooled)}")
         for g, (planes, stride) in enumerate(zip(widths[1:], (1, 2, 2))):
             size = -(-size // stride)
+            pool = g + 1 in pooled
             for b in range(n):
                 try:
-                    layers.append(WideBasic(in_planes, planes, stride if b == 0 else 1, dropout,
-                                            (size, size), aa or {}))
+                    st = stride if b == 0 else 1
+                    side = (size + 1) // 2 if pool and st == 1 else size  # stride-2 blocks pool to their output
+                    layers.append(WideBasic(in_planes, planes, st, dropout, (side, side), aa or {}, pool))
                 except ValueError as e:
                     raise ValueError(f"group{g + 1}.{b}.conv1 (F_out={planes}): {e}") from None
                 in_planes = planes
@@ -80,11 +85,13 @@ def wide_resnet28_10(num_classes=100, *, dropout=0.0, in_channels=3):
 
 def aa_wide_resnet28_10(num_classes=100, *, kappa=0.2, upsilon=0.1, num_heads=8, pos_enc="relative",
                         min_key_depth_per_head=20, dropout=0.0, in_channels=3, input_size=32,
-                        attention_impl="auto"):
+                        attention_impl="auto", attention_pool_stages=()):
     """AA-WRN-28-10: the first convolution of every block augmented (paper defaults: N_h=8, kappa=2*upsilon=0.2,
-    at least 20 key dimensions per head). kappa = upsilon = 0 gives the plain WRN-28-10."""
+    at least 20 key dimensions per head; None takes that default). attention_pool_stages: groups (1-3) whose
+    attention runs on a 3x3 stride-2 average-pooled map. kappa = upsilon = 0 gives the plain WRN-28-10."""
     aa = None
     if kappa > 0 or upsilon > 0:
         aa = dict(kappa=kappa, upsilon=upsilon, num_heads=num_heads, pos_enc=pos_enc,
-                  min_key_depth_per_head=min_key_depth_per_head, attention_impl=attention_impl)
+                  min_key_depth_per_head=20 if min_key_depth_per_head is None else min_key_depth_per_head,
+                  attention_impl=attention_impl, attention_pool_stages=attention_pool_stages)
     return WideResNet(28, 10, num_classes, dropout, in_channels, input_size, aa)
