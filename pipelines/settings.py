@@ -16,18 +16,20 @@ class Architecture(NamedTuple):
     detection_backbone: bool  # aa_modules.detection builds a RetinaNet on it
 
 
-_RESNET = Architecture(("kappa", "upsilon", "num_heads", "pos_enc", "stages", "small_input", "zero_init_residual"),
-                       "hw", True)
+_RESNET = Architecture(("kappa", "upsilon", "num_heads", "pos_enc", "stages", "small_input", "zero_init_residual",
+                        "min_key_depth_per_head", "attention_pool_stages"), "hw", True)
 # The one registry of architecture names (aa_modules imports torch; a test checks it against
 # aa_modules.ARCHITECTURES and aa_modules.detection.BACKBONES).
 ARCHITECTURES: Dict[str, Architecture] = {
     "aa_resnet18": _RESNET, "aa_resnet34": _RESNET, "aa_resnet50": _RESNET, "aa_resnet101": _RESNET,
-    "aa_wide_resnet28_10": Architecture(("kappa", "upsilon", "num_heads", "pos_enc"), "side", False),
+    "aa_wide_resnet28_10": Architecture(("kappa", "upsilon", "num_heads", "pos_enc", "min_key_depth_per_head",
+                                         "attention_pool_stages"), "side", False),
 }
 ARCHITECTURE_NAMES = tuple(ARCHITECTURES)
 POS_ENCODINGS = ("none", "relative", "sine2d", "coordconv")
 GRID_AXES = ("arch", "kappa", "upsilon", "num_heads", "pos_enc")  # what a study's grid may vary; a cell's name
-BACKBONE_KEYS = ("kappa", "upsilon", "num_heads", "pos_enc", "stages")  # what a detection backbone takes
+# what a detection backbone takes
+BACKBONE_KEYS = ("kappa", "upsilon", "num_heads", "pos_enc", "stages", "min_key_depth_per_head", "attention_pool_stages")
 # What a trial reports each epoch and the recorder logs to MLflow: the results reports read, then what only the
 # MLflow UI shows (the learning rate, GPU memory).
 RESULT_METRICS = ("val_top1", "val_top5", "val_loss", "train_loss", "params", "gflops", "gflops_conv", "num_classes",
@@ -46,7 +48,10 @@ def arch_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
     arch = ARCHITECTURES[cfg["arch"]]
     if cfg.get("zero_init_residual") and "zero_init_residual" not in arch.takes:
         raise ValueError(f"zero_init_residual is for the AA-ResNets; {cfg['arch']} has no such option")
-    return {k: cfg[k] for k in arch.takes}
+    kw = {k: cfg[k] for k in arch.takes if k in cfg}
+    if kw.get("min_key_depth_per_head", 0) is None:  # null: the architecture's own default
+        del kw["min_key_depth_per_head"]
+    return kw
 
 
 def _setting(default, check: Optional[str] = None, doc: str = ""):
@@ -87,6 +92,14 @@ class TrainConfig:
     # off for detection (RetinaNet's losses not yet checked under it on the GPU)
     deterministic: Optional[bool] = _setting(None, "bool", "deterministic algorithms; None: on for classification")
     zero_init_residual: bool = _setting(False, "bool", "AA-ResNets: each residual branch's last BatchNorm starts at 0")
+    # the paper's networks: at least 20 key dimensions per head (d_k = max(kappa F_out, 20 N_h) where kappa > 0)
+    min_key_depth_per_head: Optional[int] = _setting(None, None, "at least this many key dimensions per head in every "
+                                                     "augmented layer (the paper's 20); null: the architecture's own "
+                                                     "(AA-WRN 20, AA-ResNets none)")
+    # the paper's ImageNet networks: stage 2's attention (28 x 28 at 224 px) on a 3x3 stride-2 average-pooled map
+    attention_pool_stages: list = _setting([], "list", "stages (AA-WRN: groups 1-3) whose attention runs on its input "
+                                                       "average-pooled 3x3 with stride 2 and is upsampled bilinearly "
+                                                       "back: a quarter of the positions")
 
 
 DEFAULTS: Dict[str, Any] = asdict(TrainConfig())
@@ -147,6 +160,11 @@ def setting_problem(key: str, value) -> Optional[str]:
     elif key == "compile":
         ok = isinstance(value, bool) or (isinstance(value, str) and value in COMPILE_MODES)
         want = f"true, false or a torch.compile mode ({', '.join(COMPILE_MODES)})"
+    elif key == "min_key_depth_per_head":
+        ok, want = value is None or (_is_int(value) and value >= 0), "an integer >= 0 or null"
+    elif key == "attention_pool_stages":
+        ok = isinstance(value, list) and all(_is_int(s) and 1 <= s <= 4 for s in value)
+        want = "a list of stage numbers 1-4"
     elif key == "base_lr":
         ok, want = value is None or (_is_number(value) and value > 0), "a number > 0"
     else:

@@ -350,7 +350,13 @@ def _parse_train(train) -> Dict[str, Any]:
         _fail("train.device", f"must be auto, cpu or cuda; got {train['device']!r}")
     if "stages" in train and not all(isinstance(s, int) and 1 <= s <= 4 for s in train["stages"]):
         _fail("train.stages", f"must list stage numbers 1-4; got {train['stages']!r}")
-    for k in ("grad_clip", "limit_train_batches", "compile"):  # the bounds `aa-study train` checks too: one definition
+    if "attention_pool_stages" in train and "stages" in train and \
+            not set(train["attention_pool_stages"]) <= set(train["stages"]) and \
+            all(isinstance(s, int) for s in train["attention_pool_stages"]):
+        _fail("train.attention_pool_stages", f"must be among the augmented stages {train['stages']}; "
+                                             f"got {train['attention_pool_stages']!r}")
+    for k in ("grad_clip", "limit_train_batches", "compile", "min_key_depth_per_head", "attention_pool_stages"):
+        # the bounds `aa-study train` checks too: one definition
         problem = setting_problem(k, train.get(k, TRAIN_DEFAULTS[k]))
         if problem:
             _fail(f"train.{k}", problem)

@@ -39,7 +39,8 @@ def _check_networks(study: Study):
     for t in study.trials:
         c = t.config
         sig = (c["arch"], c["kappa"], c["upsilon"], c["num_heads"], c["pos_enc"], tuple(c["stages"]),
-               c["small_input"], c["dataset"], json.dumps(_canon(c.get("data", {}))))
+               c["small_input"], c.get("min_key_depth_per_head"), tuple(c.get("attention_pool_stages") or ()),
+               c["dataset"], json.dumps(_canon(c.get("data", {}))))
         if sig in done:
             continue
         done.add(sig)
