@@ -265,6 +265,24 @@ def check_fractions(kappa, upsilon):
             raise ValueError(f"{name} must be in [0, 1]; got {frac}")
 
 
+def layer_depths(f_out: int, kappa: float, upsilon: float, num_heads: int, min_key_depth_per_head: int = 0,
+                 round_to_heads: bool = False) -> Tuple[int, int]:
+    """(d_k, d_v) of an augmented layer with F_out = f_out channels, as the networks build them: kappa * F_out and
+    upsilon * F_out rounded, or with ``round_to_heads`` rounded to the nearest multiple of N_h (at least N_h, as
+    kappa = 2 upsilon = 0.2 needs on 128 channels and 8 heads); d_k then raised to ``min_key_depth_per_head``
+    dimensions per head where kappa > 0."""
+    def depth(frac):
+        if frac == 0:
+            return 0
+        if round_to_heads:
+            return num_heads * max(1, int(round(frac * f_out / num_heads)))
+        return int(round(frac * f_out))
+    dk = depth(kappa)
+    if kappa > 0:
+        dk = max(dk, (min_key_depth_per_head or 0) * num_heads)
+    return dk, depth(upsilon)
+
+
 def _resolve_depths(out_channels, kappa, upsilon, dk, dv) -> Tuple[int, int]:
     if (kappa is None) == (dk is None):
         raise ValueError("give exactly one of kappa= or dk=")

@@ -21,13 +21,14 @@ BACKBONES = {"aa_resnet18": aa_resnet18, "aa_resnet34": aa_resnet34, "aa_resnet5
 def aa_retinanet(num_classes: int, arch: str = "aa_resnet50", *, kappa: float = 0.0, upsilon: Optional[float] = None,
                  num_heads: int = 8, pos_enc: str = "relative", stages: Sequence[int] = (2, 3, 4),
                  min_size: int = 800, max_size: int = 1333, min_key_depth_per_head: Optional[int] = 0,
-                 attention_pool_stages: Sequence[int] = (), **retinanet_kwargs) -> nn.Module:
+                 attention_pool_stages: Sequence[int] = (), round_depths_to_heads: bool = False,
+                 **retinanet_kwargs) -> nn.Module:
     """`num_classes` as torchvision counts it (categories + 1: labels are 1..K)."""
     if arch not in BACKBONES:
         raise ValueError(f"detection backbone must be one of {sorted(BACKBONES)}; got {arch!r}")
     body = BACKBONES[arch](1000, kappa=kappa, upsilon=upsilon, num_heads=num_heads, pos_enc=pos_enc,
                            stages=stages, input_size=min_size, min_key_depth_per_head=min_key_depth_per_head,
-                           attention_pool_stages=attention_pool_stages)
+                           attention_pool_stages=attention_pool_stages, round_depths_to_heads=round_depths_to_heads)
     backbone = _resnet_fpn_extractor(body, trainable_layers=5, returned_layers=[2, 3, 4],
                                      extra_blocks=LastLevelP6P7(256, 256))
     return RetinaNet(backbone, num_classes, min_size=min_size, max_size=max_size, **retinanet_kwargs)

@@ -18,7 +18,7 @@ from typing import Iterable, Optional, Sequence, Tuple, Union
 import torch.nn as nn
 from torchvision.models import resnet as tv
 
-from .augmented_conv import AugmentedConv2d, check_fractions
+from .augmented_conv import AugmentedConv2d, check_fractions, layer_depths
 
 AUGMENTED_CONV = {tv.BasicBlock: "conv1", tv.Bottleneck: "conv2"}
 _DEPTHS = {
@@ -58,6 +58,7 @@ def augment_resnet(
     small_input: bool = False,
     min_key_depth_per_head: int = 0,
     attention_pool_stages: Iterable[int] = (),
+    round_depths_to_heads: bool = False,
     attention_impl: str = "auto",
 ) -> tv.ResNet:
     """Swap the 3x3 convolution of every block in ``stages`` for an `AugmentedConv2d` (in place).
@@ -65,6 +66,7 @@ def augment_resnet(
     min_key_depth_per_head: d_k is at least this many dimensions per head (the paper's 20) wherever kappa > 0.
     attention_pool_stages: stages whose attention runs on a 3x3 stride-2 average-pooled input, upsampled back
     (`AugmentedConv2d`'s ``attention_pool``); each must be among ``stages``.
+    round_depths_to_heads: d_k and d_v rounded to the nearest multiple of N_h (`layer_depths`).
     """
     stages, pooled = tuple(stages), tuple(attention_pool_stages or ())
     for s in stages:
@@ -80,12 +82,12 @@ def augment_resnet(
             name = AUGMENTED_CONV[type(block)]
             conv: nn.Conv2d = getattr(block, name)
             f_out = conv.out_channels
-            dk = max(int(round(kappa * f_out)), min_key_depth_per_head * num_heads if kappa > 0 else 0)
+            dk, dv = layer_depths(f_out, kappa, upsilon, num_heads, min_key_depth_per_head, round_depths_to_heads)
             try:
                 pool = s in pooled
                 h, w = sizes[s - 1]  # the block's output; its input pooled 3x3, stride 2 where it has stride 1
                 aug = AugmentedConv2d(
-                    conv.in_channels, f_out, conv.kernel_size, dk=dk, dv=int(round(upsilon * f_out)),
+                    conv.in_channels, f_out, conv.kernel_size, dk=dk, dv=dv,
                     num_heads=num_heads, pos_enc=pos_enc, stride=conv.stride[0],
                     feature_size=((h + 1) // 2, (w + 1) // 2) if pool and conv.stride[0] == 1 else (h, w),
                     attention_impl=attention_impl, attention_pool=pool,
@@ -106,7 +108,7 @@ class GlobalAvgPool(nn.Module):
 
 def _aa_resnet(depth, num_classes, kappa, upsilon, num_heads, pos_enc, stages, small_input, in_channels,
                input_size, attention_impl, zero_init_residual=False, min_key_depth_per_head=0,
-               attention_pool_stages=()):
+               attention_pool_stages=(), round_depths_to_heads=False):
     check_fractions(kappa, upsilon)
     block, layers = _DEPTHS[depth]
     # zero_init_residual: the last BatchNorm of every residual branch starts at gamma 0 (Goyal et al. 2017; the TPU
@@ -125,7 +127,8 @@ def _aa_resnet(depth, num_classes, kappa, upsilon, num_heads, pos_enc, stages, s
     return augment_resnet(model, kappa=kappa, upsilon=upsilon, num_heads=num_heads, pos_enc=pos_enc,
                           stages=stages, input_size=input_size, small_input=small_input,
                           min_key_depth_per_head=min_key_depth_per_head or 0,
-                          attention_pool_stages=attention_pool_stages or (), attention_impl=attention_impl)
+                          attention_pool_stages=attention_pool_stages or (),
+                          round_depths_to_heads=round_depths_to_heads, attention_impl=attention_impl)
 
 
 def _builder(depth):
@@ -133,10 +136,11 @@ def _builder(depth):
               num_heads: int = 8, pos_enc: str = "relative", stages: Iterable[int] = DEFAULT_STAGES,
               small_input: bool = False, in_channels: int = 3, input_size=None,
               attention_impl: str = "auto", zero_init_residual: bool = False,
-              min_key_depth_per_head: Optional[int] = 0, attention_pool_stages: Iterable[int] = ()) -> tv.ResNet:
+              min_key_depth_per_head: Optional[int] = 0, attention_pool_stages: Iterable[int] = (),
+              round_depths_to_heads: bool = False) -> tv.ResNet:
         return _aa_resnet(depth, num_classes, kappa, kappa if upsilon is None else upsilon, num_heads,
                           pos_enc, stages, small_input, in_channels, input_size, attention_impl,
-                          zero_init_residual, min_key_depth_per_head, attention_pool_stages)
+                          zero_init_residual, min_key_depth_per_head, attention_pool_stages, round_depths_to_heads)
 
     build.__name__ = build.__qualname__ = f"aa_resnet{depth}"
     build.__doc__ = (
@@ -145,7 +149,8 @@ def _builder(depth):
         f"input_size sizes the relative tables (default 224, or 32 with small_input); other sizes still run. "
         f"zero_init_residual: each residual branch's last BatchNorm starts at 0 (the ImageNet recipe's init). "
         f"min_key_depth_per_head: at least this many key dimensions per head (the paper's 20); "
-        f"attention_pool_stages: stages whose attention runs on a 3x3 stride-2 average-pooled map."
+        f"attention_pool_stages: stages whose attention runs on a 3x3 stride-2 average-pooled map; "
+        f"round_depths_to_heads: d_k and d_v rounded to the nearest multiple of num_heads."
     )
     return build
 

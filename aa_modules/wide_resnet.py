@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .augmented_conv import AugmentedConv2d
+from .augmented_conv import AugmentedConv2d, layer_depths
 
 
 class WideBasic(nn.Module):
@@ -21,9 +21,9 @@ class WideBasic(nn.Module):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         if aa:
-            dk = max(int(round(aa["kappa"] * planes)), aa["min_key_depth_per_head"] * aa["num_heads"])
-            self.conv1 = AugmentedConv2d(in_planes, planes, 3, stride=stride, dk=dk,
-                                         dv=int(round(aa["upsilon"] * planes)), num_heads=aa["num_heads"],
+            dk, dv = layer_depths(planes, aa["kappa"], aa["upsilon"], aa["num_heads"], aa["min_key_depth_per_head"],
+                                  aa.get("round_depths_to_heads", False))
+            self.conv1 = AugmentedConv2d(in_planes, planes, 3, stride=stride, dk=dk, dv=dv, num_heads=aa["num_heads"],
                                          pos_enc=aa["pos_enc"], feature_size=feature_size,
                                          attention_impl=aa["attention_impl"], attention_pool=attention_pool)
         else:
@@ -85,7 +85,7 @@ def wide_resnet28_10(num_classes=100, *, dropout=0.0, in_channels=3):
 
 def aa_wide_resnet28_10(num_classes=100, *, kappa=0.2, upsilon=0.1, num_heads=8, pos_enc="relative",
                         min_key_depth_per_head=20, dropout=0.0, in_channels=3, input_size=32,
-                        attention_impl="auto", attention_pool_stages=()):
+                        attention_impl="auto", attention_pool_stages=(), round_depths_to_heads=False):
     """AA-WRN-28-10: the first convolution of every block augmented (paper defaults: N_h=8, kappa=2*upsilon=0.2,
     at least 20 key dimensions per head; None takes that default). attention_pool_stages: groups (1-3) whose
     attention runs on a 3x3 stride-2 average-pooled map. kappa = upsilon = 0 gives the plain WRN-28-10."""
@@ -93,5 +93,6 @@ def aa_wide_resnet28_10(num_classes=100, *, kappa=0.2, upsilon=0.1, num_heads=8,
     if kappa > 0 or upsilon > 0:
         aa = dict(kappa=kappa, upsilon=upsilon, num_heads=num_heads, pos_enc=pos_enc,
                   min_key_depth_per_head=20 if min_key_depth_per_head is None else min_key_depth_per_head,
-                  attention_impl=attention_impl, attention_pool_stages=attention_pool_stages)
+                  attention_impl=attention_impl, attention_pool_stages=attention_pool_stages,
+                  round_depths_to_heads=round_depths_to_heads)
     return WideResNet(28, 10, num_classes, dropout, in_channels, input_size, aa)

@@ -17,19 +17,20 @@ class Architecture(NamedTuple):
 
 
 _RESNET = Architecture(("kappa", "upsilon", "num_heads", "pos_enc", "stages", "small_input", "zero_init_residual",
-                        "min_key_depth_per_head", "attention_pool_stages"), "hw", True)
+                        "min_key_depth_per_head", "attention_pool_stages", "round_depths_to_heads"), "hw", True)
 # The one registry of architecture names (aa_modules imports torch; a test checks it against
 # aa_modules.ARCHITECTURES and aa_modules.detection.BACKBONES).
 ARCHITECTURES: Dict[str, Architecture] = {
     "aa_resnet18": _RESNET, "aa_resnet34": _RESNET, "aa_resnet50": _RESNET, "aa_resnet101": _RESNET,
     "aa_wide_resnet28_10": Architecture(("kappa", "upsilon", "num_heads", "pos_enc", "min_key_depth_per_head",
-                                         "attention_pool_stages"), "side", False),
+                                         "attention_pool_stages", "round_depths_to_heads"), "side", False),
 }
 ARCHITECTURE_NAMES = tuple(ARCHITECTURES)
 POS_ENCODINGS = ("none", "relative", "sine2d", "coordconv")
 GRID_AXES = ("arch", "kappa", "upsilon", "num_heads", "pos_enc")  # what a study's grid may vary; a cell's name
 # what a detection backbone takes
-BACKBONE_KEYS = ("kappa", "upsilon", "num_heads", "pos_enc", "stages", "min_key_depth_per_head", "attention_pool_stages")
+BACKBONE_KEYS = ("kappa", "upsilon", "num_heads", "pos_enc", "stages", "min_key_depth_per_head", "attention_pool_stages",
+                 "round_depths_to_heads")
 # What a trial reports each epoch and the recorder logs to MLflow: the results reports read, then what only the
 # MLflow UI shows (the learning rate, GPU memory).
 RESULT_METRICS = ("val_top1", "val_top5", "val_loss", "train_loss", "params", "gflops", "gflops_conv", "num_classes",
@@ -100,6 +101,9 @@ class TrainConfig:
     attention_pool_stages: list = _setting([], "list", "stages (AA-WRN: groups 1-3) whose attention runs on its input "
                                                        "average-pooled 3x3 with stride 2 and is upsampled bilinearly "
                                                        "back: a quarter of the positions")
+    round_depths_to_heads: bool = _setting(False, "bool", "d_k and d_v rounded to the nearest multiple of N_h (at least "
+                                                          "N_h) instead of refused where N_h does not divide them: "
+                                                          "kappa = 2 upsilon = 0.2 on 128 channels and 8 heads")
 
 
 DEFAULTS: Dict[str, Any] = asdict(TrainConfig())

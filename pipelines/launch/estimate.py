@@ -96,6 +96,7 @@ def dry_run(study: Study, pending: List, finished: int, address: Optional[str], 
         c = t.config
         sig = (c["arch"], c["kappa"], c["upsilon"], c["num_heads"], c["pos_enc"], tuple(c["stages"]),
                c["small_input"], c.get("min_key_depth_per_head"), tuple(c.get("attention_pool_stages") or ()),
+               c.get("round_depths_to_heads"),
                c["dataset"], repr(sorted(c.get("data", {}).items())), c["batch_size"])
         nets.setdefault(sig, {"config": c, "trials": 0})["trials"] += 1
     total_trial_h = total_gpu_h = 0.0

@@ -40,6 +40,7 @@ def _check_networks(study: Study):
         c = t.config
         sig = (c["arch"], c["kappa"], c["upsilon"], c["num_heads"], c["pos_enc"], tuple(c["stages"]),
                c["small_input"], c.get("min_key_depth_per_head"), tuple(c.get("attention_pool_stages") or ()),
+               c.get("round_depths_to_heads"),
                c["dataset"], json.dumps(_canon(c.get("data", {}))))
         if sig in done:
             continue
