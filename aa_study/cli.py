@@ -56,10 +56,8 @@ def _train_parser(sub):
 def _train_config(a) -> dict:
     cfg = {}
     if a.config:
-        with open(a.config) as f:
-            cfg = yaml.safe_load(f) or {}
-        if not isinstance(cfg, dict):
-            raise ValueError(f"{a.config}: expected a mapping of training settings")
+        from pipelines.spec import read_yaml  # the study files' limits (size, control characters, aliases, depth)
+        cfg = read_yaml(a.config)
     flags = {k: getattr(a, k) for k in ("arch", "kappa", "upsilon", "num_heads", "pos_enc", "stages", "dataset",
                                         "epochs", "batch_size", "recipe", "seed", "device", "compile",
                                         "deterministic")}

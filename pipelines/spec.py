@@ -173,21 +173,61 @@ def _fail(field_: str, msg: str):
 
 
 # ----------------------------------------------------------------------------------------- loading
+# What a study file may be: far more than any study needs, far less than what stalls a parser or a report.
+MAX_STUDY_BYTES = 1 << 20
+MAX_STUDY_NODES = 100_000  # values once aliases are expanded (a "billion laughs" file expands past any memory)
+MAX_STUDY_DEPTH = 64
+
+
+def _size_problem(raw) -> Optional[str]:
+    """What makes a parsed study too large to handle (its aliases expanded) or too deep, or None. Walks the values
+    as the spec's own checks and reports would, stopping at the first limit passed."""
+    count, stack = 0, [(raw, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_STUDY_NODES:
+            return f"expands to more than {MAX_STUDY_NODES:,} values (aliases repeated?)"
+        if depth > MAX_STUDY_DEPTH:
+            return f"nests deeper than {MAX_STUDY_DEPTH} levels"
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for kv in node.items() for v in kv)
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return None
+
+
 def read_yaml(path) -> Dict[str, Any]:
+    """A study file's mapping, refused in one line (SpecError) before any work where it is missing, over
+    MAX_STUDY_BYTES, not UTF-8, holds control characters, is not valid YAML or expands past the limits above."""
     p = Path(path)
     if not p.is_file():
         raise SpecError(f"study file {path} does not exist")
+    size = p.stat().st_size
+    if size > MAX_STUDY_BYTES:
+        raise SpecError(f"{path}: {size:,} bytes; a study file may have at most {MAX_STUDY_BYTES:,}")
     try:
-        raw = yaml.safe_load(p.read_text())
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a UTF-8 text file") from None
+    bad = next((c for c in text if ord(c) < 32 and c not in "\t\n\r"), None)
+    if bad is not None:
+        line = text.count("\n", 0, text.index(bad)) + 1
+        raise SpecError(f"{path}: control character {bad!r} at line {line}")
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or type(e).__name__
         raise SpecError(f"{path}: not valid YAML{where}: {problem}") from None
-    except UnicodeDecodeError:
-        raise SpecError(f"{path}: not a UTF-8 text file") from None
+    except RecursionError:
+        raise SpecError(f"{path}: nests too deeply to parse") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a study must be a YAML mapping (name:, grid:, ...); got {type(raw).__name__}")
+    problem = _size_problem(raw)
+    if problem:
+        raise SpecError(f"{path}: {problem}")
     return raw
 
 
@@ -215,8 +255,9 @@ def _parse_study(raw: Dict[str, Any], profile: Optional[str] = None) -> Study:
         if not isinstance(k, str) or k not in TOP_KEYS:
             _fail(str(k), f"unknown key (allowed: {', '.join(sorted(TOP_KEYS))})")
     name = raw.get("name")
-    if not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\ \t\n"):
-        _fail("name", "required: a non-empty string without spaces or slashes")
+    if not isinstance(name, str) or not name.strip() or name.strip(".") == "" \
+            or any(c in name for c in "/\\ ") or any(ord(c) < 32 for c in name):
+        _fail("name", "required: a non-empty string without spaces, slashes or control characters")
     profiles = raw.get("profiles", {}) or {}
     if not isinstance(profiles, dict):
         _fail("profiles", "must be a mapping of profile name to overrides")
@@ -239,8 +280,10 @@ def _parse_study(raw: Dict[str, Any], profile: Optional[str] = None) -> Study:
     if not _among(task, TASKS):
         _fail("task", f"must be one of {', '.join(TASKS)}; got {task!r}")
     experiment = experiment_name(name, spec, chosen)
-    if not isinstance(experiment, str):
-        _fail("experiment", "must be a string")
+    if not isinstance(experiment, str) or not experiment.strip() or experiment.strip(".") == "" \
+            or any(c in experiment for c in "/\\") or any(ord(c) < 32 for c in experiment):
+        _fail("experiment", f"must be a non-empty string without slashes or control characters (it names folders "
+                            f"of the study's home); got {experiment!r}")
     report = spec.get("report")
     names = [report] if isinstance(report, str) else report
     if report is not None and (not isinstance(names, list) or not all(n in REPORT_LAYOUTS for n in names)):

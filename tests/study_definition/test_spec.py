@@ -273,3 +273,39 @@ def test_checkpoint_every_takes_epochs_or_a_duration():
     for bad in ("0s", "5", "m", "5 minutes", True, 1.5, None):
         with pytest.raises(ValueError):
             checkpoint_policy(bad)
+
+
+def _laughs(levels=9):
+    """A 'billion laughs' description: 9 aliases of 9 aliases ..., a few hundred bytes, 9^9 strings expanded."""
+    lines = ['description:', '  a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"  a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+HOSTILE = [
+    ("aliases that expand past the limit", TINY_STUDY.replace("description: a 4-cell x 2-seed study small enough for CI\n", "") + _laughs(),
+     "expands to more than"),
+    ("deep nesting", TINY_STUDY + "notes: " + "[" * 100_000 + "]" * 100_000 + "\n", "nest"),
+    ("a control character", TINY_STUDY + "description: \"a\x07b\"\n", "control character"),
+    ("a NUL byte in the name", TINY_STUDY.replace("name: tiny", 'name: "ti\\0ny"'), "name:"),
+    ("an experiment that climbs out of the home", TINY_STUDY + "experiment: ../../escaped\n", "experiment:"),
+    ("an absolute experiment", TINY_STUDY + "experiment: /tmp/elsewhere\n", "experiment:"),
+    ("a study file over 1 MiB", TINY_STUDY + "description: " + "x" * (1 << 20) + "\n", "at most 1,048,576"),
+]
+
+
+@pytest.mark.parametrize("what,text,message", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_study_files_are_refused_in_one_line_before_any_work(workdir, capsys, what, text, message):
+    """Size, control characters and alias expansion are checked before the YAML is used, and every name that becomes
+    a path stays one folder name: exit 2, one line, nothing written (so nothing outside AA_STUDY_HOME either)."""
+    import time
+    path = workdir / "hostile.yaml"
+    path.write_text(text)
+    before = store_files(workdir.parent)
+    t0 = time.monotonic()
+    assert main(["status", str(path)]) == 2
+    assert main(["run", str(path), "--dry-run"]) == 2
+    assert time.monotonic() - t0 < 30  # refused, not parsed for minutes
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(message in line for line in err), err
+    assert store_files(workdir.parent) == before
