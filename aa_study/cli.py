@@ -202,7 +202,8 @@ def _ui(a) -> int:
     import subprocess
 
     from pipelines.spec import SpecError, load_study
-    from pipelines.tracking import TrackingError, Tracker, check_tracking_uri, resolve_tracking_uri, sqlite_path, ui_url
+    from pipelines.tracking import (TrackingError, Tracker, check_tracking_uri, redact, resolve_tracking_uri, sqlite_path,
+                                    ui_url)
 
     try:
         uri = resolve_tracking_uri(a.tracking_uri)
@@ -212,7 +213,7 @@ def _ui(a) -> int:
         return _fail("ui", e)
     path = sqlite_path(uri)
     if path is None:
-        return _fail("ui", f"tracking-uri: {uri} is already a server: open it in a browser")
+        return _fail("ui", f"tracking-uri: {redact(uri)} is already a server: open it in a browser")
     if not path.exists():
         return _fail("ui", f"no store at {path} yet: run a study first")
     if not _port_free(a.host, a.port):  # before any link is printed: it would lead to whatever holds the port

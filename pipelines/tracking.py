@@ -133,20 +133,38 @@ def open_reader(uri: str):
     return Tracker(uri)
 
 
+def _health_request(uri: str) -> urllib.request.Request:
+    """GET /health of a tracking server, with HTTP basic credentials taken from the URI's user:password@ (which
+    urllib cannot open as a URL) or else MLflow's own MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD."""
+    import base64
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri.rstrip("/"))
+    user, password = parts.username, parts.password
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    req = urllib.request.Request(urlunsplit((parts.scheme, netloc, parts.path + "/health", "", "")))
+    if user is None:
+        user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user is not None:
+        token = base64.b64encode(f"{unquote(user)}:{unquote(password or '')}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    return req
+
+
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     """Reachable and usable, or TrackingError; writes nothing."""
     if uri.startswith(("http://", "https://")):
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            with urllib.request.urlopen(_health_request(uri), timeout=timeout) as r:
                 if r.status != 200:
-                    raise TrackingError(f"tracking-uri: {uri} answered /health with HTTP {r.status}")
+                    raise TrackingError(f"tracking-uri: {redact(uri)} answered /health with HTTP {r.status}")
         except (urllib.error.URLError, OSError, ValueError) as e:
             reason = getattr(e, "reason", e)
-            raise TrackingError(f"tracking-uri: {uri} is unreachable ({reason})") from None
+            raise TrackingError(f"tracking-uri: {redact(uri)} is unreachable ({redact(str(reason))})") from None
         return
     path = sqlite_path(uri)
     if path is None:
-        raise TrackingError(f"tracking-uri: {uri!r} is not supported: use sqlite:///PATH/mlflow.db or "
+        raise TrackingError(f"tracking-uri: {redact(uri)!r} is not supported: use sqlite:///PATH/mlflow.db or "
                             "http(s)://HOST:PORT (MLflow's file store is deprecated)")
     parent = path.parent
     while not parent.exists():
