@@ -293,7 +293,7 @@ def _report(a) -> int:
             layouts = s.report.split(",") if s.report else []
             name = experiment_name(s.name, {}, s.profile or None)  # NAME-PROFILE even on a shared experiment
         uri = resolve_tracking_uri(a.tracking_uri)
-        check_tracking_uri(uri)
+        check_tracking_uri(uri, readonly=a.no_log)  # --no-log only reads the store
         if not store_exists(uri):
             raise ReportError(f"tracking-uri: no store at {sqlite_path(uri)} (run a study first)")
         out = Path(a.out) if a.out else default_home() / "reports" / name

@@ -151,8 +151,9 @@ def _health_request(uri: str) -> urllib.request.Request:
     return req
 
 
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Reachable and usable, or TrackingError; writes nothing."""
+def check_tracking_uri(uri: str, timeout: float = 5.0, readonly: bool = False) -> None:
+    """Reachable and usable, or TrackingError; writes nothing. An existing sqlite store must be an undamaged
+    database; unless ``readonly`` (commands that only read it), it and its folder must be writable."""
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(_health_request(uri), timeout=timeout) as r:
@@ -166,13 +167,37 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     if path is None:
         raise TrackingError(f"tracking-uri: {redact(uri)!r} is not supported: use sqlite:///PATH/mlflow.db or "
                             "http(s)://HOST:PORT (MLflow's file store is deprecated)")
+    if path.exists():
+        _check_sqlite_store(path)
+    if readonly:
+        return
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
     if not os.access(parent, os.W_OK):
         raise TrackingError(f"tracking-uri: cannot create {path} (directory {parent} is not writable)")
     if path.exists() and not os.access(path, os.W_OK):
-        raise TrackingError(f"tracking-uri: {path} is not writable")
+        raise TrackingError(f"tracking-uri: {path} is not writable (status, report --no-log and ui only read it)")
+
+
+def _check_sqlite_store(path: Path) -> None:
+    """An existing sqlite store is a readable, undamaged sqlite database, or TrackingError naming it: a truncated or
+    overwritten mlflow.db is one line, not SQLAlchemy's traceback. Opens it read-only; writes nothing."""
+    import sqlite3
+
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            db.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+            verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        raise TrackingError(f"tracking-uri: {path} is not a readable MLflow store ({e}); move it aside or restore "
+                            "it from a backup") from None
+    if verdict != "ok":
+        raise TrackingError(f"tracking-uri: {path} is damaged (sqlite quick_check: {verdict}); move it aside or "
+                            "restore it from a backup")
 
 
 RESULT_PACKAGES = ("aa_modules", "pipelines")  # the code a trial's result depends on

@@ -555,7 +555,7 @@ def _checks_stop(checks: Optional[_Checks]):
 def status(spec_path: str, profile: Optional[str], tracking_uri: Optional[str]) -> Dict[str, Any]:
     study = load_study(spec_path, profile)  # reading the store needs no network or dataset
     uri = resolve_tracking_uri(tracking_uri)
-    check_tracking_uri(uri)
+    check_tracking_uri(uri, readonly=True)
     rows = {c: {"finished": 0, "running": 0, "failed": 0, "killed": 0} for c in study.cells}
     reader = open_reader(uri)
     exp_id = reader.experiment_id(study.experiment) if reader else None

@@ -1,0 +1,55 @@
+"""A damaged store is one line and exit 2 from every command; a store that may only be read serves the commands
+that only read it."""
+import os
+import sqlite3
+
+import pytest
+
+from conftest import TINY_STUDY
+from aa_study.cli import main
+from pipelines import tracking
+
+
+def _store_with_rows(path):
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE runs (run_uuid TEXT, status TEXT, payload TEXT)")
+    db.executemany("INSERT INTO runs VALUES (?, ?, ?)", [(f"r{i}", "FINISHED", "x" * 500) for i in range(2000)])
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_store_is_one_line_and_exit_2(workdir, capsys, damage):
+    home = workdir / "runs"
+    home.mkdir()
+    db = home / "mlflow.db"
+    if damage == "garbage":
+        db.write_bytes(os.urandom(5000))
+    else:  # a full disk or a killed copy: the first part of a real database
+        _store_with_rows(db)
+        db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+    before = db.read_bytes()
+    (workdir / "tiny.yaml").write_text(TINY_STUDY)
+    for argv in (["status"], ["run", "--dry-run"], ["report", "--no-log"], ["run"]):
+        assert main([argv[0], str(workdir / "tiny.yaml"), *argv[1:]]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "Traceback" not in err, err
+        assert str(db) in err and ("not a readable MLflow store" in err or "damaged" in err), err
+    assert db.read_bytes() == before  # looked at, never written
+
+
+def test_status_reads_a_store_it_may_not_write(workdir, capsys, monkeypatch):
+    """A colleague's store or a read-only mount: status answers; run, which writes, is refused in one line. (As root
+    every file is writable, so the permission is taken away where the check asks for it.)"""
+    import mlflow
+    home = workdir / "runs"
+    home.mkdir()
+    mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}").create_experiment("tiny-cpu")  # a real, empty store
+    (workdir / "tiny.yaml").write_text(TINY_STUDY)
+    real = os.access
+    monkeypatch.setattr(tracking.os, "access",
+                        lambda p, mode: False if mode == os.W_OK and str(p).startswith(str(home)) else real(p, mode))
+    assert main(["status", str(workdir / "tiny.yaml")]) == 0
+    capsys.readouterr()
+    assert main(["run", str(workdir / "tiny.yaml")]) == 2
+    assert "is not writable" in capsys.readouterr().err
