@@ -134,6 +134,8 @@ class MlflowRecorder(tune.Callback):
             seen.append(node)
             self.tracker.set_tags(rid, {"node_id": node, "nodes": ",".join(seen)})
 
+        if result.get("checkpoint_discarded"):  # the trial's checkpoint was unusable: it trains from epoch 1
+            self.tracker.set_tags(rid, {"checkpoint_discarded": str(result["checkpoint_discarded"])})
         if result.get("checkpoint_path"):  # a trial of several workers: Ray Train stored rank 0's checkpoint
             self.tracker.set_tags(rid, {"checkpoint": result["checkpoint_path"]})
 

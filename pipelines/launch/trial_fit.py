@@ -17,12 +17,13 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
 import torch
 
 from ..settings import CHECKPOINT_EVERY, checkpoint_policy, timing_stamp
+from .outcome import one_line
 
 
 class InjectedFault(RuntimeError):
@@ -132,4 +133,29 @@ def train_trial(t: Dict[str, Any], ckpt, checkpoint_cls, rank: int = 0, report=N
         fit(t["config"], callbacks=[callback], placement=placement)
         return
     with ckpt.as_directory() as d:
-        fit(t["config"], callbacks=[callback], ckpt_path=os.path.join(d, "last.ckpt"), placement=placement)
+        problem = checkpoint_problem(os.path.join(d, "last.ckpt"))
+        if problem is None:
+            fit(t["config"], callbacks=[callback], ckpt_path=os.path.join(d, "last.ckpt"), placement=placement)
+            return
+    # a truncated or damaged checkpoint (a full disk, a killed copy) would fail every resume the same way: it is
+    # set aside, the trial trains from its first epoch, and its run's tags say why (checkpoint_discarded)
+    if rank == 0:
+        print(f"checkpoint of {t['name']} is unusable ({problem}): training from its first epoch")
+    callback.extra["checkpoint_discarded"] = one_line(f"{getattr(ckpt, 'path', ckpt)}: {problem}")
+    fit(t["config"], callbacks=[callback], placement=placement)
+
+
+def checkpoint_problem(path: str) -> Optional[str]:
+    """Why a Lightning checkpoint file cannot be resumed from (missing, not a torch zip archive, an entry whose CRC
+    fails), or None. Reads the file once; loads nothing."""
+    import zipfile
+
+    if not os.path.isfile(path):
+        return "no last.ckpt in it"
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        return f"not a readable checkpoint: {e}"
+    return None if bad is None else f"entry {bad} is damaged"
+

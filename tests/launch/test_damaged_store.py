@@ -53,3 +53,21 @@ def test_status_reads_a_store_it_may_not_write(workdir, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["run", str(workdir / "tiny.yaml")]) == 2
     assert "is not writable" in capsys.readouterr().err
+
+
+def test_checkpoint_problem_finds_truncated_and_damaged_checkpoints(tmp_path):
+    import torch
+    from pipelines.launch.trial_fit import checkpoint_problem
+    good = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.randn(256, 256)}, "epoch": 2}, good)
+    assert checkpoint_problem(str(good)) is None
+    data = good.read_bytes()
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(data[: len(data) // 2])
+    assert "not a readable checkpoint" in checkpoint_problem(str(cut))
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF  # one bit pattern inside the tensor's bytes: its CRC fails
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(bytes(flipped))
+    assert "damaged" in checkpoint_problem(str(bad))
+    assert checkpoint_problem(str(tmp_path / "missing.ckpt")) == "no last.ckpt in it"

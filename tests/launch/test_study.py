@@ -235,3 +235,23 @@ def test_a_second_launch_of_a_running_study_is_refused(tiny_study, workdir, caps
         driver.kill()
         driver.wait(timeout=30)
         kill_env(f"RAY_TMPDIR={ray_tmp}")
+
+
+@pytest.mark.slow
+def test_resume_sets_a_damaged_checkpoint_aside_and_trains_from_the_first_epoch(workdir, capsys, monkeypatch):
+    """A truncated checkpoint (a full disk, a killed copy) no longer fails every resume: the trial trains from its
+    first epoch, finishes, and its run says which checkpoint was set aside and why."""
+    path = small_study(workdir, kappa=[0.5], pos_enc=["relative"], epochs=3, extra="checkpoint_every: 1")
+    monkeypatch.setenv("AA_STUDY_FAULT", "*")
+    monkeypatch.setenv("AA_STUDY_FAULT_AFTER_EPOCH", "2")
+    assert main(["run", str(path), "--quiet"]) == 1
+    c, _, (run,) = _runs(workdir)
+    ckpt = Path(run.data.tags["checkpoint"]) / "last.ckpt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 3])
+
+    monkeypatch.delenv("AA_STUDY_FAULT")
+    assert main(["resume", str(path), "--quiet"]) == 0
+    _, _, (again,) = _runs(workdir)
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    assert "not a readable checkpoint" in again.data.tags["checkpoint_discarded"]
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "val_top1")][-3:] == [1, 2, 3]
