@@ -8,6 +8,7 @@ Names the MLflow UI's compare view lines up: params `arch`, `kappa`, `upsilon`, 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -149,6 +150,53 @@ def _health_request(uri: str) -> urllib.request.Request:
         token = base64.b64encode(f"{unquote(user)}:{unquote(password or '')}".encode()).decode()
         req.add_header("Authorization", f"Basic {token}")
     return req
+
+
+class StudyLocked(TrackingError):
+    """Another launch of the study holds its lock."""
+
+
+@contextlib.contextmanager
+def study_lock(uri: str, experiment: str, discard_on: tuple = ()):
+    """Held by a launch from before it plans until it ends, so that two launches of one study started together
+    cannot both plan the same trials. For an embedded sqlite store: an exclusive flock on a file beside the store
+    (STORE_DIR/.locks/, one per experiment), which the kernel releases when the holder dies, however it dies, so no
+    lock outlives its launch. A server store takes no lock here (launches then rely on the planner's check of live
+    launch runs). Raises StudyLocked (one line, naming the holder) where it is held. An exception of a type in
+    ``discard_on`` (a launch whose checks failed: nothing may stay written) removes the lock file it created."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    import fcntl
+    import socket
+
+    folder = path.parent / ".locks"
+    made = [d for d in (*reversed(folder.parents), folder) if not d.exists()]  # the folders this creates
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / (hashlib.sha1(experiment.encode()).hexdigest()[:16] + ".lock")
+    new_file = not lock.exists()
+    with open(lock, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise StudyLocked(f"another launch of this study is running ({holder}); wait for it, or stop it "
+                              "(Ctrl-C) and resume") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        try:
+            yield  # closing the file releases the lock
+        except discard_on:
+            if new_file:
+                lock.unlink(missing_ok=True)
+                for d in reversed(made):
+                    with contextlib.suppress(OSError):  # not empty: something else wrote there meanwhile
+                        d.rmdir()
+            raise
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0, readonly: bool = False) -> None:

@@ -37,8 +37,8 @@ from ..settings import CUDA_GRAPH_MODES, process_started, timing_stamp
 from ..spec import SpecError, Study, load_study
 from .outcome import Background, LaunchError, LaunchResult, one_line  # noqa: F401  (LaunchError: the cli's)
 from .resources import Mps, _check_fits, check_local_resources, concurrent_trials, gpu_share
-from ..tracking import (Tracker, check_tracking_uri, default_home, open_reader, redact, resolve_tracking_uri,
-                       ui_url)
+from ..tracking import (StudyLocked, Tracker, check_tracking_uri, default_home, open_reader, redact,
+                       resolve_tracking_uri, study_lock, ui_url)
 
 
 TRIAL_ENV = ("AA_STUDY_FAULT", "AA_STUDY_TIMING")  # the variables that travel from the driver to the trials
@@ -246,12 +246,31 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
     NVIDIA MPS daemon for the launch (`resources.Mps`), so that trials sharing a GPU run kernels side by side.
 
     The planner (pipelines/launch/planner.py) decides what each trial is; this function only executes its plan."""
-    from .planner import Action, execute_closing
-
     study, uri = prepared or prepare(spec_path, profile, tracking_uri)
     _, exp_id, the_plan = read_plan(study, uri, resume)
     if the_plan.refused:
         raise LaunchError(the_plan.refused)
+    if not the_plan.pending:  # nothing to run: answered from the store alone, nothing written
+        return _launch_planned(study, uri, exp_id, the_plan, resume, storage, address, command, verbose, console,
+                               mps)
+    # something to run: the study's lock, then the plan again under it (a launch that held it meanwhile may have
+    # finished some of these trials); a second launch of the study is refused here, before it writes anything
+    try:
+        with study_lock(uri, study.experiment, discard_on=(SpecError,)):
+            _, exp_id, the_plan = read_plan(study, uri, resume)
+            if the_plan.refused:
+                raise LaunchError(the_plan.refused)
+            return _launch_planned(study, uri, exp_id, the_plan, resume, storage, address, command, verbose,
+                                   console, mps)
+    except StudyLocked as e:
+        raise LaunchError(str(e)) from None
+
+
+def _launch_planned(study: Study, uri: str, exp_id, the_plan, resume: bool, storage, address, command: str,
+                    verbose: int, console: str, mps: bool) -> LaunchResult:
+    """`launch` once its plan is read (under the study's lock where something is to run)."""
+    from .planner import Action, execute_closing
+
     pending = the_plan.pending
     result = LaunchResult(exp_id, None, skipped=the_plan.done)
     again = the_plan.count(Action.CONTINUE) + the_plan.count(Action.RETRY)

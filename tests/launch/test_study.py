@@ -255,3 +255,33 @@ def test_resume_sets_a_damaged_checkpoint_aside_and_trains_from_the_first_epoch(
     assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
     assert "not a readable checkpoint" in again.data.tags["checkpoint_discarded"]
     assert [m.step for m in c.get_metric_history(run.info.run_id, "val_top1")][-3:] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_two_launches_started_a_second_apart_run_each_trial_once(workdir):
+    """Two `aa-study run` processes of one study, started a second apart: the first takes the study's lock before
+    it plans, the second is refused in one line (exit 2) before it writes anything, and the store ends with each
+    cell x seed once."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    path = small_study(workdir, kappa=[0, 0.5], pos_enc=["relative"], epochs=2)
+    ray_tmp = tempfile.mkdtemp(prefix="aar", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    cmd = [sys.executable, "-m", "aa_study.cli", "run", str(path), "--quiet"]
+    try:
+        first = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1)
+        second = subprocess.run(cmd, env=env, cwd=workdir, capture_output=True, text=True, timeout=600)
+        out, err = first.communicate(timeout=600)
+    finally:
+        kill_env(f"RAY_TMPDIR={ray_tmp}")
+    assert first.returncode == 0, err[-2000:]
+    assert second.returncode == 2, (second.stdout[-1000:], second.stderr[-1000:])
+    assert second.stderr.strip().count("\n") == 0 and "another launch of this study is running" in second.stderr
+    _, _, trials = _runs(workdir)
+    keys = sorted((r.data.tags["cell"], r.data.tags["seed"]) for r in trials)
+    assert len(keys) == 2 and len(set(keys)) == 2 and all(r.info.status == "FINISHED" for r in trials)
