@@ -182,8 +182,9 @@ def _precision(q: torch.Tensor) -> str:
 
 def _head_blocks(dk: int, dv: int) -> Tuple[int, int]:
     """(BLOCK_DK, BLOCK_DV): both head dims zero-padded to one power of two >= 16 (a dot's least), the larger
-    one's. Compiled for an H100/H200 (Triton 3.6), the kernels gave wrong outputs or faulted where the two blocks
-    differed, while Triton's interpreter computed them right (benchmarks/kernel_sweep.py, variant unequal_blocks)."""
+    one's. One block for both: compiled for Hopper, the kernels with unequal key and value blocks give wrong
+    outputs or fault, while Triton's interpreter (what CI runs) computes either right; benchmarks/kernel_sweep.py
+    checks the GPU path (``--variant unequal_blocks`` runs the other launch)."""
     block = max(_pow2(dk), _pow2(dv))
     return block, block
 
