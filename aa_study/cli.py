@@ -57,7 +57,7 @@ def _train_config(a) -> dict:
     cfg = {}
     if a.config:
         from pipelines.spec import read_yaml  # the study files' limits (size, control characters, aliases, depth)
-        cfg = read_yaml(a.config)
+        cfg = read_yaml(a.config, "expected a mapping of training settings")
     flags = {k: getattr(a, k) for k in ("arch", "kappa", "upsilon", "num_heads", "pos_enc", "stages", "dataset",
                                         "epochs", "batch_size", "recipe", "seed", "device", "compile",
                                         "deterministic")}

@@ -197,7 +197,7 @@ def _size_problem(raw) -> Optional[str]:
     return None
 
 
-def read_yaml(path) -> Dict[str, Any]:
+def read_yaml(path, what: str = "a study must be a YAML mapping (name:, grid:, ...)") -> Dict[str, Any]:
     """A study file's mapping, refused in one line (SpecError) before any work where it is missing, over
     MAX_STUDY_BYTES, not UTF-8, holds control characters, is not valid YAML or expands past the limits above."""
     p = Path(path)
@@ -224,7 +224,7 @@ def read_yaml(path) -> Dict[str, Any]:
     except RecursionError:
         raise SpecError(f"{path}: nests too deeply to parse") from None
     if not isinstance(raw, dict):
-        raise SpecError(f"{path}: a study must be a YAML mapping (name:, grid:, ...); got {type(raw).__name__}")
+        raise SpecError(f"{path}: {what}; got {type(raw).__name__}")
     problem = _size_problem(raw)
     if problem:
         raise SpecError(f"{path}: {problem}")
