@@ -253,6 +253,9 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
     if not the_plan.pending:  # nothing to run: answered from the store alone, nothing written
         return _launch_planned(study, uri, exp_id, the_plan, resume, storage, address, command, verbose, console,
                                mps)
+    _check_writable(default_home(), "AA_STUDY_HOME (the launch's logs and Ray's trial folders)")
+    if storage and "://" not in storage:
+        _check_writable(Path(storage).expanduser().resolve(), "--storage")
     # something to run: the study's lock, then the plan again under it (a launch that held it meanwhile may have
     # finished some of these trials); a second launch of the study is refused here, before it writes anything
     try:
@@ -264,6 +267,16 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
                                    console, mps)
     except StudyLocked as e:
         raise LaunchError(str(e)) from None
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """The folder (or, where it does not exist yet, its nearest existing parent) may be written, or one line
+    (LaunchError) before the plan prints or anything starts."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise LaunchError(f"{what}: {folder} cannot be written ({existing} is not a writable folder)")
 
 
 def _launch_planned(study: Study, uri: str, exp_id, the_plan, resume: bool, storage, address, command: str,

@@ -71,3 +71,23 @@ def test_checkpoint_problem_finds_truncated_and_damaged_checkpoints(tmp_path):
     bad.write_bytes(bytes(flipped))
     assert "damaged" in checkpoint_problem(str(bad))
     assert checkpoint_problem(str(tmp_path / "missing.ckpt")) == "no last.ckpt in it"
+
+
+def test_a_home_that_cannot_be_written_is_one_line_before_the_plan(workdir, capsys, monkeypatch):
+    """A read-only AA_STUDY_HOME beside a writable store: refused before the plan prints or Ray starts, not a
+    PermissionError traceback after it. (As root every folder is writable: the check's answer is taken away.)"""
+    from pipelines.launch import driver
+    store = workdir / "store"
+    store.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+    home = workdir / "runs"
+    real = os.access
+    monkeypatch.setattr(driver.os, "access",
+                        lambda p, mode: False if str(p).startswith(str(workdir)) and str(p) != str(store)
+                        and mode & os.W_OK else real(p, mode))
+    (workdir / "tiny.yaml").write_text(TINY_STUDY)
+    assert main(["run", str(workdir / "tiny.yaml")]) == 2
+    out, err = capsys.readouterr()
+    assert "study tiny" not in out, out  # no plan printed
+    assert err.strip().count("\n") == 0 and "AA_STUDY_HOME" in err and str(home) in err, err
+    assert not home.exists()
