@@ -163,7 +163,8 @@ def study_lock(uri: str, experiment: str, discard_on: tuple = ()):
     (STORE_DIR/.locks/, one per experiment), which the kernel releases when the holder dies, however it dies, so no
     lock outlives its launch. A server store takes no lock here (launches then rely on the planner's check of live
     launch runs). Raises StudyLocked (one line, naming the holder) where it is held. An exception of a type in
-    ``discard_on`` (a launch whose checks failed: nothing may stay written) removes the lock file it created."""
+    ``discard_on`` (a refused launch: nothing may stay written) removes the lock file it created and the folders
+    made for it."""
     path = sqlite_path(uri)
     if path is None:
         yield

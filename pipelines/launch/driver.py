@@ -259,7 +259,9 @@ def launch(spec_path: str, profile: Optional[str] = None, tracking_uri: Optional
     # something to run: the study's lock, then the plan again under it (a launch that held it meanwhile may have
     # finished some of these trials); a second launch of the study is refused here, before it writes anything
     try:
-        with study_lock(uri, study.experiment, discard_on=(SpecError,)):
+        # a launch that ends in an error (a failed check, a refusal of its resources, Ctrl-C) removes the lock file
+        # it created, so that a refused launch leaves nothing written
+        with study_lock(uri, study.experiment, discard_on=(BaseException,)):
             _, exp_id, the_plan = read_plan(study, uri, resume)
             if the_plan.refused:
                 raise LaunchError(the_plan.refused)
