@@ -92,14 +92,32 @@ def _bilinear_matrix(n_out: int, n_in: int, device, dtype) -> torch.Tensor:
     return m.to(device=device, dtype=dtype)
 
 
+_BILINEAR = {}  # (n_out, n_in, device, dtype) -> its matrix, built once (eager runs; a compiled graph keeps its own)
+
+
+def _bilinear(n_out: int, n_in: int, device, dtype) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return _bilinear_matrix(n_out, n_in, device, dtype)
+    key = (n_out, n_in, device, dtype)
+    if key not in _BILINEAR:
+        _BILINEAR[key] = _bilinear_matrix(n_out, n_in, device, dtype)
+    return _BILINEAR[key]
+
+
 def resize_bilinear(x: torch.Tensor, size) -> torch.Tensor:
     """(B, C, h, w) -> (B, C, H, W), bilinear as `F.interpolate(..., align_corners=False)`, computed as two small
     products with the interpolation matrices: its backward is deterministic on CUDA (that of upsample_bilinear2d
     accumulates with atomics, and deterministic runs refuse it)."""
-    h_out, w_out = int(size[0]), int(size[1])
-    mh = _bilinear_matrix(h_out, x.shape[-2], x.device, x.dtype)
-    mw = _bilinear_matrix(w_out, x.shape[-1], x.device, x.dtype)
+    mh = _bilinear(int(size[0]), x.shape[-2], x.device, x.dtype)
+    mw = _bilinear(int(size[1]), x.shape[-1], x.device, x.dtype)
     return torch.einsum("Hh,bchw,Ww->bcHW", mh, x, mw)
+
+
+def attention_map_size(out_size: Tuple[int, int], stride: int, attention_pool: bool) -> Tuple[int, int]:
+    """(H, W) of a layer's attention map from its output size: the output itself, or with ``attention_pool`` at
+    stride 1 its 3x3 stride-2 average pool, ceil(H/2) x ceil(W/2) (at stride 2 that pooling gives the output size)."""
+    h, w = out_size
+    return ((h + 1) // 2, (w + 1) // 2) if attention_pool and stride == 1 else (h, w)
 
 
 class RelativePositionTables(LazyModuleMixin, nn.Module):

@@ -18,7 +18,7 @@ from typing import Iterable, Optional, Sequence, Tuple, Union
 import torch.nn as nn
 from torchvision.models import resnet as tv
 
-from .augmented_conv import AugmentedConv2d, check_fractions, layer_depths
+from .augmented_conv import AugmentedConv2d, attention_map_size, check_fractions, layer_depths
 
 AUGMENTED_CONV = {tv.BasicBlock: "conv1", tv.Bottleneck: "conv2"}
 _DEPTHS = {
@@ -85,11 +85,10 @@ def augment_resnet(
             dk, dv = layer_depths(f_out, kappa, upsilon, num_heads, min_key_depth_per_head, round_depths_to_heads)
             try:
                 pool = s in pooled
-                h, w = sizes[s - 1]  # the block's output; its input pooled 3x3, stride 2 where it has stride 1
                 aug = AugmentedConv2d(
                     conv.in_channels, f_out, conv.kernel_size, dk=dk, dv=dv,
                     num_heads=num_heads, pos_enc=pos_enc, stride=conv.stride[0],
-                    feature_size=((h + 1) // 2, (w + 1) // 2) if pool and conv.stride[0] == 1 else (h, w),
+                    feature_size=attention_map_size(sizes[s - 1], conv.stride[0], pool),
                     attention_impl=attention_impl, attention_pool=pool,
                 )
             except ValueError as e:

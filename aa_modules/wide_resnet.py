@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .augmented_conv import AugmentedConv2d, layer_depths
+from .augmented_conv import AugmentedConv2d, attention_map_size, layer_depths
 
 
 class WideBasic(nn.Module):
@@ -60,8 +60,8 @@ class WideResNet(nn.Module):
             for b in range(n):
                 try:
                     st = stride if b == 0 else 1
-                    side = (size + 1) // 2 if pool and st == 1 else size  # stride-2 blocks pool to their output
-                    layers.append(WideBasic(in_planes, planes, st, dropout, (side, side), aa or {}, pool))
+                    layers.append(WideBasic(in_planes, planes, st, dropout, attention_map_size((size, size), st, pool),
+                                            aa or {}, pool))
                 except ValueError as e:
                     raise ValueError(f"group{g + 1}.{b}.conv1 (F_out={planes}): {e}") from None
                 in_planes = planes
