@@ -38,6 +38,17 @@ RESULT_METRICS = ("val_top1", "val_top5", "val_loss", "train_loss", "params", "g
 METRICS = RESULT_METRICS + ("lr", "peak_gpu_mem_gib")
 
 
+# The settings that decide a trial's network (its layers and their shapes); `network_signature`.
+NETWORK_SETTINGS = ("arch", "kappa", "upsilon", "num_heads", "pos_enc", "stages", "small_input",
+                    "min_key_depth_per_head", "attention_pool_stages", "round_depths_to_heads")
+
+
+def network_signature(cfg: Dict[str, Any]) -> tuple:
+    """A hashable key of the network a resolved config builds: configs with equal signatures build the same layers
+    (the spec's network check and the dry run's estimate build each distinct network once)."""
+    return tuple(repr(cfg.get(k)) for k in NETWORK_SETTINGS)
+
+
 def upsilon_of(kappa, upsilon):
     """υ = d_v / F_out; not given (None), it is tied to κ."""
     return kappa if upsilon is None else upsilon

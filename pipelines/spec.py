@@ -250,13 +250,19 @@ def parse_study(raw: Dict[str, Any], profile: Optional[str] = None) -> Study:
         raise SpecError(f"study: malformed spec ({type(e).__name__}: {e})".replace("\n", " ")) from None
 
 
+def _folder_name(text) -> bool:
+    """Can text name one folder (the study's name and experiment become folders of its home): a non-blank string,
+    not only dots, without slashes or control characters."""
+    return (isinstance(text, str) and bool(text.strip()) and text.strip(".") != ""
+            and not any(c in text for c in "/\\") and not any(ord(c) < 32 for c in text))
+
+
 def _parse_study(raw: Dict[str, Any], profile: Optional[str] = None) -> Study:
     for k in raw:
         if not isinstance(k, str) or k not in TOP_KEYS:
             _fail(str(k), f"unknown key (allowed: {', '.join(sorted(TOP_KEYS))})")
     name = raw.get("name")
-    if not isinstance(name, str) or not name.strip() or name.strip(".") == "" \
-            or any(c in name for c in "/\\ ") or any(ord(c) < 32 for c in name):
+    if not _folder_name(name) or " " in name:
         _fail("name", "required: a non-empty string without spaces, slashes or control characters")
     profiles = raw.get("profiles", {}) or {}
     if not isinstance(profiles, dict):
@@ -280,8 +286,7 @@ def _parse_study(raw: Dict[str, Any], profile: Optional[str] = None) -> Study:
     if not _among(task, TASKS):
         _fail("task", f"must be one of {', '.join(TASKS)}; got {task!r}")
     experiment = experiment_name(name, spec, chosen)
-    if not isinstance(experiment, str) or not experiment.strip() or experiment.strip(".") == "" \
-            or any(c in experiment for c in "/\\") or any(ord(c) < 32 for c in experiment):
+    if not _folder_name(experiment):
         _fail("experiment", f"must be a non-empty string without slashes or control characters (it names folders "
                             f"of the study's home); got {experiment!r}")
     report = spec.get("report")
@@ -393,16 +398,14 @@ def _parse_train(train) -> Dict[str, Any]:
         _fail("train.device", f"must be auto, cpu or cuda; got {train['device']!r}")
     if "stages" in train and not all(isinstance(s, int) and 1 <= s <= 4 for s in train["stages"]):
         _fail("train.stages", f"must list stage numbers 1-4; got {train['stages']!r}")
-    if "attention_pool_stages" in train and "stages" in train and \
-            not set(train["attention_pool_stages"]) <= set(train["stages"]) and \
-            all(isinstance(s, int) for s in train["attention_pool_stages"]):
-        _fail("train.attention_pool_stages", f"must be among the augmented stages {train['stages']}; "
-                                             f"got {train['attention_pool_stages']!r}")
     for k in ("grad_clip", "limit_train_batches", "compile", "min_key_depth_per_head", "attention_pool_stages"):
         # the bounds `aa-study train` checks too: one definition
         problem = setting_problem(k, train.get(k, TRAIN_DEFAULTS[k]))
         if problem:
             _fail(f"train.{k}", problem)
+    if "stages" in train and not set(train.get("attention_pool_stages", [])) <= set(train["stages"]):
+        _fail("train.attention_pool_stages", f"must be among the augmented stages {train['stages']}; "
+                                             f"got {train['attention_pool_stages']!r}")
     data = train.get("data", {})
     if isinstance(data.get("root"), str):  # trials may run in another working directory
         train = {**train, "data": {**data, "root": str(Path(data["root"]).expanduser().resolve())}}

@@ -10,6 +10,7 @@ import os
 import time
 from typing import Dict, List, Optional
 
+from ..settings import network_signature
 from ..spec import Study
 
 
@@ -94,10 +95,7 @@ def dry_run(study: Study, pending: List, finished: int, address: Optional[str], 
     nets: Dict[tuple, dict] = {}
     for t in pending:
         c = t.config
-        sig = (c["arch"], c["kappa"], c["upsilon"], c["num_heads"], c["pos_enc"], tuple(c["stages"]),
-               c["small_input"], c.get("min_key_depth_per_head"), tuple(c.get("attention_pool_stages") or ()),
-               c.get("round_depths_to_heads"),
-               c["dataset"], repr(sorted(c.get("data", {}).items())), c["batch_size"])
+        sig = (*network_signature(c), c["dataset"], repr(sorted(c.get("data", {}).items())), c["batch_size"])
         nets.setdefault(sig, {"config": c, "trials": 0})["trials"] += 1
     total_trial_h = total_gpu_h = 0.0
     lines.append(f"{'network':58} {'trials':>6} {'img/s':>8} {'h/trial':>8} {'GPU-h':>8}")

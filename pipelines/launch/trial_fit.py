@@ -158,4 +158,3 @@ def checkpoint_problem(path: str) -> Optional[str]:
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         return f"not a readable checkpoint: {e}"
     return None if bad is None else f"entry {bad} is damaged"
-

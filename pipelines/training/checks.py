@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from ..data import DATASETS, DataError
 from ..spec import Study, _canon, _fail
-from ..settings import ARCHITECTURES, BACKBONE_KEYS, arch_kwargs
+from ..settings import ARCHITECTURES, BACKBONE_KEYS, arch_kwargs, network_signature
 from .classifier import build_model
 from .fit import build_data
 
@@ -38,10 +38,7 @@ def _check_networks(study: Study):
     done = set()
     for t in study.trials:
         c = t.config
-        sig = (c["arch"], c["kappa"], c["upsilon"], c["num_heads"], c["pos_enc"], tuple(c["stages"]),
-               c["small_input"], c.get("min_key_depth_per_head"), tuple(c.get("attention_pool_stages") or ()),
-               c.get("round_depths_to_heads"),
-               c["dataset"], json.dumps(_canon(c.get("data", {}))))
+        sig = (*network_signature(c), c["dataset"], json.dumps(_canon(c.get("data", {}))))
         if sig in done:
             continue
         done.add(sig)
