@@ -298,14 +298,11 @@ HOSTILE = [
 def test_hostile_study_files_are_refused_in_one_line_before_any_work(workdir, capsys, what, text, message):
     """Size, control characters and alias expansion are checked before the YAML is used, and every name that becomes
     a path stays one folder name: exit 2, one line, nothing written (so nothing outside AA_STUDY_HOME either)."""
-    import time
     path = workdir / "hostile.yaml"
     path.write_text(text)
     before = store_files(workdir.parent)
-    t0 = time.monotonic()
     assert main(["status", str(path)]) == 2
     assert main(["run", str(path), "--dry-run"]) == 2
-    assert time.monotonic() - t0 < 30  # refused, not parsed for minutes
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(message in line for line in err), err
     assert store_files(workdir.parent) == before
