@@ -152,6 +152,17 @@ def _health_request(uri: str) -> urllib.request.Request:
     return req
 
 
+def _tls_context():
+    """The TLS settings MLflow's own client follows for an https tracking server, so that the health check trusts
+    what the client trusts: MLFLOW_TRACKING_SERVER_CERT_PATH (a CA bundle, e.g. the cluster's own certificate) or
+    MLFLOW_TRACKING_INSECURE_TLS=true (no verification); else the system's CAs."""
+    import ssl
+
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        return ssl._create_unverified_context()
+    return ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
+
+
 class StudyLocked(TrackingError):
     """Another launch of the study holds its lock."""
 
@@ -205,7 +216,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, readonly: bool = False) -
     database; unless ``readonly`` (commands that only read it), it and its folder must be writable."""
     if uri.startswith(("http://", "https://")):
         try:
-            with urllib.request.urlopen(_health_request(uri), timeout=timeout) as r:
+            with urllib.request.urlopen(_health_request(uri), timeout=timeout, context=_tls_context()) as r:
                 if r.status != 200:
                     raise TrackingError(f"tracking-uri: {redact(uri)} answered /health with HTTP {r.status}")
         except (urllib.error.URLError, OSError, ValueError) as e:

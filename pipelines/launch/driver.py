@@ -77,6 +77,7 @@ def init_ray(address: Optional[str], study: Study):
     gpu = study.resources["gpu"]  # the local machine was checked by check_local_resources (launch)
     try:
         if address:
+            private_ray_token()
             ray.init(address=address, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env)
         elif not serving():  # the study server's Ray is up already
             start_local_ray(runtime_env)
@@ -95,6 +96,38 @@ def init_ray(address: Optional[str], study: Study):
     if gpu == 0 and study.train.get("device") == "cuda":
         release_ray()
         raise LaunchError("train.device: cuda needs resources.gpu > 0 (Ray hides GPUs from trials that ask for none)")
+
+
+def private_ray_token(create: bool = False) -> Optional[Path]:
+    """Ray's token file (RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token) readable by its owner only. Ray writes it
+    with the process's umask (0644 by default: every user of the node could read the cluster's token); this
+    narrows an existing file this user owns to 0600 and, with ``create`` (a local Ray starting with token
+    authentication, Ray's default), makes a missing one 0600 before Ray would write it. A token given in
+    RAY_AUTH_TOKEN needs no file. Returns the file, or None."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        return None
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if not create:
+            return None
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another launch made it meanwhile
+            return private_ray_token()
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        return path
+    except OSError:
+        return None
+    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+        with contextlib.suppress(OSError):
+            path.chmod(0o600)
+    return path
 
 
 def trial_runtime_env() -> Optional[dict]:
@@ -127,6 +160,7 @@ def start_local_ray(runtime_env: Optional[dict] = None, warm: bool = False) -> b
     # Ray's notice that token authentication is on, at every start of a local Ray: it would be the one line on
     # stderr beside a deep check's error
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    private_ray_token(create=True)
     try:
         ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env,
                  _system_config={"prestart_worker_first_driver": warm})
