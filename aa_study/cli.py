@@ -245,8 +245,8 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def _serve(cmd) -> int:
-    """Run the MLflow server in its own process group and stop the whole group (its workers too) when this
-    command ends: Ctrl-C, SIGTERM or the server's own exit."""
+    """Run the MLflow server in its own process group and stop the whole group (its workers and job consumers too)
+    when this command ends: Ctrl-C, SIGTERM, a hang-up (its terminal closed: SIGHUP) or the server's own exit."""
     import os
     import signal
     import subprocess
@@ -262,14 +262,15 @@ def _serve(cmd) -> int:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
 
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    previous = {sig: signal.signal(sig, lambda *_: sys.exit(0)) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return proc.wait()
     except KeyboardInterrupt:
         return 0
     finally:
         stop()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _report(a) -> int:

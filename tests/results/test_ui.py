@@ -2,10 +2,13 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -140,27 +143,42 @@ def test_ui_refuses_a_taken_port_before_printing_a_link(tiny_study, workdir, cap
                                                   "(another server?): choose another --port")
 
 
+def _processes_with(marker: str) -> list:
+    """The processes whose environment holds marker: aa-study ui and everything it started (MLflow's server, its
+    workers and job consumers), whatever they renamed themselves to."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found.append((int(proc.name), (proc / "cmdline").read_bytes().replace(b"\0", b" ")[:120]))
+        except OSError:
+            pass
+    return found
+
+
 @pytest.mark.slow
-def test_stopping_ui_stops_its_server(tiny_study, workdir):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP (terminal closed)"])
+def test_stopping_ui_stops_its_server(tiny_study, workdir, sig):
     _store_with_study(tiny_study, workdir)
-    port = free_port()
+    port, marker = free_port(), f"AA_UI_TEST={uuid.uuid4().hex}"
     ui = subprocess.Popen([sys.executable, "-m", "aa_study.cli", "ui", str(tiny_study), "--port", str(port)],
-                          cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                          cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          env={**os.environ, marker.split("=")[0]: marker.split("=")[1]})
     base = f"http://127.0.0.1:{port}"
     try:
         ui.stdout.readline()
         _wait_healthy(base)
-        ui.terminate()  # SIGTERM to aa-study alone, as a process manager or `kill` would send
+        assert len(_processes_with(marker)) >= 2  # aa-study ui and MLflow's server
+        ui.send_signal(sig)  # to aa-study alone, as a process manager, `kill` or a closing terminal sends it
         ui.wait(timeout=30)
         deadline = time.time() + 20
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(base + "/health", timeout=1)
-                time.sleep(0.5)
-            except OSError:
-                break
-        else:
-            pytest.fail("the mlflow server still answers after aa-study ui was stopped")
+        while time.time() < deadline and _processes_with(marker):
+            time.sleep(0.5)
+        assert not _processes_with(marker), f"left running: {_processes_with(marker)}"
+        with pytest.raises(OSError):
+            urllib.request.urlopen(base + "/health", timeout=1)
     finally:
         if ui.poll() is None:
             ui.kill()
+        for pid, _ in _processes_with(marker):
+            os.kill(pid, signal.SIGKILL)
