@@ -106,22 +106,25 @@ def status_of(url: str, ctx, user: Optional[str] = None, password: Optional[str]
 
 @contextlib.contextmanager
 def tracking_server(pg_port: int, pg_password: str, home: Path, user: str, password: str, addr: str,
-                    workers: int = 1) -> Iterator[Tuple[str, Path]]:
+                    workers: int = 1, **settings: str) -> Iterator[Tuple[str, Path]]:
     """deploy/tracking-server.sh as the README runs it, with HOME=home (its state folder under it), on addr.
-    Yields (https URL, the certificate clients trust); stops the server's whole process group at the end."""
+    Yields (https URL, the certificate clients trust); stops the server's whole process group at the end.
+    `settings`: more of the script's variables (AA_TRACKING_AUTH_CACHE_S=...)."""
     port = free_port()
     env = {**os.environ, "HOME": str(home), "MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password,
            "PGPASSWORD": pg_password, "AA_TRACKING_DB": f"postgresql://aa@127.0.0.1:{pg_port}/aa_mlflow",
            "AA_TRACKING_ARTIFACTS": str(home / "artifacts"), "AA_TRACKING_HOST": addr,
-           "AA_TRACKING_PORT": str(port), "AA_TRACKING_WORKERS": str(workers)}
-    server = subprocess.Popen(["bash", str(ROOT / "deploy" / "tracking-server.sh")], env=env, cwd=home,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+           "AA_TRACKING_PORT": str(port), "AA_TRACKING_WORKERS": str(workers), **settings}
+    log = home / "tracking-server.log"  # a file, not a pipe: a pipe nobody reads fills and blocks the server
+    with open(log, "w") as out:
+        server = subprocess.Popen(["bash", str(ROOT / "deploy" / "tracking-server.sh")], env=env, cwd=home,
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     cert, url = home / ".aa-study" / "tracking-server" / "cert.pem", f"https://{addr}:{port}"
     try:
         deadline = time.time() + 120
         while True:
             if server.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"tracking server did not start: {server.stdout.read()[-3000:]}"
+                raise RuntimeError(f"tracking server did not start: {log.read_text()[-3000:]}"
                                    if server.poll() is not None else "tracking server did not start in 120 s")
             time.sleep(1)
             if cert.exists():

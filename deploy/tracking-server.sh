@@ -17,6 +17,10 @@
 #   AA_TRACKING_CERT / AA_TRACKING_KEY  the TLS certificate and key (default: a self-signed certificate for
 #                         AA_TRACKING_HOST made once in the state folder; give clients its cert.pem)
 #   AA_TRACKING_STATE     folder for the generated files, made private (default: ~/.aa-study/tracking-server)
+#   AA_TRACKING_AUTH_CACHE_S  seconds a worker trusts a checked user:password (60; 0: check every request). The
+#                         check is a deliberately slow password hash, so without the cache each request costs one
+#                         (benchmarks/results/store-load.md); a changed or deleted password still works on the
+#                         workers that had checked it for up to this long
 set -euo pipefail
 umask 077
 
@@ -60,6 +64,7 @@ cat > "$state/basic_auth.ini" <<EOF
 default_permission = NO_PERMISSIONS
 database_uri = $auth_db
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = ${AA_TRACKING_AUTH_CACHE_S:-60}
 EOF
 MLFLOW_FLASK_SERVER_SECRET_KEY=$(cat "$state/secret")
 export MLFLOW_FLASK_SERVER_SECRET_KEY MLFLOW_AUTH_CONFIG_PATH=$state/basic_auth.ini
