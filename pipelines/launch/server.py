@@ -40,10 +40,13 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from . import driver
+from .outcome import one_line
+from .output import UntilGone
 
 SAME_ENV = driver.TRIAL_ENV + ("CUDA_VISIBLE_DEVICES",)  # must match between client and server
 PASSED_ENV = ("MLFLOW_TRACKING_URI",)  # the client's, set in the server for its launch
 PACKAGES = ("aa_modules", "aa_study", "pipelines", "reports")
+REQUEST_DEADLINE_S = 5.0  # a client sends its request at once; one that does not is dropped after this
 
 
 def address(home: Path) -> str:
@@ -116,8 +119,15 @@ def delegate(argv: List[str], home: Path, mps: bool = False) -> Optional[int]:
 
 # ------------------------------------------------------------------------------------------- server
 class _Request:
-    def __init__(self, conn: socket.socket, request: dict, fds: List[int]):
-        self.conn, self.request, self.fds = conn, request, fds
+    def __init__(self, conn: socket.socket, request: dict, fds: List[int], pid: int = 0):
+        self.conn, self.request, self.fds, self.pid = conn, request, fds, pid
+
+
+def _flush() -> None:
+    """Flush the launch's output; a client's terminal that is gone (a closed pipe) is not the server's error."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
 
 
 class Server:
@@ -132,43 +142,70 @@ class Server:
         self.requests: "queue.Queue[_Request]" = queue.Queue()
         self.busy = threading.Lock()
         self.running: Optional[_Request] = None
-        self.interrupted = False
+        self.interrupted = self.client_gone = False
+        self.terminal_lock = threading.Lock()
 
-    # the acceptor thread: answers at once, queues what the main thread runs
+    # the acceptor thread: never reads from a client itself, so no client can stall it
     def accept(self, sock: socket.socket) -> None:
         while True:
             try:
                 conn, _ = sock.accept()
             except OSError:
                 return
-            try:
-                self._take(conn)
-            except Exception as e:  # noqa: BLE001 - one bad client must not stop the server
-                print(f"study server: a request failed: {e}", file=sys.stderr, flush=True)
+            try:  # who it is, from the kernel, before anything is read: another user's client gets one line
+                _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            except OSError:
                 conn.close()
+                continue
+            if uid != os.getuid():
+                conn.settimeout(REQUEST_DEADLINE_S)
+                with contextlib.suppress(OSError):
+                    _send(conn, {"accepted": False, "why": "it belongs to another user"})
+                conn.close()
+                continue
+            threading.Thread(target=self._take_safely, args=(conn,), daemon=True, name="aa-study-client").start()
+
+    def _take_safely(self, conn: socket.socket) -> None:
+        try:
+            self._take(conn)
+        except Exception as e:  # noqa: BLE001 - one bad client must not stop the server
+            with contextlib.suppress(OSError, ValueError):
+                print(f"study server: a request was dropped ({e.__class__.__name__}: {e})", file=sys.stderr,
+                      flush=True)
+            conn.close()
 
     def _take(self, conn: socket.socket) -> None:
-        pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        msg, fds, _, _ = socket.recv_fds(conn, 1 << 20, 2)
-        while not msg.endswith(b"\n"):
-            more = conn.recv(1 << 20)
-            if not more:
-                break
-            msg += more
-        why = None
-        if uid != os.getuid():
-            why = "it belongs to another user"
-        request = json.loads(msg) if why is None else {}
-        why = why or self._refusal(request)
+        """One client's request, read within REQUEST_DEADLINE_S (a client that sends nothing, or too little, is
+        dropped when it passes), then refused or queued for the main thread."""
+        conn.settimeout(REQUEST_DEADLINE_S)
+        fds: List[int] = []
+        try:
+            msg, fds, _, _ = socket.recv_fds(conn, 1 << 20, 2)
+            while not msg.endswith(b"\n") and len(msg) < 1 << 22:
+                more = conn.recv(1 << 20)
+                if not more:
+                    break
+                msg += more
+            request = json.loads(msg)
+            if not isinstance(request, dict) or len(fds) != 2:
+                raise ValueError("not a launch request")
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        why = self._refusal(request)
         if why is None and not self.busy.acquire(blocking=False):
             why = "it is running another launch"
         if why:
-            _send(conn, {"accepted": False, "why": why})
+            with contextlib.suppress(OSError):
+                _send(conn, {"accepted": False, "why": why})
             for fd in fds:
                 os.close(fd)
             conn.close()
             return
-        self.requests.put(_Request(conn, request, fds))
+        conn.settimeout(None)  # from here the launch's own length: the client waits for its result
+        pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        self.requests.put(_Request(conn, request, fds, pid))
 
     def _refusal(self, r: dict) -> Optional[str]:
         if r.get("code") != self.code:
@@ -189,30 +226,39 @@ class Server:
         threading.Thread(target=self._watch, args=(req,), daemon=True).start()
         saved_env = {k: os.environ.get(k) for k in PASSED_ENV}
         saved_argv = sys.argv
-        rc = 1
+        rc, error = 1, None
+        what = " ".join(["aa-study"] + [str(a) for a in req.request.get("argv", [])])[:300]
+        t0 = time.time()
+        print(f"study server: runs `{what}` (client pid {req.pid})", flush=True)
         try:
             with _terminal(req.fds):
-                _send(req.conn, {"accepted": True})
-                os.environ.update(req.request["passed"])
-                for k in PASSED_ENV:
-                    if k not in req.request["passed"]:
-                        os.environ.pop(k, None)
-                sys.argv = ["aa-study"] + req.request["argv"]
-                print(f"study server (pid {os.getpid()}) runs this launch", flush=True)
                 try:
-                    rc = main(req.request["argv"])
-                except KeyboardInterrupt:
-                    if not self.interrupted:
-                        raise
-                    rc = 130
-                except SystemExit as e:  # argparse
-                    rc = e.code if isinstance(e.code, int) else 2
-                except Exception:  # noqa: BLE001 - the client's terminal gets the traceback, the server goes on
-                    import traceback
+                    _send(req.conn, {"accepted": True})
+                    os.environ.update(req.request["passed"])
+                    for k in PASSED_ENV:
+                        if k not in req.request["passed"]:
+                            os.environ.pop(k, None)
+                    sys.argv = ["aa-study"] + req.request["argv"]
+                    print(f"study server (pid {os.getpid()}) runs this launch", flush=True)
+                    try:
+                        rc = main(req.request["argv"])
+                    except KeyboardInterrupt:
+                        if not self.interrupted:
+                            raise
+                        rc = 130
+                    except SystemExit as e:  # argparse
+                        rc = e.code if isinstance(e.code, int) else 2
+                    except Exception as e:  # noqa: BLE001 - the client's terminal gets the traceback, the server goes on
+                        import traceback
 
-                    traceback.print_exc()
-                    rc = 1
-                sys.stdout.flush(), sys.stderr.flush()
+                        error = f"{e.__class__.__name__}: {one_line(str(e), 200)}"
+                        with contextlib.suppress(OSError, ValueError):  # a client's terminal that is gone
+                            traceback.print_exc()
+                        rc = 1
+                    _flush()
+                finally:
+                    with self.terminal_lock:  # from here the watch leaves fds 1 and 2 alone
+                        self.running = None
         finally:
             sys.argv = saved_argv
             for k, v in saved_env.items():
@@ -222,6 +268,10 @@ class Server:
                 _send(req.conn, {"rc": rc})
             req.conn.close()
             self.busy.release()
+            how = ("stopped: its client went away" if self.client_gone else "stopped (Ctrl-C in the client)"
+                   if self.interrupted else f"exit {rc}") + (f" ({error})" if error else "")
+            print(f"study server: `{what}` ended after {time.time() - t0:.0f} s: {how}", flush=True)
+            self.client_gone = False
         return rc
 
     def refresh(self) -> None:
@@ -237,24 +287,37 @@ class Server:
             print(f"study server: Ray restarted with {cpus} fresh worker processes ({idle} were left)", flush=True)
 
     def _watch(self, req: _Request) -> None:
-        """The client's Ctrl-C (or its end): stop the launch as a Ctrl-C in its own terminal would."""
+        """The client's Ctrl-C (or its end): stop the launch as a Ctrl-C in its own terminal would. A client that went
+        away (killed, its ssh session closed) took its terminal with it: nothing more is written there (fds 1 and 2
+        point to /dev/null until the launch ends), so the launch stops and the server carries on."""
+        line = ""
         with contextlib.suppress(OSError, ValueError), req.conn.makefile("r") as f:
-            f.readline()
-        if self.running is req:
+            line = f.readline()
+        with self.terminal_lock:
+            if self.running is not req:
+                return
+            if not line:
+                self.client_gone = True
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, 1), os.dup2(null, 2)
+                os.close(null)
             self.interrupted = True
-            os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 @contextlib.contextmanager
 def _terminal(fds: List[int]):
     """File descriptors 1 and 2 are the client's for the launch (its terminal, pipe or file)."""
-    sys.stdout.flush(), sys.stderr.flush()
+    _flush()
     saved = [os.dup(1), os.dup(2)]
     os.dup2(fds[0], 1), os.dup2(fds[1], 2)
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = UntilGone(sys.stdout, 1), UntilGone(sys.stderr, 2)
     try:
         yield
     finally:
-        sys.stdout.flush(), sys.stderr.flush()
+        _flush()
+        sys.stdout, sys.stderr = streams
         os.dup2(saved[0], 1), os.dup2(saved[1], 2)
         for fd in saved + list(fds):
             os.close(fd)
@@ -328,6 +391,9 @@ def _serve(server: Server, sock: socket.socket, t0: float) -> int:
             except queue.Empty:
                 continue
             server.run(req)
+            # Tune swaps in its own SIGINT handler for a launch and puts the old one back only when a signal
+            # comes: the server's Ctrl-C is Python's again after each launch
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             server.refresh()
     except KeyboardInterrupt:
         print("study server: stopping", flush=True)

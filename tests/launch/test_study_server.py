@@ -232,3 +232,58 @@ def test_the_server_says_where_its_trials_cannot_get_the_warm_processes(monkeypa
     assert not actor._default_options.get("runtime_env")
     monkeypatch.delattr(class_cache, "_ActorClassCache")
     assert driver._plain_trial_actors() is False
+
+
+@pytest.mark.slow
+def test_no_client_can_stall_or_stop_the_server(workdir):
+    """A client that connects and sends nothing does not hold the server up; a client killed mid-launch with its
+    output pipe closed (a closed ssh session) stops its launch, and the server carries on to the next one."""
+    import socket
+
+    from pipelines.launch.server import address
+
+    env = dict(os.environ, AA_STUDY_TIMING="1")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    home = workdir / "served"
+    env["AA_STUDY_HOME"] = str(home)
+    (workdir / "long").mkdir()
+    longer = small_study(workdir / "long", kappa=[0.5], pos_enc=["relative"], epochs=60)
+    short = small_study(workdir, kappa=[0.5], pos_enc=["none"], epochs=1)
+    out = workdir / "serve.out"
+    server = subprocess.Popen(CLI + ["serve"], env=env, stdout=out.open("w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        deadline = time.time() + 180
+        while "ready" not in out.read_text() and server.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert "ready" in out.read_text(), out.read_text()[-3000:]
+        silent.connect(address(home))  # and says nothing, for the rest of the test
+        c = subprocess.Popen(CLI + ["run", str(longer), "--quiet"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+        limit = time.time() + 300
+        while time.time() < limit and not any("fit entered" in f.read_text(errors="replace")
+                                              for f in (home / "logs").glob("*.log")):
+            time.sleep(0.5)
+        c.kill()  # the client and the reading end of its output go away together
+        c.wait(timeout=30)
+        c.stdout.close()
+        limit = time.time() + 120
+        while time.time() < limit and "ended after" not in out.read_text():
+            time.sleep(0.5)
+        text = out.read_text()
+        assert "its client went away" in text, text[-3000:]
+        assert server.poll() is None and "BrokenPipeError" not in text, text[-3000:]
+        # the next launch is taken and runs, the silent client still connected
+        p = subprocess.run(CLI + ["run", str(short), "--quiet"], env=env, capture_output=True, text=True,
+                           timeout=300)
+        assert p.returncode == 0 and "runs this launch" in p.stdout, p.stdout[-2000:] + p.stderr[-2000:]
+        with sqlite3.connect(home / "mlflow.db") as db:
+            status = dict(db.execute("SELECT t.value, r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                                     "WHERE t.key = 'cell_label'").fetchall())
+        assert sorted(status.values()) == ["FINISHED", "KILLED"], status  # nothing left RUNNING
+    finally:
+        silent.close()
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    assert server.returncode == 0
