@@ -178,7 +178,8 @@ def study_lock(uri: str, experiment: str, discard_on: tuple = ()):
     made for it."""
     path = sqlite_path(uri)
     if path is None:
-        yield
+        with _server_lock(uri, experiment):
+            yield
         return
     import fcntl
     import socket
@@ -209,6 +210,74 @@ def study_lock(uri: str, experiment: str, discard_on: tuple = ()):
                     with contextlib.suppress(OSError):  # not empty: something else wrote there meanwhile
                         d.rmdir()
             raise
+
+
+LOCK_SUFFIX = ".aa-study-lock"
+
+
+@contextlib.contextmanager
+def _server_lock(uri: str, experiment: str):
+    """A tracking server's study lock: an experiment named EXPERIMENT.aa-study-lock, created by the holder. The
+    store refuses a second experiment of a name (a unique key in its database), so creating it is atomic across
+    every machine that shares the server. Its tags name the holder (host, pid) and carry a heartbeat refreshed
+    every HEARTBEAT_S; a lock whose holder is dead (its pid gone on this host, else a heartbeat older than STALE_S)
+    is taken over. Released by renaming it away and deleting it (MLflow keeps deleted experiments until
+    `mlflow gc`; the name is free again at once)."""
+    import socket
+    import threading
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from .launch.planner import HEARTBEAT_S, LaunchRecord, driver_alive
+
+    client = MlflowClient(tracking_uri=uri)
+    name = experiment + LOCK_SUFFIX
+    me = {"host": socket.gethostname(), "pid": str(os.getpid()), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+          "heartbeat": str(int(time.time()))}
+    lock_id = None
+    for _ in range(3):
+        try:
+            lock_id = client.create_experiment(name, tags=me)
+            break
+        except MlflowException as e:
+            if "already exists" not in str(e) and getattr(e, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+                raise TrackingError(f"tracking-uri: {redact(uri)}: cannot take the study's lock "
+                                    f"({redact(str(e).splitlines()[0])})") from None
+        held = client.get_experiment_by_name(name)
+        if held is None:  # released meanwhile
+            continue
+        t = held.tags
+        alive = held.lifecycle_stage == "active" and driver_alive(
+            LaunchRecord("", "RUNNING", t.get("host", ""), t.get("pid", ""), t.get("heartbeat", "")))
+        if alive:
+            raise StudyLocked(f"another launch of this study is running (host {t.get('host')}, pid {t.get('pid')}, "
+                              f"since {t.get('since')}); wait for it, or stop it (Ctrl-C) and resume")
+        _release_server_lock(client, held.experiment_id, name)  # a dead holder's: whoever creates it next holds it
+    if lock_id is None:
+        raise StudyLocked("another launch of this study took its lock at the same moment; run again to resume")
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(Exception):  # a server that is briefly away: the launch itself will say so
+                client.set_experiment_tag(lock_id, "heartbeat", str(int(time.time())))
+
+    threading.Thread(target=beat, daemon=True, name="aa-study-lock-heartbeat").start()
+    try:
+        yield
+    finally:
+        stop.set()
+        _release_server_lock(client, lock_id, name)
+
+
+def _release_server_lock(client, experiment_id: str, name: str) -> None:
+    import uuid
+
+    with contextlib.suppress(Exception):  # already renamed or deleted by a launch that took it over
+        client.rename_experiment(experiment_id, f"{name}.released-{uuid.uuid4().hex[:12]}")
+    with contextlib.suppress(Exception):
+        client.delete_experiment(experiment_id)
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0, readonly: bool = False) -> None:
