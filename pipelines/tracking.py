@@ -213,6 +213,31 @@ def study_lock(uri: str, experiment: str, discard_on: tuple = ()):
 
 
 LOCK_SUFFIX = ".aa-study-lock"
+HEARTBEAT_S = 20  # a live driver refreshes its launch run's (and its server lock's) heartbeat tag this often
+STALE_S = 120  # a launch on another host with an older heartbeat is taken as dead
+
+
+def holder_alive(host: str, pid: str, heartbeat: str, now: Optional[float] = None, this_host: Optional[str] = None,
+                 pid_exists=None) -> bool:
+    """Whether a launch (or a lock's holder) still runs: on this host its pid decides, elsewhere a heartbeat younger
+    than STALE_S."""
+    import socket
+
+    this_host = socket.gethostname() if this_host is None else this_host
+    if host == this_host and pid.isdigit():
+        return (pid_exists or _pid_exists)(int(pid))
+    now = time.time() if now is None else now
+    return heartbeat.isdigit() and now - int(heartbeat) < STALE_S
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -228,8 +253,6 @@ def _server_lock(uri: str, experiment: str):
 
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
-
-    from .launch.planner import HEARTBEAT_S, LaunchRecord, driver_alive
 
     client = MlflowClient(tracking_uri=uri)
     name = experiment + LOCK_SUFFIX
@@ -248,8 +271,8 @@ def _server_lock(uri: str, experiment: str):
         if held is None:  # released meanwhile
             continue
         t = held.tags
-        alive = held.lifecycle_stage == "active" and driver_alive(
-            LaunchRecord("", "RUNNING", t.get("host", ""), t.get("pid", ""), t.get("heartbeat", "")))
+        alive = held.lifecycle_stage == "active" and holder_alive(t.get("host", ""), t.get("pid", ""),
+                                                                   t.get("heartbeat", ""))
         if alive:
             raise StudyLocked(f"another launch of this study is running (host {t.get('host')}, pid {t.get('pid')}, "
                               f"since {t.get('since')}); wait for it, or stop it (Ctrl-C) and resume")

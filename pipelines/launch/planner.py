@@ -21,6 +21,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from ..tracking import HEARTBEAT_S, STALE_S, holder_alive  # noqa: F401  (HEARTBEAT_S, STALE_S: the launch's)
+
 Key = Tuple[str, int]  # (cell key, seed)
 
 
@@ -126,34 +128,11 @@ def make_plan(trials: Sequence, runs: Iterable[RunRecord], launches: Iterable[La
     return Plan(plans, close=close, close_launches=[l.run_id for l in launches if l.status == "RUNNING"])
 
 
-HEARTBEAT_S = 20  # a live driver refreshes its launch run's heartbeat tag this often
-STALE_S = 120  # a RUNNING launch on another host with an older heartbeat is taken as dead
-
-
 def driver_alive(launch: LaunchRecord, now: Optional[float] = None, host: Optional[str] = None,
                  pid_exists: Optional[Callable[[int], bool]] = None) -> bool:
-    """Whether a launch's driver still runs: on this host its pid decides, elsewhere a heartbeat younger than
-    STALE_S."""
-    import socket
-    import time
-
-    host = socket.gethostname() if host is None else host
-    if launch.host == host and launch.pid.isdigit():
-        return (pid_exists or _pid_exists)(int(launch.pid))
-    now = time.time() if now is None else now
-    return launch.heartbeat.isdigit() and now - int(launch.heartbeat) < STALE_S
-
-
-def _pid_exists(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether a launch's driver still runs (`tracking.holder_alive`: on this host its pid decides, elsewhere a
+    heartbeat younger than STALE_S)."""
+    return holder_alive(launch.host, launch.pid, launch.heartbeat, now, host, pid_exists)
 
 
 # ------------------------------------------------------------------------------------------ the store
